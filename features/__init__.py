@@ -1,0 +1,12 @@
+"""Behavioural features, computed with polars/numpy from events up to a cut-off time.
+
+Imports only polars, numpy and scipy: it takes events and candidates as frames/arrays with
+documented columns, so `recsys` can depend on it without a cycle.
+"""
+
+from features.build import FEATURE_GROUPS, FEATURES, Candidates, Requests, candidate_features
+from features.covisitation import Covisitation
+from features.state import BehaviourState
+
+__all__ = ["FEATURE_GROUPS", "FEATURES", "BehaviourState", "Candidates", "Covisitation",
+           "Requests", "candidate_features"]

@@ -1,0 +1,150 @@
+"""Ranker feature rows for (request, candidate) pairs: the one path for training and serving.
+
+`candidate_features` takes a batch of requests (each a user's history up to the request time) and
+their candidate items, and returns one row per candidate with the columns in `FEATURES`. The
+trainer calls it for millions of historical rows, the API for one live request; both get the same
+numbers for the same (user, candidate, time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from features.state import BehaviourState
+
+RECENT_FOR_SIMILARITY = 5
+MISSING_RANK = 1000.0  # rank given to a candidate that a source did not return
+
+# Feature groups, used for ablations and explanations. Order is the column order of the model.
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "semantic": ("sem_score", "sim_last", "sim_max_recent", "sem_rank"),
+    "covisitation": ("covis_score", "covis_last", "covis_rank"),
+    "popularity": ("pop_rank", "item_clicks_log", "item_clicks_w0_log", "item_clicks_w1_log",
+                   "item_clicks_w2_log", "item_ctr"),
+    "recency": ("item_age_days", "item_idle_days", "user_idle_days"),
+    "user": ("user_history_len", "in_history"),
+    "category": ("cat_share", "cat_last"),
+    "retrieval": ("n_sources",),
+}
+FEATURES: tuple[str, ...] = tuple(name for group in FEATURE_GROUPS.values() for name in group)
+
+
+@dataclass
+class Requests:
+    """A batch of requests. Item ids are bundle item rows; times are epoch seconds (NaN = unknown)."""
+
+    histories: Sequence[Sequence[int]]
+    profiles: np.ndarray            # [n_requests, d] user profile vectors
+    times: np.ndarray               # [n_requests] request time, epoch seconds (NaN when order-only)
+    last_event_times: np.ndarray    # [n_requests] time of the user's last event (NaN if unknown)
+
+    def __len__(self) -> int:
+        return len(self.histories)
+
+
+@dataclass
+class Candidates:
+    """Candidate rows: which request, which item row, and where each source ranked it."""
+
+    request: np.ndarray             # [m] index into Requests
+    item: np.ndarray                # [m] item row
+    sem_rank: np.ndarray            # [m] rank in the semantic source (MISSING_RANK if absent)
+    covis_rank: np.ndarray
+    pop_rank: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.item.shape[0])
+
+
+def candidate_features(requests: Requests, candidates: Candidates, state: BehaviourState,
+                       item_vectors: np.ndarray, item_categories: np.ndarray) -> pl.DataFrame:
+    """One feature row per candidate, columns `FEATURES`, float32."""
+    req, item = candidates.request.astype(np.int64), candidates.item.astype(np.int64)
+    vectors = item_vectors[item]
+    sem_score = np.einsum("ij,ij->i", requests.profiles[req], vectors)
+
+    lengths = np.array([len(h) for h in requests.histories], dtype=np.int64)
+    last_items = np.array([h[-1] if len(h) else -1 for h in requests.histories], dtype=np.int64)
+    sim_last = np.where(last_items[req] >= 0,
+                        np.einsum("ij,ij->i", item_vectors[np.maximum(last_items[req], 0)], vectors),
+                        0.0)
+    sim_max_recent = _max_recent_similarity(requests.histories, req, vectors, item_vectors)
+
+    covis = state.covisitation
+    covis_score = covis.score_pairs(requests.histories, req, item)
+    covis_last = covis.score_pairs(requests.histories, req, item, recent=1)
+
+    in_history = _history_counts(requests.histories, req, item)
+    cat_share, cat_last = _category_match(requests.histories, req, item, item_categories)
+
+    times = requests.times[req]
+    day = 86400.0
+    columns = {
+        "sem_score": sem_score,
+        "sim_last": sim_last,
+        "sim_max_recent": sim_max_recent,
+        "sem_rank": candidates.sem_rank,
+        "covis_score": covis_score,
+        "covis_last": covis_last,
+        "covis_rank": candidates.covis_rank,
+        "pop_rank": candidates.pop_rank,
+        "item_clicks_log": np.log1p(state.clicks_[item]),
+        "item_clicks_w0_log": np.log1p(state.window_clicks_[item, 0]),
+        "item_clicks_w1_log": np.log1p(state.window_clicks_[item, 1]),
+        "item_clicks_w2_log": np.log1p(state.window_clicks_[item, 2]),
+        "item_ctr": np.where(state.shown_[item] > state.clicks_[item], state.ctr_[item], np.nan),
+        "item_age_days": (times - state.first_seen_s_[item]) / day,
+        "item_idle_days": (times - state.last_seen_s_[item]) / day,
+        "user_idle_days": (times - requests.last_event_times[req]) / day,
+        "user_history_len": lengths[req],
+        "in_history": in_history,
+        "cat_share": cat_share,
+        "cat_last": cat_last,
+        "n_sources": ((candidates.sem_rank < MISSING_RANK).astype(np.int8)
+                      + (candidates.covis_rank < MISSING_RANK)
+                      + (candidates.pop_rank < MISSING_RANK)),
+    }
+    return pl.DataFrame({name: np.asarray(columns[name], dtype=np.float32) for name in FEATURES})
+
+
+def _max_recent_similarity(histories, req, vectors, item_vectors) -> np.ndarray:
+    recent = np.full((len(histories), RECENT_FOR_SIMILARITY), -1, dtype=np.int64)
+    for u, history in enumerate(histories):
+        tail = list(history)[-RECENT_FOR_SIMILARITY:]
+        if tail:
+            recent[u, :len(tail)] = tail
+    rows = recent[req]                                   # [m, R]
+    sims = np.einsum("mrd,md->mr", item_vectors[np.maximum(rows, 0)], vectors)
+    sims = np.where(rows >= 0, sims, -np.inf)
+    best = sims.max(axis=1)
+    return np.where(np.isfinite(best), best, 0.0)
+
+
+def _history_counts(histories, req, item) -> np.ndarray:
+    pair_counts: dict[tuple[int, int], int] = {}
+    for u, history in enumerate(histories):
+        for h in history:
+            pair_counts[(u, int(h))] = pair_counts.get((u, int(h)), 0) + 1
+    return np.fromiter((pair_counts.get((int(r), int(i)), 0) for r, i in zip(req, item)),
+                       dtype=np.float32, count=len(item))
+
+
+def _category_match(histories, req, item, item_categories) -> tuple[np.ndarray, np.ndarray]:
+    """Share of the user's history in the candidate's category, and whether the last item shares it."""
+    share_by_user: list[dict[int, float]] = []
+    last_category = np.full(len(histories), -2, dtype=np.int64)
+    for u, history in enumerate(histories):
+        cats = item_categories[np.asarray(history, dtype=np.int64)] if len(history) else np.zeros(0, np.int64)
+        values, counts = np.unique(cats[cats >= 0], return_counts=True)
+        share_by_user.append(dict(zip(values.tolist(), (counts / max(len(history), 1)).tolist())))
+        if len(history) and cats[-1] >= 0:
+            last_category[u] = cats[-1]
+    cand_cats = item_categories[item]
+    share = np.fromiter((share_by_user[r].get(int(c), 0.0) for r, c in zip(req, cand_cats)),
+                        dtype=np.float32, count=len(item))
+    last = ((cand_cats >= 0) & (cand_cats == last_category[req])).astype(np.float32)
+    return share, last

@@ -1,0 +1,157 @@
+"""Behavioural state: what the click log says about items, computed from events before a cut-off.
+
+`BehaviourState.fit(events, n_items, cutoff)` only ever reads events with timestamp < cutoff, so
+training rows built from it never see their own future. The same state object answers live
+requests, so offline and online features come from one code path.
+
+Input frame columns (documented contract, see `EVENT_FRAME_COLUMNS`):
+    user_id: str, item: int (row of the item in the bundle's item table), timestamp: datetime,
+    type: str ("click", "impression", ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from features.covisitation import Covisitation
+
+EVENT_FRAME_COLUMNS = ("user_id", "item", "timestamp", "type")
+POSITIVE_TYPES = ("click", "purchase", "add_to_cart")
+
+# Popularity windows. With real time they are calendar windows before the cut-off; when only
+# the order of events is known (timestamps encode position in a user's sequence), a global time
+# window means nothing, so the windows count each user's last N events instead ("what people
+# moved on to most recently").
+TIME_WINDOWS_DAYS = (1, 7, 30)
+ORDER_WINDOWS_EVENTS = (1, 3, 10)
+
+# Prior strength of the smoothed click-through rate: (clicks + a * prior) / (shown + a).
+CTR_PRIOR_WEIGHT = 20.0
+
+
+@dataclass
+class BehaviourState:
+    """Per-item behavioural statistics (arrays indexed by item row) and co-visitation."""
+
+    n_items: int
+    real_time: bool = True
+    covis_window: int = 5
+    covis_backward_weight: float = 0.25
+    covis_top: int = 100
+    cutoff_: datetime | None = None
+    clicks_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    window_clicks_: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    shown_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    ctr_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    first_seen_s_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    last_seen_s_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    popular_rows_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    covisitation_: Covisitation | None = None
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, events: pl.DataFrame, cutoff: datetime | None = None) -> "BehaviourState":
+        """Compute the state from `events` strictly before `cutoff` (all events if None)."""
+        missing = [c for c in EVENT_FRAME_COLUMNS if c not in events.columns]
+        if missing:
+            raise ValueError(f"events frame lacks columns {missing}")
+        if cutoff is not None:
+            events = events.filter(pl.col("timestamp") < cutoff)
+        self.cutoff_ = cutoff if cutoff is not None else (
+            events["timestamp"].max() if events.height else None)
+        clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES))
+        n = self.n_items
+
+        self.clicks_ = _count_by_item(clicks, n)
+        self.shown_ = _count_by_item(events.filter(pl.col("type") == "impression"), n) + self.clicks_
+        prior = float(self.clicks_.sum() / max(self.shown_.sum(), 1.0))
+        self.ctr_ = ((self.clicks_ + CTR_PRIOR_WEIGHT * prior)
+                     / (self.shown_ + CTR_PRIOR_WEIGHT)).astype(np.float32)
+        self.window_clicks_ = np.stack([_count_by_item(w, n) for w in self._windows(clicks)], axis=1)
+
+        seen = events.group_by("item").agg(
+            pl.col("timestamp").min().alias("first"), pl.col("timestamp").max().alias("last"))
+        self.first_seen_s_ = _seconds_by_item(seen, "first", n)
+        self.last_seen_s_ = _seconds_by_item(seen, "last", n)
+
+        # Popular items in order of a blend of recent and all-time clicks (ties by row, stable).
+        recent = self.window_clicks_[:, -1]
+        score = self.clicks_ + 2.0 * recent
+        self.popular_rows_ = np.lexsort((np.arange(n), -score)).astype(np.int64)
+
+        self.covisitation_ = Covisitation(
+            n_items=n, window=self.covis_window, backward_weight=self.covis_backward_weight,
+            top=self.covis_top).fit(clicks)
+        return self
+
+    def _windows(self, clicks: pl.DataFrame) -> list[pl.DataFrame]:
+        if self.real_time and self.cutoff_ is not None:
+            return [clicks.filter(pl.col("timestamp") >= self.cutoff_ - timedelta(days=d))
+                    for d in TIME_WINDOWS_DAYS]
+        ranked = clicks.with_columns(
+            pl.col("timestamp").rank("ordinal", descending=True).over("user_id").alias("_back"))
+        return [ranked.filter(pl.col("_back") <= n) for n in ORDER_WINDOWS_EVENTS]
+
+    # -- persistence --------------------------------------------------------------------------
+    def item_table(self) -> pl.DataFrame:
+        """Per-item statistics as a frame (row = item row), as saved in the bundle."""
+        frame = pl.DataFrame({
+            "clicks": self.clicks_, "shown": self.shown_, "ctr": self.ctr_,
+            "first_seen_s": self.first_seen_s_, "last_seen_s": self.last_seen_s_,
+        })
+        for j in range(self.window_clicks_.shape[1]):
+            frame = frame.with_columns(pl.Series(f"clicks_w{j}", self.window_clicks_[:, j]))
+        return frame.with_columns(
+            pl.Series("popular_rank", np.argsort(self.popular_rows_).astype(np.int64)))
+
+    def meta(self) -> dict:
+        return {"n_items": self.n_items, "real_time": self.real_time,
+                "covis_window": self.covis_window,
+                "covis_backward_weight": self.covis_backward_weight,
+                "covis_top": self.covis_top,
+                "cutoff": None if self.cutoff_ is None else self.cutoff_.isoformat()}
+
+    @classmethod
+    def from_tables(cls, meta: dict, items: pl.DataFrame, covis: pl.DataFrame) -> "BehaviourState":
+        state = cls(n_items=int(meta["n_items"]), real_time=bool(meta["real_time"]),
+                    covis_window=int(meta["covis_window"]),
+                    covis_backward_weight=float(meta["covis_backward_weight"]),
+                    covis_top=int(meta["covis_top"]))
+        if items.height != state.n_items:
+            raise ValueError(f"item statistics have {items.height} rows for {state.n_items} items")
+        state.cutoff_ = None if meta.get("cutoff") is None else datetime.fromisoformat(meta["cutoff"])
+        state.clicks_ = items["clicks"].to_numpy().astype(np.float32)
+        state.shown_ = items["shown"].to_numpy().astype(np.float32)
+        state.ctr_ = items["ctr"].to_numpy().astype(np.float32)
+        state.first_seen_s_ = items["first_seen_s"].to_numpy().astype(np.float64)
+        state.last_seen_s_ = items["last_seen_s"].to_numpy().astype(np.float64)
+        windows = sorted(c for c in items.columns if c.startswith("clicks_w"))
+        state.window_clicks_ = np.stack([items[c].to_numpy() for c in windows], axis=1).astype(np.float32)
+        state.popular_rows_ = np.argsort(items["popular_rank"].to_numpy(), kind="stable").astype(np.int64)
+        state.covisitation_ = Covisitation.from_table(covis, n_items=state.n_items,
+                                                      window=state.covis_window,
+                                                      backward_weight=state.covis_backward_weight,
+                                                      top=state.covis_top)
+        return state
+
+    @property
+    def covisitation(self) -> Covisitation:
+        if self.covisitation_ is None:
+            raise RuntimeError("the behavioural state is not fitted")
+        return self.covisitation_
+
+
+def _count_by_item(events: pl.DataFrame, n_items: int) -> np.ndarray:
+    rows = events["item"].to_numpy().astype(np.int64)
+    return np.bincount(rows, minlength=n_items).astype(np.float32)[:n_items]
+
+
+def _seconds_by_item(seen: pl.DataFrame, column: str, n_items: int) -> np.ndarray:
+    out = np.full(n_items, np.nan, dtype=np.float64)
+    if seen.height:
+        seconds = seen[column].dt.epoch("ms").to_numpy().astype(np.float64) / 1000.0
+        out[seen["item"].to_numpy().astype(np.int64)] = seconds
+    return out

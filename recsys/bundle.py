@@ -1,0 +1,178 @@
+"""Model bundles: one immutable, versioned directory per trained model, and the CURRENT pointer.
+
+    models/<version>/manifest.json        versions, config, data range, metrics, sha256 of every file
+    models/<version>/encoder/             the text encoder (safetensors)
+    models/<version>/items.parquet        item ids and fields; row = embedding row = index row
+    models/<version>/item_vectors.safetensors
+    models/<version>/index.faiss
+    models/<version>/features/            behavioural state at training time (Parquet + JSON)
+    models/<version>/ranker.txt           LightGBM text format
+    models/CURRENT                        the live version (temp file + fsync + rename)
+
+A bundle is written under a hidden temporary name and renamed into place only when complete, so
+a crash while publishing never leaves a half bundle under a real version name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from recsys.errors import BundleError, NotFoundError
+from recsys.io import fsync_dir, write_json, write_text
+
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+FORMAT_VERSION = 1
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+REQUIRED_FILES = ("items.parquet", "item_vectors.safetensors", "index.faiss", "ranker.txt",
+                  "features/state.json", "features/items.parquet",
+                  "features/covisitation.parquet", "features/users.parquet",
+                  "encoder/config.json")
+
+
+def check_version_name(version: str) -> str:
+    """Refuse names that could escape the models directory (`..`, `a/b`, empty)."""
+    if not isinstance(version, str) or not VERSION_PATTERN.match(version) or version in {".", ".."}:
+        raise BundleError(f"invalid model version name {version!r}: use letters, digits, '.', '_', '-'")
+    return version
+
+
+def new_version_name(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("v%Y%m%d-%H%M%S-%f")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("recsys", "torch", "transformers", "sentence-transformers", "polars",
+                 "faiss-cpu", "lightgbm", "numpy", "pyarrow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class BundleWriter:
+    """Collects a bundle's files in a temporary directory; `publish` seals and renames it."""
+
+    def __init__(self, models_dir: str | os.PathLike[str], version: str | None = None) -> None:
+        self.models_dir = Path(models_dir)
+        self.version = check_version_name(version or new_version_name())
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        if (self.models_dir / self.version).exists():
+            raise BundleError(f"model version {self.version} already exists in {self.models_dir}")
+        self.path = self.models_dir / f".tmp-{self.version}"
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+
+    def publish(self, manifest: dict[str, Any], *, make_current: bool = True) -> Path:
+        files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        for required in REQUIRED_FILES:
+            if not (self.path / required).exists():
+                raise BundleError(f"bundle is missing {required}; not publishing")
+        manifest = {
+            **manifest,
+            "format_version": FORMAT_VERSION,
+            "version": self.version,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "libraries": library_versions(),
+            "files": {str(p.relative_to(self.path)): sha256_file(p) for p in files},
+        }
+        write_json(manifest, self.path / MANIFEST)
+        for p in files:
+            with open(p, "rb") as handle:
+                os.fsync(handle.fileno())
+        final = self.models_dir / self.version
+        os.replace(self.path, final)
+        fsync_dir(self.models_dir)
+        if make_current:
+            set_current(self.models_dir, self.version)
+        return final
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def set_current(models_dir: str | os.PathLike[str], version: str) -> None:
+    models_dir = Path(models_dir)
+    check_version_name(version)
+    if not (models_dir / version / MANIFEST).exists():
+        raise NotFoundError(f"no model version {version} in {models_dir}")
+    write_text(version + "\n", models_dir / CURRENT)
+
+
+def current_version(models_dir: str | os.PathLike[str]) -> str:
+    pointer = Path(models_dir) / CURRENT
+    if not pointer.exists():
+        raise NotFoundError(f"no {CURRENT} model in {models_dir}: train one with `recsys train`")
+    return check_version_name(pointer.read_text().strip())
+
+
+def list_versions(models_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every complete bundle, oldest first, with its manifest's headline fields."""
+    models_dir = Path(models_dir)
+    out = []
+    if not models_dir.exists():
+        return out
+    for path in sorted(models_dir.iterdir()):
+        if path.name.startswith(".") or not (path / MANIFEST).exists():
+            continue
+        manifest = json.loads((path / MANIFEST).read_text())
+        out.append({"version": path.name, "created_at": manifest.get("created_at"),
+                    "metrics": manifest.get("metrics", {})})
+    return sorted(out, key=lambda m: (m["created_at"] or "", m["version"]))
+
+
+def resolve_bundle(path: str | os.PathLike[str]) -> Path:
+    """Accept MODELS (use CURRENT) or MODELS/VERSION; return the bundle directory."""
+    path = Path(path)
+    if (path / MANIFEST).exists():
+        return path
+    if path.is_dir():
+        return path / current_version(path)
+    raise NotFoundError(f"{path}: no model bundle or models directory there")
+
+
+def read_manifest(bundle: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
+    """Read a bundle's manifest; with `verify`, check every file exists and matches its sha256."""
+    bundle = Path(bundle)
+    manifest_path = bundle / MANIFEST
+    if not manifest_path.exists():
+        raise BundleError(f"{bundle}: no {MANIFEST}, not a complete bundle")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{bundle}: bundle format {manifest.get('format_version')} is not "
+                          f"{FORMAT_VERSION}; retrain with this version of recsys")
+    for required in REQUIRED_FILES:
+        if not (bundle / required).exists():
+            raise BundleError(f"{bundle}: missing file {required}")
+    if verify:
+        for name, expected in manifest.get("files", {}).items():
+            file = bundle / name
+            if not file.exists():
+                raise BundleError(f"{bundle}: missing file {name}")
+            if sha256_file(file) != expected:
+                raise BundleError(f"{bundle}: checksum mismatch for {name}")
+    return manifest

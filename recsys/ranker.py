@@ -1,0 +1,49 @@
+"""The learned ranker at prediction time: a LightGBM model read from its text format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from recsys.errors import BundleError
+
+
+class Ranker:
+    """Scores feature rows; higher is better. Wraps a LightGBM booster (text format, no pickle)."""
+
+    def __init__(self, booster: lgb.Booster, features: list[str], *, threads: int = 0) -> None:
+        self.booster = booster
+        self.features = list(features)
+        self.threads = threads
+        model_features = booster.feature_name()
+        if model_features != self.features:
+            raise BundleError(f"ranker was trained on features {model_features}, "
+                              f"the bundle declares {self.features}")
+
+    def matrix(self, rows: pl.DataFrame) -> np.ndarray:
+        return rows.select(self.features).to_numpy().astype(np.float32, copy=False)
+
+    def predict(self, rows: pl.DataFrame) -> np.ndarray:
+        if rows.height == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.booster.predict(self.matrix(rows), num_threads=self.threads).astype(np.float32)
+
+    def contributions(self, rows: pl.DataFrame) -> np.ndarray:
+        """Per-feature contributions (SHAP values) [n, n_features + 1]; the last column is the bias."""
+        return self.booster.predict(self.matrix(rows), pred_contrib=True, num_threads=self.threads)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        self.booster.save_model(str(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], features: list[str], *, threads: int = 0) -> "Ranker":
+        path = Path(path)
+        try:
+            booster = lgb.Booster(model_file=str(path))
+        except lgb.basic.LightGBMError as exc:
+            raise BundleError(f"{path}: not a readable LightGBM model ({exc})") from exc
+        return cls(booster, features, threads=threads)

@@ -1,0 +1,48 @@
+"""The shared ranking context: retrieval plus feature rows, for any behavioural state.
+
+Serving, batch scoring, evaluation and ranker training all build their (request, candidate)
+rows here, so the rows a model learns from are made exactly as the rows it later scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from features.build import Candidates, Requests, candidate_features
+from features.state import BehaviourState
+from recsys.index import ItemIndex
+from recsys.retrieval import RetrievalConfig, retrieve, source_ranks, user_profiles
+
+
+@dataclass
+class RankingContext:
+    item_vectors: np.ndarray
+    item_categories: np.ndarray
+    index: ItemIndex
+    state: BehaviourState
+    retrieval: RetrievalConfig
+
+    def requests(self, histories: Sequence[Sequence[int]], times: np.ndarray,
+                 last_times: np.ndarray) -> Requests:
+        profiles = user_profiles(histories, self.item_vectors, self.retrieval.profile_decay)
+        return Requests(histories=[list(h) for h in histories], profiles=profiles,
+                        times=np.asarray(times, dtype=np.float64),
+                        last_event_times=np.asarray(last_times, dtype=np.float64))
+
+    def rows(self, requests: Requests, exclude: Sequence[set[int]] | None = None,
+             allowed: np.ndarray | None = None,
+             given: Sequence[Sequence[int]] | None = None) -> tuple[Candidates, pl.DataFrame]:
+        """Candidates (retrieved, or the `given` item lists) and their feature rows."""
+        if given is None:
+            candidates = retrieve(requests.histories, requests.profiles, self.index, self.state,
+                                  self.retrieval, exclude=exclude, allowed=allowed)
+        else:
+            candidates = source_ranks(requests.histories, requests.profiles, given,
+                                      self.item_vectors, self.state)
+        features = candidate_features(requests, candidates, self.state, self.item_vectors,
+                                      self.item_categories)
+        return candidates, features

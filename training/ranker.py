@@ -1,0 +1,99 @@
+"""Training the LightGBM lambdarank ranker, with early stopping on the valid split."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+
+from recsys.errors import RecsysError
+from recsys.ranker import Ranker
+from training.ranker_data import RankerData
+
+
+@dataclass
+class RankerConfig:
+    num_leaves: int = 31
+    learning_rate: float = 0.05
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.9
+    bagging_fraction: float = 0.8
+    bagging_freq: int = 1
+    lambda_l2: float = 1.0
+    max_rounds: int = 1000
+    early_stopping_rounds: int = 50
+    eval_at: tuple[int, ...] = (10,)
+    truncation_level: int = 50
+    seed: int = 0
+    threads: int = 0
+    log_every: int = 50
+    extra: dict = field(default_factory=dict)
+
+    def params(self) -> dict:
+        return {
+            "objective": "lambdarank", "metric": "ndcg", "eval_at": list(self.eval_at),
+            "num_leaves": self.num_leaves, "learning_rate": self.learning_rate,
+            "min_data_in_leaf": self.min_data_in_leaf, "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction, "bagging_freq": self.bagging_freq,
+            "lambda_l2": self.lambda_l2, "lambdarank_truncation_level": self.truncation_level,
+            "seed": self.seed, "deterministic": True, "force_row_wise": True,
+            "num_threads": self.threads, "verbosity": -1, **self.extra,
+        }
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["eval_at"] = list(self.eval_at)
+        return out
+
+
+def train_ranker(train: RankerData, valid: RankerData, features: list[str],
+                 config: RankerConfig, *, log=print) -> tuple[Ranker, dict]:
+    """Fit lambdarank on `train` groups, stop early on `valid` NDCG; returns the model and a report."""
+    if train.n_groups == 0:
+        raise RecsysError("no training group has a clicked item among its candidates: "
+                          "not enough click history to train a ranker")
+    if valid.n_groups == 0:
+        raise RecsysError("no valid group has a clicked item among its candidates: "
+                          "cannot early-stop the ranker")
+    train_set = lgb.Dataset(train.features.select(features).to_numpy(), label=train.labels,
+                            group=train.groups, feature_name=features, free_raw_data=True)
+    valid_set = lgb.Dataset(valid.features.select(features).to_numpy(), label=valid.labels,
+                            group=valid.groups, reference=train_set, feature_name=features)
+    record: dict = {}
+
+    def fail_on_nan(env: lgb.callback.CallbackEnv) -> None:
+        for _, name, value, _ in env.evaluation_result_list:
+            if not math.isfinite(value):
+                raise RecsysError(f"ranker metric {name} became {value} at round {env.iteration}")
+
+    started = time.perf_counter()
+    booster = lgb.train(
+        config.params(), train_set, num_boost_round=config.max_rounds,
+        valid_sets=[valid_set], valid_names=["valid"],
+        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False),
+                   lgb.log_evaluation(config.log_every) if config.log_every else lambda env: None,
+                   lgb.record_evaluation(record), fail_on_nan],
+    )
+    metric = f"ndcg@{config.eval_at[0]}"
+    curve = record.get("valid", {}).get(metric, [])
+    report = {
+        "best_iteration": int(booster.best_iteration),
+        f"valid_{metric}_candidates": float(curve[booster.best_iteration - 1]) if curve else None,
+        "train_groups": train.n_groups, "train_cases": train.n_cases,
+        "train_rows": int(train.features.height),
+        "valid_groups": valid.n_groups, "valid_cases": valid.n_cases,
+        "train_candidate_recall": train.candidate_recall,
+        "valid_candidate_recall": valid.candidate_recall,
+        "seconds": round(time.perf_counter() - started, 2),
+        "config": config.to_dict(),
+        "gain_importance": dict(zip(features, np.asarray(
+            booster.feature_importance("gain", iteration=booster.best_iteration)).round(2).tolist())),
+    }
+    # Keep only the trees up to the best iteration, so the saved model is the selected one.
+    best = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+    log(f"ranker: {report['best_iteration']} trees, valid {metric} over candidates "
+        f"{report[f'valid_{metric}_candidates']:.4f} in {report['seconds']:.1f}s")
+    return Ranker(best, features, threads=config.threads), report

@@ -1,0 +1,64 @@
+"""Ranker training data: one group per query, its candidates labelled by what was clicked next."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from recsys.ranking import RankingContext
+from recsys.splits import Case
+
+CHUNK = 1000
+
+
+@dataclass
+class RankerData:
+    features: pl.DataFrame
+    labels: np.ndarray
+    groups: list[int]          # rows per group, in order
+    n_cases: int               # queries offered
+    n_groups: int              # queries kept (at least one positive among the candidates)
+
+    @property
+    def candidate_recall(self) -> float:
+        return self.n_groups / max(self.n_cases, 1)
+
+
+def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: int | None = None,
+                 seed: int = 0, desc: str = "ranker rows") -> RankerData:
+    """Retrieve candidates for every case (or take its logged impression list) and label them.
+
+    Groups whose candidates miss every target are dropped: they carry no ranking signal.
+    """
+    cases = list(cases)
+    if max_cases is not None and len(cases) > max_cases:
+        keep = np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)
+        cases = [cases[i] for i in sorted(keep)]
+    frames, labels, groups = [], [], []
+    for start in tqdm(range(0, len(cases), CHUNK), desc=desc, unit="chunk",
+                      disable=len(cases) <= CHUNK):
+        chunk = cases[start:start + CHUNK]
+        requests = context.requests([c.history for c in chunk],
+                                    np.array([c.time for c in chunk]),
+                                    np.array([c.last_time for c in chunk]))
+        given = [c.shown for c in chunk] if all(c.shown is not None for c in chunk) else None
+        candidates, rows = context.rows(requests, given=given)
+        is_target = np.zeros(len(candidates), dtype=np.float32)
+        for j, case in enumerate(chunk):
+            mask = candidates.request == j
+            is_target[mask] = np.isin(candidates.item[mask], case.targets)
+        order = np.argsort(candidates.request, kind="stable")
+        sizes = np.bincount(candidates.request, minlength=len(chunk))
+        positives = np.bincount(candidates.request, weights=is_target, minlength=len(chunk))
+        keep_group = (positives > 0) & (positives < sizes)
+        keep_row = keep_group[candidates.request[order]]
+        frames.append(rows[order[keep_row]])
+        labels.append(is_target[order][keep_row])
+        groups.extend(int(s) for s in sizes[keep_group])
+    features = pl.concat(frames) if frames else pl.DataFrame()
+    return RankerData(features, np.concatenate(labels) if labels else np.zeros(0, np.float32),
+                      groups, len(cases), len(groups))
