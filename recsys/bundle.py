@@ -30,6 +30,7 @@ from recsys.io import fsync_dir, write_json, write_text
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+HISTORY = "promotions.json"  # versions in the order they were made CURRENT
 FORMAT_VERSION = 1
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REQUIRED_FILES = ("items.parquet", "item_vectors.safetensors", "index.faiss", "ranker.txt",
@@ -113,11 +114,40 @@ class BundleWriter:
 
 
 def set_current(models_dir: str | os.PathLike[str], version: str) -> None:
+    """Point CURRENT at `version` (atomically) and record the promotion for rollback."""
     models_dir = Path(models_dir)
     check_version_name(version)
     if not (models_dir / version / MANIFEST).exists():
         raise NotFoundError(f"no model version {version} in {models_dir}")
+    history = promotion_history(models_dir)
+    if not history or history[-1] != version:
+        history.append(version)
+    write_json(history[-100:], models_dir / HISTORY)
     write_text(version + "\n", models_dir / CURRENT)
+
+
+def promotion_history(models_dir: str | os.PathLike[str]) -> list[str]:
+    path = Path(models_dir) / HISTORY
+    if not path.exists():
+        return []
+    return [v for v in json.loads(path.read_text()) if isinstance(v, str)]
+
+
+def rollback(models_dir: str | os.PathLike[str]) -> str:
+    """Make the previously promoted version CURRENT again; returns it."""
+    models_dir = Path(models_dir)
+    history = promotion_history(models_dir)
+    current = current_version(models_dir)
+    while history and history[-1] == current:
+        history.pop()
+    while history and not (models_dir / history[-1] / MANIFEST).exists():
+        history.pop()
+    if not history:
+        raise NotFoundError(f"no earlier promoted version in {models_dir} to roll back to")
+    previous = history[-1]
+    write_json(history, models_dir / HISTORY)
+    write_text(previous + "\n", models_dir / CURRENT)
+    return previous
 
 
 def current_version(models_dir: str | os.PathLike[str]) -> str:

@@ -1,0 +1,164 @@
+"""`recsys evaluate`: the pipeline and three baselines on one split, from the same cases.
+
+Full-ranking protocols (leave_one_out, time) rank the target among ALL items: the pipeline's
+ranked candidates first, then every other item by semantic similarity to the user's profile.
+Each method is reported unmasked (history items may be recommended again) and masked (history
+items removed before ranking). The impressions protocol ranks each logged list instead.
+
+JSON contract (`--json FILE`, stable): {"dataset", "split", "protocol", "model_version",
+"metrics": {METHOD: {METRIC: value}}, "details": {...}} with METHOD in pipeline, popularity,
+covisitation, semantic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from features.state import BehaviourState
+from recsys.data.dataset import load_dataset
+from recsys.metrics import impression_metrics, rank_of, ranking_metrics
+from recsys.ranking import RankingContext
+from recsys.recommender import Recommender
+from recsys.splits import Case, Split
+
+METHODS = ("pipeline", "popularity", "covisitation", "semantic")
+# Bound the [users x items] score block held at once.
+SCORE_BLOCK = 20_000_000
+
+
+def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", *,
+             max_cases: int | None = None, seed: int = 0,
+             log: Callable[[str], None] = print) -> dict:
+    started = time.perf_counter()
+    recommender = Recommender.load(models)
+    dataset = load_dataset(dataset_path)
+    data_split = Split.of(dataset, recommender.item_ids)
+    cases = data_split.cases(split)
+    if max_cases is not None and len(cases) > max_cases:
+        keep = np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)
+        cases = [cases[i] for i in sorted(keep)]
+    context = evaluation_context(recommender, data_split, split)
+    log(f"evaluating {recommender.version} on {dataset.name} {split}: {len(cases)} cases, "
+        f"protocol {data_split.protocol}")
+    if data_split.protocol == "impressions":
+        metrics = _impressions(recommender, context, cases)
+    else:
+        metrics = _full_ranking(recommender, context, cases)
+    seconds = time.perf_counter() - started
+    return {
+        "dataset": dataset.name, "split": split, "protocol": data_split.protocol,
+        "model_version": recommender.version, "metrics": metrics,
+        "details": {"cases": len(cases), "items": len(recommender.item_ids),
+                    "seconds": round(seconds, 1),
+                    "state": "bundle" if context.state is recommender.state else
+                             "refit on events before the split window"},
+    }
+
+
+def evaluation_context(recommender: Recommender, split: Split, which: str) -> RankingContext:
+    """The bundle's state, except for a later time window: then the state is refit on every
+    event before the window, as a deployed engine ingesting events would have it."""
+    if split.protocol == "leave_one_out" or which == "valid":
+        return recommender.context
+    state = BehaviourState(n_items=len(recommender.item_ids), real_time=recommender.real_time,
+                           covis_window=recommender.state.covis_window,
+                           covis_backward_weight=recommender.state.covis_backward_weight,
+                           covis_top=recommender.state.covis_top)
+    state.fit(split.events, cutoff=split.test_start)
+    base = recommender.context
+    return RankingContext(base.item_vectors, base.item_categories, base.index, state,
+                          base.retrieval)
+
+
+def _chunks(cases: list[Case], n_items: int):
+    size = max(1, min(1000, SCORE_BLOCK // max(n_items, 1)))
+    for start in tqdm(range(0, len(cases), size), desc="evaluate", unit="chunk",
+                      disable=len(cases) <= size):
+        yield cases[start:start + size]
+
+
+def _full_ranking(recommender: Recommender, context: RankingContext,
+                  cases: list[Case]) -> dict[str, dict[str, float]]:
+    n_items = len(recommender.item_ids)
+    state = context.state
+    pop_position = np.empty(n_items, dtype=np.float64)
+    pop_position[state.popular_rows_] = np.arange(n_items)
+    popularity = 1.0 - pop_position / n_items               # in (0, 1], higher = more popular
+    ranks: dict[str, list[list[float]]] = {f"{m}{s}": [] for m in METHODS for s in ("", "_masked")}
+    for chunk in _chunks(cases, n_items):
+        requests = context.requests([c.history for c in chunk], np.array([c.time for c in chunk]),
+                                    np.array([c.last_time for c in chunk]))
+        candidates, rows = context.rows(requests)
+        scores = recommender.ranker.predict(rows)
+        semantic = requests.profiles @ context.item_vectors.T
+        covis = state.covisitation.score(requests.histories)
+        for j, case in enumerate(chunk):
+            if not case.history:
+                # no history: every method serves the popularity fallback
+                methods = {m: popularity for m in METHODS}
+            else:
+                mask = candidates.request == j
+                order = np.argsort(-scores[mask], kind="stable")
+                pipeline = semantic[j].astype(np.float64).copy()
+                ranked_items = candidates.item[mask][order]
+                pipeline[ranked_items] = 10.0 + (len(order) - np.arange(len(order)))
+                covis_row = np.asarray(covis[j].todense()).ravel().astype(np.float64)
+                top = covis_row.max() if covis_row.size else 0.0
+                covisitation = np.where(covis_row > 0, 2.0 + covis_row / max(top, 1e-12), popularity)
+                methods = {"pipeline": pipeline, "popularity": popularity,
+                           "covisitation": covisitation, "semantic": semantic[j]}
+            seen = np.unique(np.asarray(case.history, dtype=np.int64))
+            for name, score in methods.items():
+                ranks[name].append([rank_of(score, t) for t in case.targets])
+                masked = np.asarray(score, dtype=np.float64).copy()
+                masked[seen] = -np.inf
+                ranks[f"{name}_masked"].append([rank_of(masked, t) for t in case.targets])
+    out: dict[str, dict[str, float]] = {}
+    for name in METHODS:
+        out[name] = ranking_metrics(ranks[name])
+        out[name].update({f"{k}_masked": v for k, v in ranking_metrics(ranks[f"{name}_masked"]).items()})
+    return out
+
+
+def _impressions(recommender: Recommender, context: RankingContext,
+                 cases: list[Case]) -> dict[str, dict[str, float]]:
+    state = context.state
+    per_method: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
+    labels: list[np.ndarray] = []
+    for chunk in _chunks(cases, len(recommender.item_ids)):
+        requests = context.requests([c.history for c in chunk], np.array([c.time for c in chunk]),
+                                    np.array([c.last_time for c in chunk]))
+        shown = [list(dict.fromkeys(c.shown or [])) for c in chunk]
+        candidates, rows = context.rows(requests, given=shown)
+        scores = recommender.ranker.predict(rows)
+        covis = state.covisitation.score(requests.histories)
+        for j, case in enumerate(chunk):
+            mask = candidates.request == j
+            items = candidates.item[mask]
+            labels.append(np.isin(items, case.targets).astype(np.float64))
+            per_method["pipeline"].append(scores[mask])
+            per_method["popularity"].append(state.clicks_[items])
+            per_method["covisitation"].append(np.asarray(covis[j, items].todense()).ravel())
+            per_method["semantic"].append(context.item_vectors[items] @ requests.profiles[j])
+    return {name: impression_metrics(per_method[name], labels) for name in METHODS}
+
+
+def format_table(report: dict) -> str:
+    """The report as a fixed-width table, methods as rows."""
+    metrics = report["metrics"]
+    names = list(next(iter(metrics.values())).keys())
+    if report["protocol"] != "impressions":
+        names = [n for n in names if not n.endswith("_masked")] + \
+                [n for n in names if n.endswith("_masked")]
+    width = max(len(n) for n in names) + 2
+    lines = [f"{report['dataset']} / {report['split']} / {report['protocol']} / "
+             f"model {report['model_version']} / {report['details']['cases']} cases",
+             "method".ljust(14) + "".join(n.rjust(width) for n in names)]
+    for method, values in metrics.items():
+        lines.append(method.ljust(14) + "".join(f"{values[n]:.4f}".rjust(width) for n in names))
+    return "\n".join(lines)
