@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="recsys", description="Text-aware recommendations: import, train, evaluate, serve.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(metavar="COMMAND")
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--max-cases", type=int, default=None, help="evaluate a random sample")
+    p.add_argument("--report", default=None, help="write an HTML report with plots to this folder")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("serve", help="serve recommendations over HTTP")
@@ -96,7 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--chunk-size", type=int, default=2000)
     p.add_argument("--include-seen", action="store_true", help="allow items already in history")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local process, or Ray Data across a cluster")
+    p.add_argument("--explain", action="store_true", help="write each recommendation's reasons")
     p.set_defaults(run=cmd_batch_score)
+
+    p = sub.add_parser("retrain", help="retrain from a new click log, evaluate, maybe promote")
+    p.add_argument("models")
+    p.add_argument("--events", required=True, help="the new click log (Parquet, events schema)")
+    p.add_argument("--promote", default="auto", choices=["auto", "never", "always"])
+    p.set_defaults(run=cmd_retrain)
+
+    p = sub.add_parser("events", help="the live event store")
+    p.add_argument("action", choices=["export"])
+    p.add_argument("store", help="event store (SQLite file)")
+    p.add_argument("--out", required=True, help="click log Parquet to write")
+    p.set_defaults(run=cmd_events)
 
     p = sub.add_parser("models", help="list, promote or roll back model versions")
     p.add_argument("action", choices=["list", "promote", "rollback"])
@@ -154,6 +171,11 @@ def cmd_evaluate(args) -> int:
     if args.json:
         write_json(report, args.json)
         print(f"wrote {args.json}")
+    if args.report:
+        from recsys.report import write_report
+
+        index = write_report(report, args.report)
+        print(f"wrote {index}")
     return 0
 
 
@@ -168,8 +190,25 @@ def cmd_batch_score(args) -> int:
     from recsys.batch import batch_score
 
     summary = batch_score(args.models, args.users, args.out, k=args.k,
-                          chunk_size=args.chunk_size, exclude_seen=not args.include_seen)
+                          chunk_size=args.chunk_size, exclude_seen=not args.include_seen,
+                          engine=args.engine, explain=args.explain)
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    from training.retrain import retrain
+
+    decision = retrain(args.models, args.events, promote=args.promote)
+    print(json.dumps(decision, default=str))
+    return 0
+
+
+def cmd_events(args) -> int:
+    from serving.event_store import export_events
+
+    rows = export_events(args.store, args.out)
+    print(f"exported {rows} events from {args.store} -> {args.out}")
     return 0
 
 

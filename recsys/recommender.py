@@ -38,6 +38,9 @@ class Filters:
     exclude_items: Sequence[str] = ()
     include_categories: Sequence[str] | None = None
     exclude_categories: Sequence[str] | None = None
+    diversity: str = "none"          # "none" | "mmr" | "category_cap"
+    mmr_lambda: float = 0.7          # mmr: weight of relevance against novelty (1 = no diversity)
+    max_per_category: int = 3        # category_cap: at most this many items per category
 
 
 @dataclass
@@ -93,6 +96,9 @@ class Recommender:
         self.context = RankingContext(item_vectors, self.item_categories, index, state, retrieval)
         self.real_time = state.real_time
         self.active = np.ones(len(self.item_ids), dtype=bool)  # False = deleted, never served
+        cutoff = state.cutoff_
+        self.latest_event_s = cutoff.timestamp() if (cutoff is not None and self.real_time) \
+            else time.time()
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -130,9 +136,24 @@ class Recommender:
                               [float(s) for s in scores[0][keep]], MODEL, self.version)
 
     # -- ranking core (also used by evaluation and batch scoring) --------------------------------
+    def clock(self) -> float:
+        """The time features are measured from: the freshest data the model knows of.
+
+        Item age, idleness and user recency were learned relative to the training cut-off, so
+        they are measured from the data's own clock (the state's cut-off, or the latest event
+        seen since, see `observe_time`), not the wall clock: a bundle trained on last year's log
+        then sees the same kind of gaps it learned from.
+        """
+        return self.latest_event_s
+
+    def observe_time(self, epoch_seconds: float) -> None:
+        """Advance the data clock (called when live events arrive)."""
+        if np.isfinite(epoch_seconds) and epoch_seconds > self.latest_event_s:
+            self.latest_event_s = float(epoch_seconds)
+
     def request_batch(self, histories: Sequence[History], now: float | None = None) -> Requests:
         if self.real_time:
-            stamp = time.time() if now is None else now
+            stamp = self.clock() if now is None else now
             times = np.full(len(histories), stamp, dtype=np.float64)
         else:
             times = np.full(len(histories), np.nan, dtype=np.float64)
@@ -153,6 +174,15 @@ class Recommender:
             degraded = True
         return RankedBatch(candidates, scores, rows if keep_features else None, degraded)
 
+    def recommend_histories(self, histories: Sequence[History], k: int = 10,
+                            filters: Filters | None = None, *, now: float | None = None,
+                            explain: bool = False,
+                            user_ids: Sequence[str | None] | None = None) -> list[Recommendation]:
+        """The general form: histories as item rows with their last event time (live state)."""
+        return self._recommend(list(histories), k, filters or Filters(), now=now, explain=explain,
+                               user_ids=list(user_ids) if user_ids is not None
+                               else [None] * len(histories))
+
     def _recommend(self, histories: list[History], k: int, filters: Filters, *,
                    now: float | None, explain: bool, user_ids: list) -> list[Recommendation]:
         allowed = self._allowed_mask(filters)
@@ -168,8 +198,10 @@ class Recommender:
             requests = self.request_batch([histories[u] for u in warm], now)
             ranked = self.rank(requests, [exclude[u] for u in warm], allowed,
                                keep_features=explain)
+            bounds = request_bounds(ranked.candidates.request, len(warm))
             for j, u in enumerate(warm):
-                out[u] = self._top_k(ranked, j, k, user_ids[u], requests, explain)
+                out[u] = self._top_k(ranked, bounds[j], bounds[j + 1], k, filters, user_ids[u],
+                                     requests.histories[j], explain)
         return out  # type: ignore[return-value]
 
     def _allowed_mask(self, filters: Filters) -> np.ndarray:
@@ -191,11 +223,12 @@ class Recommender:
                               [float(clicks[r]) for r in picked], POPULARITY, self.version,
                               user_id=user_id)
 
-    def _top_k(self, ranked: RankedBatch, j: int, k: int, user_id, requests: Requests,
-               explain: bool) -> Recommendation:
-        mask = ranked.candidates.request == j
-        positions = np.flatnonzero(mask)
-        order = positions[np.lexsort((ranked.candidates.item[positions], -ranked.scores[positions]))][:k]
+    def _top_k(self, ranked: RankedBatch, start: int, end: int, k: int, filters: Filters,
+               user_id, history: list[int], explain: bool) -> Recommendation:
+        positions = np.arange(start, end)
+        order = positions[np.lexsort((ranked.candidates.item[positions], -ranked.scores[positions]))]
+        order = diversify(order, ranked.candidates.item, ranked.scores, k, filters,
+                          self.item_vectors, self.item_categories)
         items = ranked.candidates.item[order]
         rec = Recommendation([self.item_ids[r] for r in items],
                              [float(s) for s in ranked.scores[order]],
@@ -203,8 +236,53 @@ class Recommender:
         if explain and ranked.features is not None:
             from recsys.explain import explain_rows
 
-            rec.reasons = explain_rows(self, ranked, order, requests.histories[j])
+            rec.reasons = explain_rows(self, ranked, order, history)
         return rec
+
+
+def request_bounds(request: np.ndarray, n_requests: int) -> np.ndarray:
+    """Start offsets of each request's rows (candidates come grouped by request, in order)."""
+    if request.size and np.any(np.diff(request) < 0):
+        raise ValueError("candidate rows must be grouped by request in ascending order")
+    return np.searchsorted(request, np.arange(n_requests + 1), side="left")
+
+
+def diversify(order: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int, filters: Filters,
+              item_vectors: np.ndarray, item_categories: np.ndarray) -> np.ndarray:
+    """Pick k of the ranked positions `order`, applying the diversity rule of `filters`."""
+    if filters.diversity == "none" or len(order) <= 1:
+        return order[:k]
+    if filters.diversity == "category_cap":
+        taken: dict[int, int] = {}
+        picked, spill = [], []
+        for pos in order:
+            cat = int(item_categories[items[pos]])
+            if cat < 0 or taken.get(cat, 0) < filters.max_per_category:
+                picked.append(pos)
+                taken[cat] = taken.get(cat, 0) + 1
+            else:
+                spill.append(pos)
+            if len(picked) == k:
+                break
+        # never return fewer than k just because the cap ran out of categories
+        return np.asarray((picked + spill)[:k], dtype=np.int64)
+    if filters.diversity == "mmr":
+        pool = order[:max(4 * k, 50)]
+        vectors = item_vectors[items[pool]]
+        relevance = scores[pool].astype(np.float64)
+        spread = relevance.max() - relevance.min()
+        relevance = (relevance - relevance.min()) / spread if spread > 0 else np.ones_like(relevance)
+        chosen: list[int] = []
+        max_sim = np.full(len(pool), -np.inf)
+        for _ in range(min(k, len(pool))):
+            novelty = np.where(np.isfinite(max_sim), max_sim, 0.0)
+            value = filters.mmr_lambda * relevance - (1 - filters.mmr_lambda) * novelty
+            value[chosen] = -np.inf
+            best = int(np.argmax(value))
+            chosen.append(best)
+            max_sim = np.maximum(max_sim, vectors @ vectors[best])
+        return pool[chosen]
+    raise ValueError(f"unknown diversity rule {filters.diversity!r}: none, mmr or category_cap")
 
 
 def retrieval_order_scores(candidates: Candidates) -> np.ndarray:

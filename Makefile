@@ -1,0 +1,29 @@
+# Two commands for a fresh machine (see README): `make demo` and `make test`.
+# torch is installed first and pinned, so nothing later pulls a multi-GB CUDA build.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/recsys quickstart
+
+test: install
+	$(VENV)/bin/pytest
+
+test-slow: install
+	$(VENV)/bin/pytest -m slow
+
+clean:
+	rm -rf $(VENV) demo-run .pytest_cache

@@ -1,0 +1,62 @@
+"""Shared, session-scoped fixtures: small real-row datasets and one trained bundle.
+
+Training on the RecBole fixture (40 users, 341 items) takes a few seconds with the real MiniLM
+encoder, so every test that needs a model shares one bundle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Keep the embedding cache out of the user's home directory."""
+    cache = tmp_path_factory.mktemp("recsys-cache")
+    old = os.environ.get("RECSYS_CACHE")
+    os.environ["RECSYS_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("RECSYS_CACHE", None)
+    else:
+        os.environ["RECSYS_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def recbole_dataset(tmp_path_factory) -> Path:
+    from recsys.data.importers import import_dataset
+
+    out = tmp_path_factory.mktemp("data") / "recbole"
+    import_dataset("recbole", FIXTURES / "recbole", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def movielens_dataset(tmp_path_factory) -> Path:
+    from recsys.data.importers import import_dataset
+
+    out = tmp_path_factory.mktemp("data") / "movielens"
+    import_dataset("movielens", FIXTURES / "movielens", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory, recbole_dataset) -> Path:
+    """A models directory with one trained bundle (CURRENT) on the RecBole fixture."""
+    from training.pipeline import train
+
+    models = tmp_path_factory.mktemp("models")
+    train(recbole_dataset, models, version="v1", log=lambda _: None)
+    return models
+
+
+@pytest.fixture(scope="session")
+def recommender(models_dir):
+    from recsys.recommender import Recommender
+
+    return Recommender.load(models_dir)
