@@ -92,5 +92,7 @@ class Covisitation:
     def score_pairs(self, histories: Sequence[Sequence[int]], users: np.ndarray,
                     items: np.ndarray, recent: int = RECENT_ITEMS) -> np.ndarray:
         """Dense scores for (user, item) pairs, reading the sparse product without densifying."""
+        if len(items) == 0:
+            return np.zeros(0, dtype=np.float32)
         scores = self.score(histories, recent)
         return np.asarray(scores[users, items], dtype=np.float32).ravel()

@@ -37,6 +37,7 @@ class ItemIndex:
         self.ivf_lists = ivf_lists
         self.ivf_probe = ivf_probe
         self.index_: faiss.Index | None = None
+        self._vectors: np.ndarray | None = None  # reconstructed lazily, for exact fallbacks
 
     # -- building -------------------------------------------------------------------------
     def fit(self, vectors: np.ndarray) -> "ItemIndex":
@@ -59,6 +60,7 @@ class ItemIndex:
             index.train(vectors)
         index.add(vectors)
         self.index_ = index
+        self._vectors = None
         self._tune()
         return self
 
@@ -116,6 +118,10 @@ class ItemIndex:
             for q, query_scores, query_rows in zip(pending, scores, rows):
                 keep = [(r, s) for r, s in zip(query_rows, query_scores)
                         if r >= 0 and r not in excluded[q]]
+                if len(keep) < k and fetch >= index.ntotal:
+                    # an approximate index can miss items even when asked for all of them:
+                    # finish exactly over the eligible rows, so heavy filters still get k
+                    keep = self._exact(queries[q], excluded[q], k)
                 enough = len(keep) >= k or fetch >= index.ntotal
                 if enough:
                     keep = keep[:k]
@@ -127,6 +133,15 @@ class ItemIndex:
             # approximate indexes may return fewer than asked: widen and try again
             fetch *= 2
         return rows_out, scores_out
+
+    def _exact(self, query: np.ndarray, excluded: set[int], k: int) -> list[tuple[int, float]]:
+        if self._vectors is None:
+            self._vectors = self.vectors()
+        scores = self._vectors @ query
+        if excluded:
+            scores[list(excluded)] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(r), float(scores[r])) for r in top if np.isfinite(scores[r])]
 
     def _require(self) -> faiss.Index:
         if self.index_ is None:
