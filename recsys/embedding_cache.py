@@ -30,7 +30,9 @@ def encode_cached(encoder: Encoder, texts: Sequence[str], cache_dir: Path | None
                   *, show_progress: bool | None = None) -> np.ndarray:
     """Encode `texts`, reusing vectors cached for this encoder; returns float32 [n, d]."""
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    cache_file = cache_dir / f"{encoder.fingerprint}-{encoder.max_length}.parquet"
+    # bf16 vectors differ slightly from fp32 ones: they never share a cache file.
+    suffix = "" if encoder.resolved_precision == "fp32" else f"-{encoder.resolved_precision}"
+    cache_file = cache_dir / f"{encoder.fingerprint}-{encoder.max_length}{suffix}.parquet"
     keys = [text_key("" if t is None else str(t)) for t in texts]
 
     cached: dict[str, int] = {}

