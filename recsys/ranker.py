@@ -42,6 +42,9 @@ class Ranker:
     @classmethod
     def load(cls, path: str | os.PathLike[str], features: list[str], *, threads: int = 0) -> "Ranker":
         path = Path(path)
+        # LightGBM aborts the whole process on some truncated model files: check the end marker
+        if b"end of trees" not in path.read_bytes():
+            raise BundleError(f"{path}: not a complete LightGBM model (truncated: no 'end of trees')")
         try:
             booster = lgb.Booster(model_file=str(path))
         except lgb.basic.LightGBMError as exc:

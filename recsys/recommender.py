@@ -6,6 +6,7 @@ one. Returns plain ids and scores, with the model version and where the answer c
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -134,6 +135,89 @@ class Recommender:
         keep = rows[0] >= 0
         return Recommendation([self.item_ids[r] for r in rows[0][keep]],
                               [float(s) for s in scores[0][keep]], MODEL, self.version)
+
+    # -- live changes, copy-on-write (the serving layer swaps in the returned copy) ------------
+    def live_history(self, user_id: str | None, recent_items: Sequence[str],
+                     last_time: float = math.nan) -> History:
+        """The user's history from the bundle followed by the items of events that arrived since.
+
+        Unknown item ids (deleted, or never seen) are skipped; the last event time is the later
+        of the two.
+        """
+        base = self.users.get(user_id) if user_id is not None else None
+        rows = [self.item_rows[i] for i in recent_items if i in self.item_rows]
+        items = (list(base.items) if base is not None else []) + rows
+        times = [t for t in (base.last_time if base is not None else math.nan, last_time)
+                 if t is not None and np.isfinite(t)]
+        return History(items, max(times) if times else math.nan)
+
+    def with_items(self, item_ids: Sequence[str], titles: Sequence[str],
+                   categories: Sequence[str | None], vectors: np.ndarray, *,
+                   now: float | None = None) -> "Recommender":
+        """A copy that also serves these new or changed items (cold start), retrievable at once.
+
+        Each item gets a new row after the existing ones (a changed item's old row is retired),
+        its vector goes into a small exact "fresh items" index searched beside the bundle's, and
+        its behavioural statistics start empty, first seen `now`. `self` is left unchanged, so
+        requests already holding it finish on a consistent view.
+        """
+        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        m = len(item_ids)
+        if not (len(titles) == len(categories) == m == vectors.shape[0]):
+            raise ValueError("item_ids, titles, categories and vectors must have the same length")
+        if vectors.shape[1] != self.item_vectors.shape[1]:
+            raise ValueError(f"item vectors have dimension {vectors.shape[1]}, the bundle "
+                             f"{self.item_vectors.shape[1]}")
+        if not np.isfinite(vectors).all():
+            raise ValueError("item vectors contain NaN or infinity")
+        if m == 0:
+            return self
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+        n = len(self.item_ids)
+        fresh = copy.copy(self)
+        fresh.item_vectors, fresh._vector_buffer = _grow_rows(self, vectors)
+        fresh.item_ids = self.item_ids + list(item_ids)
+        fresh.titles = self.titles + [t or "" for t in titles]
+        fresh.item_rows = dict(self.item_rows)
+        fresh.active = np.concatenate([self.active, np.ones(m, dtype=bool)])
+        for j, item in enumerate(item_ids):
+            old = fresh.item_rows.get(item)
+            if old is not None:
+                fresh.active[old] = False
+            fresh.item_rows[item] = n + j
+        names = list(self.category_names)
+        for c in categories:
+            if c is not None and c not in names:
+                names.append(c)  # appended, so existing codes keep their meaning
+        code = {name: i for i, name in enumerate(names)}
+        fresh.category_names = names
+        fresh.item_categories = np.concatenate([self.item_categories, np.array(
+            [code[c] if c is not None else -1 for c in categories], dtype=np.int64)])
+        stamp = self.clock() if now is None else float(now)
+        fresh.state = _state_with_new_items(self.state, m, stamp)
+        base = self.index.base if isinstance(self.index, FreshItemsIndex) else self.index
+        fresh.index = FreshItemsIndex(base, fresh.item_vectors[base.size:])
+        fresh.context = RankingContext(fresh.item_vectors, fresh.item_categories, fresh.index,
+                                       fresh.state, self.retrieval)
+        return fresh
+
+    def without_items(self, item_ids: Sequence[str]) -> "Recommender":
+        """A copy that never serves these items again (unknown ids are ignored)."""
+        rows = [self.item_rows[i] for i in item_ids if i in self.item_rows]
+        if not rows:
+            return self
+        gone = copy.copy(self)
+        gone.active = self.active.copy()
+        gone.active[rows] = False
+        gone.item_rows = {i: r for i, r in self.item_rows.items() if r not in set(rows)}
+        return gone
+
+    def with_ranker(self, ranker) -> "Recommender":
+        """A copy scoring with another ranker (e.g. one wrapped in a time budget)."""
+        other = copy.copy(self)
+        other.ranker = ranker
+        return other
 
     # -- ranking core (also used by evaluation and batch scoring) --------------------------------
     def clock(self) -> float:
@@ -289,6 +373,90 @@ def retrieval_order_scores(candidates: Candidates) -> np.ndarray:
     """A score that reproduces the sources' own order: best rank across sources first."""
     best = np.minimum(np.minimum(candidates.sem_rank, candidates.covis_rank), candidates.pop_rank)
     return (-best).astype(np.float32)
+
+
+class FreshItemsIndex:
+    """The bundle's index plus an exact search over items added since it was built.
+
+    Same `search(queries, k, exclude)` contract as `ItemIndex`; fresh rows follow the bundle's
+    (row `base.size + j` is the j-th fresh vector), so results merge by score.
+    """
+
+    def __init__(self, base: ItemIndex, fresh_vectors: np.ndarray) -> None:
+        self.base = base
+        self.fresh_vectors = fresh_vectors
+
+    @property
+    def size(self) -> int:
+        return self.base.size + int(self.fresh_vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        rows, scores = self.base.search(queries, k, exclude)
+        offset, m = self.base.size, self.fresh_vectors.shape[0]
+        if m == 0 or k <= 0:
+            return rows, scores
+        fresh_scores = queries @ self.fresh_vectors.T
+        if exclude is not None:
+            for q, excluded in enumerate(exclude):
+                for r in excluded:
+                    if offset <= int(r) < offset + m:
+                        fresh_scores[q, int(r) - offset] = -np.inf
+        fresh_rows = np.broadcast_to(np.arange(offset, offset + m), fresh_scores.shape)
+        fresh_rows = np.where(np.isfinite(fresh_scores), fresh_rows, -1)
+        all_rows = np.concatenate([rows, fresh_rows], axis=1)
+        all_scores = np.concatenate([scores, fresh_scores.astype(np.float32)], axis=1)
+        k = min(k, self.size)
+        order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+        return (np.take_along_axis(all_rows, order, axis=1),
+                np.take_along_axis(all_scores, order, axis=1))
+
+
+def _grow_rows(recommender: Recommender, new_rows: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """`recommender.item_vectors` with `new_rows` appended, without copying the catalogue each time.
+
+    Vectors live in a buffer with spare capacity; a copy writes only into rows no earlier view
+    can see, and only the copy that filled the buffer last may extend it in place.
+    Returns the new view and the (buffer, fill) pair to keep beside it.
+    """
+    current = recommender.item_vectors
+    n, m = current.shape[0], new_rows.shape[0]
+    buffer, fill = getattr(recommender, "_vector_buffer", (None, None))
+    if buffer is None or fill[0] != n or buffer.shape[0] < n + m:
+        buffer = np.empty((n + m + max(1024, (n + m) // 8), current.shape[1]), dtype=np.float32)
+        buffer[:n] = current
+        fill = [n]
+    buffer[n:n + m] = new_rows
+    fill[0] = n + m
+    return buffer[:n + m], (buffer, fill)
+
+
+def _state_with_new_items(state: BehaviourState, m: int, first_seen_s: float) -> BehaviourState:
+    """The behavioural state with `m` new items that have no events yet."""
+    import scipy.sparse as sp
+
+    n = state.n_items
+    covis = copy.copy(state.covisitation)
+    matrix = state.covisitation.matrix_
+    indptr = np.concatenate([matrix.indptr, np.full(m, matrix.indptr[-1], dtype=matrix.indptr.dtype)])
+    covis.n_items = n + m
+    covis.matrix_ = sp.csr_matrix((matrix.data, matrix.indices, indptr), shape=(n + m, n + m))
+    grown = copy.copy(state)
+    grown.n_items = n + m
+    grown.clicks_ = np.concatenate([state.clicks_, np.zeros(m, np.float32)])
+    grown.shown_ = np.concatenate([state.shown_, np.zeros(m, np.float32)])
+    grown.ctr_ = np.concatenate([state.ctr_, np.zeros(m, np.float32)])  # unused: never shown
+    grown.window_clicks_ = np.concatenate(
+        [state.window_clicks_, np.zeros((m, state.window_clicks_.shape[1]), np.float32)])
+    grown.first_seen_s_ = np.concatenate([state.first_seen_s_, np.full(m, first_seen_s)])
+    grown.last_seen_s_ = np.concatenate([state.last_seen_s_, np.full(m, np.nan)])
+    grown.popular_rows_ = np.concatenate([state.popular_rows_, np.arange(n, n + m)])
+    grown.covisitation_ = covis
+    return grown
 
 
 __all__ = ["Filters", "History", "Recommendation", "Recommender", "MODEL", "POPULARITY",

@@ -1,0 +1,85 @@
+"""What routes depend on: the app context, the caller's key (auth + rate limit), the model pool."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from serving.auth import ADMIN, DATA, KeyChecker, RateLimiter
+from serving.errors import Overloaded, RateLimited
+from serving.event_store import EventStore
+from serving.live_state import LiveHistories
+from serving.metrics import Metrics
+from serving.model_holder import ModelHolder
+from serving.settings import Settings
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="data key for data routes, admin key for /admin")
+
+
+class ModelPool:
+    """A few threads for model work (FAISS, features, LightGBM), with a cap on waiting requests:
+    past it a request gets 503 at once instead of queueing into a timeout."""
+
+    def __init__(self, threads: int, max_pending: int) -> None:
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="model")
+        self.max_pending = max_pending
+        self.pending = 0  # touched only on the event loop
+
+    async def run(self, fn, *args):
+        if self.pending >= self.max_pending:
+            raise Overloaded("server busy: too many requests waiting for the model")
+        self.pending += 1
+        try:
+            return await asyncio.wrap_future(self.executor.submit(fn, *args))
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    holder: ModelHolder
+    store: EventStore | None
+    live: LiveHistories
+    metrics: Metrics
+    pool: ModelPool
+    keys: KeyChecker
+    limiter: RateLimiter
+
+
+def get_context(request: Request) -> AppContext:
+    return request.app.state.context
+
+
+Ctx = Annotated[AppContext, Depends(get_context)]
+
+
+def _access(role: str):
+    async def check(request: Request, ctx: Ctx,
+              api_key: Annotated[str | None, Security(api_key_header)] = None) -> str:
+        caller = ctx.keys.check(api_key, role)
+        bucket = caller if caller != "anonymous" else \
+            f"ip:{request.client.host if request.client else '?'}"
+        wait = ctx.limiter.acquire(f"{role}:{bucket}")
+        request.state.caller = caller
+        if wait > 0:
+            ctx.metrics.rate_limited.inc()
+            raise RateLimited(wait)
+        return caller
+    return check
+
+
+DataCaller = Annotated[str, Depends(_access(DATA))]
+AdminCaller = Annotated[str, Depends(_access(ADMIN))]
+
+__all__ = ["AdminCaller", "AppContext", "Ctx", "DataCaller", "ModelPool", "api_key_header",
+           "get_context"]

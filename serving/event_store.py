@@ -1,0 +1,297 @@
+"""The live event store: events (and cold-start items) written durably before they are acknowledged.
+
+`EventStore` is the interface the API uses; `SqliteEventStore` is the embedded default (SQLite in
+WAL mode, synchronous=FULL: a committed write survives kill -9 and power loss). A shared server
+(Postgres, Redis streams...) replaces it by implementing the same methods.
+Every row carries a CRC of its content, so bytes flipped on disk are found at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import struct
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import polars as pl
+
+from recsys.errors import NotFoundError, RecsysError
+from recsys.io import write_parquet
+
+log = logging.getLogger(__name__)
+
+POSITIVE_TYPES = frozenset({"click", "purchase", "add_to_cart"})  # extend the user's history
+
+
+class EventStoreError(RecsysError):
+    """The store is corrupt or unreadable: the server refuses to start on it."""
+
+
+class StoreUnavailable(RecsysError):
+    """A write could not be made durable (disk full, I/O error): nothing was acknowledged."""
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    user_id: str
+    item_id: str
+    timestamp: float          # epoch seconds
+    type: str
+    request_id: str | None = None
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """A cold-start item as the API received it, with its vector (None when deleted)."""
+
+    item_id: str
+    title: str
+    text: str
+    category: str | None
+    vector: np.ndarray | None
+    encoder: str              # fingerprint of the encoder that made `vector`
+    deleted: bool
+    updated: float
+
+
+class EventStore(Protocol):
+    def append(self, events: Sequence[Event]) -> list[bool]:
+        """Store events durably; True for each new one, False for a duplicate id."""
+
+    def events(self, since_seq: int = 0) -> Iterator[tuple[int, Event]]:
+        """Every stored event in arrival order, with its sequence number."""
+
+    def count(self) -> int: ...
+
+    def put_items(self, items: Sequence[StoredItem]) -> None: ...
+
+    def items(self) -> list[StoredItem]: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    ts_us INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    request_id TEXT,
+    value REAL,
+    crc INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    category TEXT,
+    vector BLOB,
+    encoder TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL,
+    crc INTEGER NOT NULL
+);
+"""
+
+
+def _event_crc(event_id, user_id, item_id, ts_us, type_, request_id, value) -> int:
+    payload = json.dumps([event_id, user_id, item_id, ts_us, type_, request_id, value])
+    return zlib.crc32(payload.encode("utf-8"))
+
+
+def _item_crc(item_id, title, text, category, vector: bytes | None, encoder, deleted,
+              updated_us) -> int:
+    payload = json.dumps([item_id, title, text, category, encoder, deleted, updated_us])
+    return zlib.crc32(vector or b"", zlib.crc32(payload.encode("utf-8")))
+
+
+class SqliteEventStore:
+    """SQLite file in WAL mode with synchronous=FULL; one writer at a time (a lock), any readers."""
+
+    def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _warn_on_torn_wal(self.path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            if verify:
+                self._verify()
+        except sqlite3.DatabaseError as exc:
+            raise EventStoreError(f"{self.path}: event store is corrupt or unreadable ({exc}); "
+                                  "restore it from a backup or move it aside") from exc
+
+    # -- integrity ------------------------------------------------------------------------------
+    def _verify(self) -> None:
+        check = self._db.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            detail = "; ".join(str(row[0]) for row in check[:3])
+            raise EventStoreError(f"{self.path}: event store is corrupt ({detail}); restore it "
+                                  "from a backup or move it aside")
+        for seq, *fields, crc in self._db.execute(
+                "SELECT seq, event_id, user_id, item_id, ts_us, type, request_id, value, crc "
+                "FROM events ORDER BY seq"):
+            if _event_crc(*fields) != crc:
+                raise EventStoreError(f"{self.path}: event row seq {seq} (event_id "
+                                      f"{fields[0]!r}) fails its checksum: the file is corrupt")
+        for *fields, crc in self._db.execute(
+                "SELECT item_id, title, text, category, vector, encoder, deleted, updated_us, crc "
+                "FROM items"):
+            if _item_crc(*fields) != crc:
+                raise EventStoreError(f"{self.path}: item row {fields[0]!r} fails its checksum: "
+                                      "the file is corrupt")
+
+    # -- events ---------------------------------------------------------------------------------
+    def append(self, events: Sequence[Event]) -> list[bool]:
+        rows = []
+        for e in events:
+            ts_us = int(round(e.timestamp * 1_000_000))
+            value = None if e.value is None else float(e.value)
+            rows.append((e.event_id, e.user_id, e.item_id, ts_us, e.type, e.request_id, value,
+                         _event_crc(e.event_id, e.user_id, e.item_id, ts_us, e.type,
+                                    e.request_id, value)))
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    fresh = []
+                    for row in rows:
+                        cursor = self._db.execute(
+                            "INSERT OR IGNORE INTO events (event_id, user_id, item_id, ts_us, "
+                            "type, request_id, value, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                        fresh.append(cursor.rowcount == 1)
+                    self._db.execute("COMMIT")  # synchronous=FULL: durable when this returns
+                except BaseException:
+                    self._rollback()
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                log.error("event store write failed: %s", exc)
+                raise StoreUnavailable(f"events could not be stored ({exc})") from exc
+        return fresh
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def events(self, since_seq: int = 0) -> Iterator[tuple[int, Event]]:
+        cursor = self._db.cursor()
+        cursor.execute("SELECT seq, event_id, user_id, item_id, ts_us, type, request_id, value "
+                       "FROM events WHERE seq > ? ORDER BY seq", (since_seq,))
+        for seq, event_id, user, item, ts_us, type_, request_id, value in cursor:
+            yield seq, Event(event_id, user, item, ts_us / 1_000_000, type_, request_id, value)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    # -- cold-start items -----------------------------------------------------------------------
+    def put_items(self, items: Sequence[StoredItem]) -> None:
+        rows = []
+        for item in items:
+            vector = None if item.vector is None else \
+                np.ascontiguousarray(item.vector, dtype="<f4").tobytes()
+            updated_us = int(round(item.updated * 1_000_000))
+            rows.append((item.item_id, item.title, item.text, item.category, vector, item.encoder,
+                         int(item.deleted), updated_us,
+                         _item_crc(item.item_id, item.title, item.text, item.category, vector,
+                                   item.encoder, int(item.deleted), updated_us)))
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO items (item_id, title, text, category, vector, "
+                        "encoder, deleted, updated_us, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                log.error("event store write failed: %s", exc)
+                raise StoreUnavailable(f"items could not be stored ({exc})") from exc
+
+    def items(self) -> list[StoredItem]:
+        out = []
+        for item_id, title, text, category, vector, encoder, deleted, updated_us in self._db.execute(
+                "SELECT item_id, title, text, category, vector, encoder, deleted, updated_us "
+                "FROM items ORDER BY updated_us, item_id"):
+            array = None if vector is None else np.frombuffer(vector, dtype="<f4").copy()
+            out.append(StoredItem(item_id, title, text, category, array, encoder, bool(deleted),
+                                  updated_us / 1_000_000))
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _warn_on_torn_wal(db_path: Path) -> None:
+    """A WAL ending in half a frame is a write cut off by a crash: SQLite discards it on
+    recovery (it was never committed, so never acknowledged); say so in the log."""
+    wal = Path(f"{db_path}-wal")
+    if not wal.exists() or wal.stat().st_size <= 32:
+        return
+    with open(wal, "rb") as handle:
+        header = handle.read(32)
+    page_size = struct.unpack(">I", header[8:12])[0]
+    if page_size == 1:  # the format's way of writing 65536
+        page_size = 65536
+    frame = 24 + page_size
+    torn = (wal.stat().st_size - 32) % frame if page_size >= 512 else 0
+    if torn:
+        log.warning("event store %s: the write-ahead log ends in a partial record (%d bytes), "
+                    "cut off by a crash; it was never acknowledged and is discarded", db_path, torn)
+
+
+def export_events(store_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> int:
+    """Write every stored event as a click log (the dataset events schema); returns rows written."""
+    store_path = Path(store_path)
+    if not store_path.exists():
+        raise NotFoundError(f"{store_path}: no event store there")
+    store = SqliteEventStore(store_path)
+    try:
+        columns: dict[str, list] = {k: [] for k in ("event_id", "user_id", "item_id", "ts_us",
+                                                     "type", "request_id", "value")}
+        for _, e in store.events():
+            columns["event_id"].append(e.event_id)
+            columns["user_id"].append(e.user_id)
+            columns["item_id"].append(e.item_id)
+            columns["ts_us"].append(int(round(e.timestamp * 1_000_000)))
+            columns["type"].append(e.type)
+            columns["request_id"].append(e.request_id)
+            columns["value"].append(e.value)
+    finally:
+        store.close()
+    frame = pl.DataFrame({
+        "event_id": pl.Series(columns["event_id"], dtype=pl.String),
+        "user_id": pl.Series(columns["user_id"], dtype=pl.String),
+        "item_id": pl.Series(columns["item_id"], dtype=pl.String),
+        "timestamp": pl.Series(columns["ts_us"], dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+        "type": pl.Series(columns["type"], dtype=pl.String),
+        "request_id": pl.Series(columns["request_id"], dtype=pl.String),
+        "value": pl.Series(columns["value"], dtype=pl.Float64),
+    })
+    write_parquet(frame, out_path)
+    return frame.height
+
+
+__all__ = ["Event", "EventStore", "EventStoreError", "POSITIVE_TYPES", "SqliteEventStore",
+           "StoreUnavailable", "StoredItem", "export_events"]

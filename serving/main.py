@@ -1,0 +1,108 @@
+"""Builds the FastAPI app (`create_app`) and runs it (`run`, what `recsys serve` calls).
+
+The model, the event store and the live state are opened in the lifespan handler, never at
+import time; a corrupt event store stops the start with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from serving import errors
+from serving.auth import KeyChecker, RateLimiter
+from serving.deps import AppContext, ModelPool
+from serving.event_store import POSITIVE_TYPES, EventStore, SqliteEventStore
+from serving.live_state import LiveHistories
+from serving.metrics import Metrics
+from serving.middleware import ServingMiddleware
+from serving.model_holder import Loader, ModelHolder
+from serving.routes import admin, events, health, items, recommendations
+from serving.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Personalised recommendations for catalogues whose items have text.
+
+Every recommendation response names the `model_version` that produced it and its `source`:
+`model`, `popularity` (fallback for unknown users, empty histories, or no model) or `degraded`
+(the ranker failed or ran out of time: retrieval order). Data routes need a data key in
+`X-API-Key`; `/admin` routes need the admin key; `/live`, `/ready`, `/health` and `/metrics` are
+open."""
+
+
+def create_app(settings: Settings | None = None, *, loader: Loader | None = None,
+               store: EventStore | None = None) -> FastAPI:
+    """The app. `loader` replaces `Recommender.load` and `store` the SQLite store (tests)."""
+    settings = (settings or get_settings()).check_secure()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from recsys.index import set_search_threads
+
+        set_search_threads(1)  # one OpenMP thread per search: the pool gives the parallelism
+        event_store = store
+        store_path = settings.event_store_path()
+        if event_store is None and store_path is not None:
+            event_store = SqliteEventStore(store_path)  # EventStoreError stops the start
+        live = LiveHistories(settings.live_history_items, settings.live_users)
+        if event_store is not None:
+            replay(event_store, live)
+        holder = ModelHolder(settings.models_dir, store=event_store, threads=1,
+                             ranker_timeout_s=settings.ranker_timeout_ms / 1000.0,
+                             loader=loader, on_change=metrics.set_model)
+        holder.load_current()
+        holder.start_polling(settings.poll_current_s)
+        pool = ModelPool(settings.model_threads, settings.max_pending)
+        app.state.context = AppContext(
+            settings=settings, holder=holder, store=event_store, live=live, metrics=metrics,
+            pool=pool, keys=KeyChecker(settings.api_keys, settings.admin_key),
+            limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
+        try:
+            yield
+        finally:
+            holder.close()
+            pool.close()
+            if event_store is not None and store is None:
+                event_store.close()
+
+    app = FastAPI(title="recsys", version="1", description=DESCRIPTION, lifespan=lifespan)
+    for router in (recommendations.router, items.router, events.router, health.router,
+                   admin.router):
+        app.include_router(router)
+    errors.install(app)
+    app.add_middleware(ServingMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    return app
+
+
+def replay(store: EventStore, live: LiveHistories) -> int:
+    """Rebuild users' recent histories from the store (bounded by LiveHistories' limits)."""
+    n = 0
+    for _, event in store.events():
+        if event.type in POSITIVE_TYPES:
+            live.add(event.user_id, event.item_id, event.timestamp)
+            n += 1
+    log.info("replayed %d live events for %d users", n, live.n_users)
+    return n
+
+
+def run(models: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve `models` (a models directory with CURRENT) until interrupted."""
+    import uvicorn
+
+    from serving import json_logs
+
+    base = get_settings()
+    settings = base.model_copy(update={"models_dir": Path(models), "host": host, "port": port})
+    json_logs.configure(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=10)
+
+
+__all__ = ["create_app", "replay", "run"]

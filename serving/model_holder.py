@@ -1,0 +1,221 @@
+"""Hot reload: one Recommender reference, replaced only by a bundle that loaded, verified and warmed.
+
+A request reads `holder.current` once and uses that object to the end, so it never mixes two
+versions. Loading happens beside the serving model; a bundle that fails anywhere is refused and
+the old one keeps serving. Cold-start item changes are copy-on-write swaps of the same reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from recsys.bundle import check_version_name, current_version, read_manifest, set_current
+from recsys.errors import BundleError, NotFoundError, RecsysError
+from recsys.recommender import Filters, History, Recommender
+from serving.event_store import EventStore, StoredItem
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[..., Recommender]
+
+
+class DeadlineRanker:
+    """Runs the ranker with a time budget; past it, raises so the Recommender serves the
+    retrieval order marked degraded (the late prediction finishes in the background)."""
+
+    def __init__(self, ranker, timeout_s: float, pool: ThreadPoolExecutor) -> None:
+        self.ranker = ranker
+        self.timeout_s = timeout_s
+        self.pool = pool
+        self.features = ranker.features
+
+    def predict(self, rows):
+        return self.pool.submit(self.ranker.predict, rows).result(timeout=self.timeout_s)
+
+    def contributions(self, rows):
+        return self.ranker.contributions(rows)
+
+
+class ModelHolder:
+    def __init__(self, models_dir: Path | None, *, store: EventStore | None = None,
+                 threads: int = 1, ranker_timeout_s: float | None = 0.2,
+                 loader: Loader | None = None, on_change: Callable[[str | None], None] = None,
+                 ) -> None:
+        self.models_dir = None if models_dir is None else Path(models_dir)
+        self.store = store
+        self.threads = threads
+        self.ranker_timeout_s = ranker_timeout_s
+        self.loader = loader or Recommender.load
+        self.on_change = on_change or (lambda version: None)
+        self._current: Recommender | None = None
+        self._load_lock = threading.Lock()      # one load at a time
+        self._swap_lock = threading.Lock()      # serialises swaps (reload, item changes)
+        self._ranker_pool = ThreadPoolExecutor(max(2, threads), thread_name_prefix="ranker")
+        self._encoders: dict[str, object] = {}
+        self.refused: dict[str, str] = {}       # version -> why it was refused
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    @property
+    def current(self) -> Recommender | None:
+        return self._current
+
+    # -- loading --------------------------------------------------------------------------------
+    def load_current(self) -> None:
+        """At start: serve CURRENT if there is one; otherwise run without a model (not ready)."""
+        if self.models_dir is None:
+            self.last_error = "no models directory configured"
+            return
+        try:
+            self.reload()
+        except RecsysError as exc:
+            self.last_error = str(exc)
+            log.error("no model loaded: %s", exc)
+
+    def reload(self, version: str | None = None, *, promote: bool = False) -> Recommender:
+        """Load `version` (default: CURRENT), verify, warm, then swap it in; raise if refused.
+
+        With `promote`, CURRENT is pointed at it once it has loaded, so a poll never undoes it.
+        """
+        if self.models_dir is None:
+            raise NotFoundError("the server has no models directory")
+        with self._load_lock:
+            version = check_version_name(version or current_version(self.models_dir))
+            bundle = self.models_dir / version
+            if not bundle.is_dir():
+                raise NotFoundError(f"no model version {version} in {self.models_dir}")
+            started = time.perf_counter()
+            try:
+                read_manifest(bundle, verify=True)  # checksums of every file first
+                loaded = self.loader(bundle, verify=False, threads=self.threads)
+                prepared = self._prepare(loaded)
+                self._warm(prepared)
+            except Exception as exc:  # any failure refuses the bundle; the old keeps serving
+                reason = str(exc) if isinstance(exc, RecsysError) else \
+                    f"{type(exc).__name__}: {exc}"
+                self.refused[version] = reason
+                log.error("model %s refused: %s", version, reason)
+                raise BundleError(f"model {version} refused: {reason}") from exc
+            if promote:
+                set_current(self.models_dir, version)
+            with self._swap_lock:
+                prepared = self._apply_stored_items(prepared)  # items changed while loading
+                self._current = prepared
+            self.refused.pop(version, None)
+            self.last_error = None
+            log.info("serving model %s (loaded in %.2fs)", version, time.perf_counter() - started)
+            self.on_change(version)
+            return prepared
+
+    def _prepare(self, recommender: Recommender) -> Recommender:
+        if self.ranker_timeout_s:
+            recommender = recommender.with_ranker(
+                DeadlineRanker(recommender.ranker, self.ranker_timeout_s, self._ranker_pool))
+        return self._apply_stored_items(recommender)
+
+    def _warm(self, recommender: Recommender) -> None:
+        """One request of each kind, so the first user never pays for lazy initialisation."""
+        rows = [r for r in recommender.state.popular_rows_[:3].tolist()]
+        recommender.recommend_histories([History(rows), History()], 10, Filters())
+        if rows:
+            recommender.similar_items(recommender.item_ids[rows[0]], 10)
+
+    # -- cold-start items -----------------------------------------------------------------------
+    def encoder(self, recommender: Recommender):
+        """The bundle's text encoder, loaded on first use."""
+        from recsys.encoder import Encoder
+
+        key = recommender.version
+        if key not in self._encoders:
+            if recommender.path is None:
+                raise BundleError("this model has no bundle directory to load an encoder from")
+            self._encoders = {key: Encoder.load(recommender.path / "encoder", device="cpu")}
+        return self._encoders[key]
+
+    def _apply_stored_items(self, recommender: Recommender) -> Recommender:
+        if self.store is None:
+            return recommender
+        stored = self.store.items()
+        if not stored:
+            return recommender
+        live = [i for i in stored if not i.deleted]
+        vectors = self._vectors_for(recommender, live)
+        if live:
+            recommender = recommender.with_items([i.item_id for i in live],
+                                                 [i.title for i in live],
+                                                 [i.category for i in live], vectors,
+                                                 now=max(i.updated for i in live))
+        return recommender.without_items([i.item_id for i in stored if i.deleted])
+
+    def _vectors_for(self, recommender: Recommender, items: list[StoredItem]) -> np.ndarray:
+        """Stored vectors where this bundle's encoder made them, new embeddings otherwise."""
+        dim = recommender.item_vectors.shape[1]
+        fingerprint = recommender.manifest.get("encoder", {}).get("fingerprint", "")
+        vectors = np.zeros((len(items), dim), dtype=np.float32)
+        stale = []
+        for j, item in enumerate(items):
+            if item.vector is not None and item.encoder == fingerprint and item.vector.size == dim:
+                vectors[j] = item.vector
+            else:
+                stale.append(j)
+        if stale:
+            encoded = self.encoder(recommender).encode([items[j].text for j in stale])
+            vectors[stale] = encoded
+        return vectors
+
+    def upsert_items(self, items: list[StoredItem]) -> Recommender:
+        """Make items retrievable now; they are already durable in the store."""
+        with self._swap_lock:
+            recommender = self._require()
+            self._current = recommender.with_items(
+                [i.item_id for i in items], [i.title for i in items],
+                [i.category for i in items], np.stack([i.vector for i in items]))
+            return self._current
+
+    def delete_items(self, item_ids: list[str]) -> Recommender:
+        with self._swap_lock:
+            self._current = self._require().without_items(item_ids)
+            return self._current
+
+    def _require(self) -> Recommender:
+        if self._current is None:
+            raise NotFoundError("no model is loaded")
+        return self._current
+
+    # -- following CURRENT ----------------------------------------------------------------------
+    def start_polling(self, every_s: float) -> None:
+        if every_s <= 0 or self.models_dir is None:
+            return
+        self._poller = threading.Thread(target=self._poll, args=(every_s,), daemon=True,
+                                        name="current-poller")
+        self._poller.start()
+
+    def _poll(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                wanted = current_version(self.models_dir)
+            except RecsysError:
+                continue
+            served = self._current.version if self._current is not None else None
+            if wanted != served and wanted not in self.refused:
+                try:
+                    self.reload(wanted)
+                except RecsysError:
+                    pass  # logged and remembered in `refused`; the old model keeps serving
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        self._ranker_pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["DeadlineRanker", "ModelHolder"]

@@ -1,0 +1,43 @@
+"""Liveness, readiness, health and Prometheus metrics (no key needed)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from serving.deps import Ctx
+from serving.schemas import HealthResponse, ReadyResponse
+from serving.service import NO_MODEL
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/live")
+async def live() -> dict:
+    """The process is up (it may still have no model)."""
+    return {"live": True}
+
+
+@router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+async def ready(ctx: Ctx, response: Response) -> dict:
+    """200 once a model is loaded; 503 without one (recommendations then fall back to live
+    popularity and say so)."""
+    recommender = ctx.holder.current
+    if recommender is None:
+        response.status_code = 503
+        return {"ready": False, "model_version": NO_MODEL, "reason": ctx.holder.last_error}
+    return {"ready": True, "model_version": recommender.version, "reason": None}
+
+
+@router.get("/health", response_model=HealthResponse)
+async def health(ctx: Ctx) -> dict:
+    recommender = ctx.holder.current
+    if recommender is None:
+        return {"status": "no_model", "model_version": NO_MODEL, "source": "popularity"}
+    return {"status": "ok", "model_version": recommender.version, "source": "model"}
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
+async def metrics(ctx: Ctx) -> Response:
+    data, content_type = ctx.metrics.render()
+    return Response(data, media_type=content_type)

@@ -1,0 +1,147 @@
+"""Request and response bodies, with explicit limits (they appear in the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from recsys.bundle import VERSION_PATTERN
+from recsys.data.schema import EVENT_TYPES
+
+MAX_K = 100                 # items one response may hold
+MAX_LIST = 1000             # history length, exclusions, events per batch, impression list
+MAX_ITEMS_PER_PUT = 100     # items embedded in one PUT (the encoder runs inline)
+MAX_TEXT = 10_000           # characters of an item text
+MAX_ID = 200                # characters of any id
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
+Source = Literal["model", "popularity", "degraded"]
+Diversity = Literal["none", "mmr", "category_cap"]
+EventType = Literal[tuple(sorted(EVENT_TYPES))]  # type: ignore[valid-type]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+    title: str | None = None
+    reasons: dict | None = None
+
+
+class RecommendationResponse(BaseModel):
+    user_id: str | None = None
+    items: list[ScoredItem]
+    source: Source = Field(description="model: ranked by the model; popularity: the fallback for "
+                                       "users with no history (or no model); degraded: retrieval "
+                                       "order, the ranker failed or ran out of time")
+    fallback: bool = Field(description="true unless the model ranked this response")
+    model_version: str = Field(description='the bundle that answered, "none" without a model')
+
+
+class HistoryRequest(Strict):
+    history: list[Id] = Field(default_factory=list, max_length=MAX_LIST,
+                              description="item ids the visitor interacted with, oldest first")
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_LIST)
+    categories: list[Id] | None = Field(None, max_length=MAX_LIST,
+                                        description="only items in these categories")
+    exclude_categories: list[Id] = Field(default_factory=list, max_length=MAX_LIST)
+    exclude_seen: bool = True
+    diversity: Diversity = "none"
+    explain: bool = False
+
+
+class EventIn(Strict):
+    """One event about one item (click, view, purchase, rating, a single impression...)."""
+
+    event_id: Id = Field(description="unique id: a retry with the same id is stored once")
+    user_id: Id
+    type: EventType
+    item_id: Id
+    timestamp: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                    description="epoch seconds; default: when received")
+    request_id: Id | None = Field(None, description="the recommendation response this belongs to")
+    value: float | None = Field(None, allow_inf_nan=False)
+
+
+class ShownListIn(Strict):
+    """An impression of a whole list: stored as one event per item (`EVENT_ID#position`),
+    grouped by `request_id` (default: the event id)."""
+
+    event_id: Id = Field(description="unique id: a retry with the same id is stored once")
+    user_id: Id
+    type: Literal["impression"]
+    items: list[Id] = Field(min_length=1, max_length=MAX_LIST, description="the list shown, "
+                                                                           "in order")
+    timestamp: float | None = Field(None, ge=0, allow_inf_nan=False)
+    request_id: Id | None = None
+
+
+class EventsRequest(Strict):
+    events: list[EventIn | ShownListIn] = Field(min_length=1, max_length=MAX_LIST)
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="events stored now (durable before this response)")
+    duplicates: int = Field(description="events whose id was already stored (not counted twice)")
+
+
+class ItemIn(Strict):
+    item_id: Id
+    title: str = Field("", max_length=MAX_TEXT)
+    text: str = Field(min_length=1, max_length=MAX_TEXT, description="what the encoder reads")
+    category: Id | None = None
+
+
+class ItemsRequest(Strict):
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS_PER_PUT)
+
+
+class ItemsResponse(BaseModel):
+    upserted: int
+    model_version: str
+
+
+class DeletedResponse(BaseModel):
+    deleted: str
+    model_version: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "no_model"]
+    model_version: str
+    source: Literal["model", "popularity"] = Field(
+        description="what recommendations come from now: the model, or (without one) the "
+                    "popularity of live events")
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model_version: str
+    reason: str | None = None
+
+
+class ReloadRequest(Strict):
+    version: str | None = Field(None, pattern=VERSION_PATTERN.pattern,
+                                description="version to load and make CURRENT; "
+                                            "default: reload whatever CURRENT names")
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous: str | None
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list
+
+
+__all__ = ["DeletedResponse", "Diversity", "ErrorResponse", "EventIn", "EventsRequest",
+           "EventsResponse", "HealthResponse", "HistoryRequest", "Id", "ItemIn", "ItemsRequest",
+           "ItemsResponse", "MAX_ID", "MAX_ITEMS_PER_PUT", "MAX_K", "MAX_LIST", "MAX_TEXT",
+           "ReadyResponse", "RecommendationResponse", "ReloadRequest", "ReloadResponse",
+           "ScoredItem", "ShownListIn", "Source"]

@@ -1,0 +1,104 @@
+"""Server settings from the environment (prefix RECSYS_) or an env file, with secure defaults.
+
+Read through the cached `get_settings()`; tests build their own `Settings` and pass it to
+`create_app`. Nothing here is a module-level settings object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class InsecureSettingsError(ValueError):
+    """Settings that would expose the service without protection."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore")
+
+    models_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # Auth. Keys are secrets: never logged, compared in constant time. Data keys use the data
+    # routes; the admin key only the admin routes. With no data keys the data routes are open,
+    # which `check_secure` allows only on a loopback address.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    admin_key: SecretStr | None = None
+    allow_open_access_on_network: bool = False
+
+    rate_limit_per_s: float = Field(50.0, gt=0)     # sustained requests per second per key
+    rate_limit_burst: int = Field(100, ge=1)        # bucket size
+
+    # Bodies larger than this get 413 before they are read (per-field limits: serving.schemas).
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+
+    # Work scheduling: the model runs on a small pool (one thread per core beats fighting
+    # over them); requests beyond `max_pending` wait no longer than it takes to say 503.
+    model_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    max_pending: int = Field(64, ge=1)
+    ranker_timeout_ms: float = Field(200.0, gt=0)   # past it: retrieval order, marked degraded
+
+    # Live state.
+    event_store: Path | None = None                 # default: MODELS/events.sqlite
+    future_skew_s: float = Field(300.0, ge=0)       # reject events stamped further ahead
+    live_history_items: int = Field(50, ge=1)
+    live_users: int = Field(100_000, ge=1)
+
+    # Model lifecycle: how often to look at CURRENT (0 = only on POST /admin/reload).
+    poll_current_s: float = Field(5.0, ge=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):  # RECSYS_API_KEYS="k1,k2"
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    def event_store_path(self) -> Path | None:
+        if self.event_store is not None:
+            return self.event_store
+        return None if self.models_dir is None else self.models_dir / "events.sqlite"
+
+    def check_secure(self) -> "Settings":
+        """Refuse settings that would serve data to a network without keys, or weak keys."""
+        for key in [*self.api_keys, *([self.admin_key] if self.admin_key else [])]:
+            if len(key.get_secret_value()) < 16:
+                raise InsecureSettingsError("API keys must be at least 16 characters long")
+        if self.admin_key is not None and any(
+                k.get_secret_value() == self.admin_key.get_secret_value() for k in self.api_keys):
+            raise InsecureSettingsError("the admin key must differ from every data key")
+        if not self.api_keys and not _is_loopback(self.host) \
+                and not self.allow_open_access_on_network:
+            raise InsecureSettingsError(
+                f"refusing to serve on {self.host} without API keys: set RECSYS_API_KEYS "
+                "(and RECSYS_ADMIN_KEY), or bind to 127.0.0.1")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, and from the file named by RECSYS_ENV_FILE if set."""
+    env_file = os.environ.get("RECSYS_ENV_FILE")
+    return Settings(_env_file=env_file) if env_file else Settings()
+
+
+__all__ = ["InsecureSettingsError", "Settings", "get_settings"]

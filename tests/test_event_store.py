@@ -1,0 +1,139 @@
+"""The SQLite event store: idempotent appends, corruption found at start, export to a click log."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.cli import main as cli
+from recsys.data.schema import EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS
+from serving.event_store import (Event, EventStoreError, SqliteEventStore, StoredItem,
+                                 StoreUnavailable, export_events)
+
+
+def events(n, start=0, user="u1"):
+    return [Event(f"e{i}", user, f"item{i % 7}", 1_700_000_000 + i, "click", None, None)
+            for i in range(start, start + n)]
+
+
+def test_append_is_idempotent_and_ordered(tmp_path):
+    store = SqliteEventStore(tmp_path / "ev.sqlite")
+    assert store.append(events(3)) == [True, True, True]
+    assert store.append(events(4)) == [False, False, False, True]
+    assert store.count() == 4
+    assert [e.event_id for _, e in store.events()] == ["e0", "e1", "e2", "e3"]
+    assert [e.event_id for _, e in store.events(since_seq=2)] == ["e2", "e3"]
+    store.close()
+    reopened = SqliteEventStore(tmp_path / "ev.sqlite")
+    assert reopened.count() == 4
+    reopened.close()
+
+
+def test_items_round_trip_with_vectors(tmp_path):
+    store = SqliteEventStore(tmp_path / "ev.sqlite")
+    vector = np.arange(4, dtype=np.float32)
+    store.put_items([StoredItem("a", "A", "text a", "cat", vector, "fp", False, 10.0),
+                     StoredItem("b", "", "", None, None, "", True, 11.0)])
+    items = {i.item_id: i for i in store.items()}
+    assert np.array_equal(items["a"].vector, vector) and items["a"].category == "cat"
+    assert items["b"].deleted and items["b"].vector is None
+    store.close()
+
+
+def test_torn_wal_tail_is_discarded_with_a_warning(tmp_path, caplog):
+    """A crash mid-write leaves half a WAL frame: committed events survive, the torn part is
+    dropped (it was never acknowledged), and the log says so."""
+    live = tmp_path / "live.sqlite"
+    store = SqliteEventStore(live)
+    store._db.execute("PRAGMA wal_autocheckpoint=0")  # keep every commit in the WAL
+    store.append(events(5))
+    store.append(events(5, start=5))
+    crashed = tmp_path / "crashed.sqlite"  # what a kill -9 leaves: the db and its WAL as they are
+    shutil.copy(live, crashed)
+    shutil.copy(f"{live}-wal", f"{crashed}-wal")
+    store.close()
+    wal = f"{crashed}-wal"
+    with open(wal, "ab") as handle:
+        handle.write(b"\x00" * 100)  # half a frame of a write that never finished
+    with caplog.at_level(logging.WARNING, logger="serving.event_store"):
+        recovered = SqliteEventStore(crashed)
+    assert "partial record" in caplog.text
+    assert recovered.count() == 10
+    recovered.close()
+
+
+def test_flipped_bytes_in_the_middle_refuse_to_start(tmp_path):
+    path = tmp_path / "ev.sqlite"
+    store = SqliteEventStore(path)
+    store.append([Event(f"event-{i:04d}", f"user-{i:04d}", "item", 1_700_000_000.0, "click")
+                  for i in range(200)])
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = bytearray(path.read_bytes())
+    at = data.find(b"user-0100")
+    assert at > 0
+    data[at + 5] ^= 0x01  # user-0100 -> user-1100 on disk: valid SQLite, wrong content
+    path.write_bytes(bytes(data))
+    with pytest.raises(EventStoreError, match=r"seq \d+ .*event-0100.*checksum"):
+        SqliteEventStore(path)
+
+
+def test_garbage_file_refuses_to_start(tmp_path):
+    path = tmp_path / "ev.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(EventStoreError, match="corrupt or unreadable"):
+        SqliteEventStore(path)
+
+
+def test_disk_full_raises_store_unavailable_and_stores_nothing(tmp_path):
+    store = SqliteEventStore(tmp_path / "ev.sqlite")
+
+    class FullDisk:
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, sql, *args):
+            if sql.startswith("INSERT"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *args)
+
+    real = store._db
+    store._db = FullDisk(real)
+    with pytest.raises(StoreUnavailable, match="disk is full"):
+        store.append(events(3))
+    store._db = real
+    assert store.count() == 0
+    assert store.append(events(1)) == [True]  # the connection is usable again
+    store.close()
+
+
+def test_export_follows_the_events_schema(tmp_path):
+    store = SqliteEventStore(tmp_path / "ev.sqlite")
+    store.append(events(3) + [Event("r1", "u2", "item1", 1_700_000_100.5, "rating", "req", 4.5)])
+    store.close()
+    out = tmp_path / "log.parquet"
+    assert export_events(tmp_path / "ev.sqlite", out) == 4
+    frame = pl.read_parquet(out)
+    for name, dtype in {**EVENT_COLUMNS, "request_id": EVENT_OPTIONAL_COLUMNS["request_id"],
+                        "value": EVENT_OPTIONAL_COLUMNS["value"]}.items():
+        assert frame.schema[name] == dtype, name
+    assert frame["event_id"].to_list() == ["e0", "e1", "e2", "r1"]
+    assert frame["value"].to_list()[-1] == 4.5
+    assert frame["timestamp"][-1].timestamp() == pytest.approx(1_700_000_100.5)
+
+
+def test_cli_events_export(tmp_path, capsys):
+    store = SqliteEventStore(tmp_path / "ev.sqlite")
+    store.append(events(2))
+    store.close()
+    assert cli(["events", "export", str(tmp_path / "ev.sqlite"),
+                "--out", str(tmp_path / "log.parquet")]) == 0
+    assert "exported 2 events" in capsys.readouterr().out
+    assert cli(["events", "export", str(tmp_path / "missing.sqlite"),
+                "--out", str(tmp_path / "x.parquet")]) == 2
+    assert not (tmp_path / "x.parquet").exists()
