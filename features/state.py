@@ -43,6 +43,8 @@ class BehaviourState:
     covis_backward_weight: float = 0.25
     covis_top: int = 100
     cutoff_: datetime | None = None
+    # The latest event the state was computed from: the leakage check compares it to row times.
+    latest_event_: datetime | None = None
     clicks_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     window_clicks_: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
     shown_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -60,8 +62,8 @@ class BehaviourState:
             raise ValueError(f"events frame lacks columns {missing}")
         if cutoff is not None:
             events = events.filter(pl.col("timestamp") < cutoff)
-        self.cutoff_ = cutoff if cutoff is not None else (
-            events["timestamp"].max() if events.height else None)
+        self.latest_event_ = events["timestamp"].max() if events.height else None
+        self.cutoff_ = cutoff if cutoff is not None else self.latest_event_
         clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES))
         n = self.n_items
 
@@ -112,7 +114,9 @@ class BehaviourState:
                 "covis_window": self.covis_window,
                 "covis_backward_weight": self.covis_backward_weight,
                 "covis_top": self.covis_top,
-                "cutoff": None if self.cutoff_ is None else self.cutoff_.isoformat()}
+                "cutoff": None if self.cutoff_ is None else self.cutoff_.isoformat(),
+                "latest_event": (None if self.latest_event_ is None
+                                 else self.latest_event_.isoformat())}
 
     @classmethod
     def from_tables(cls, meta: dict, items: pl.DataFrame, covis: pl.DataFrame) -> "BehaviourState":
@@ -123,6 +127,8 @@ class BehaviourState:
         if items.height != state.n_items:
             raise ValueError(f"item statistics have {items.height} rows for {state.n_items} items")
         state.cutoff_ = None if meta.get("cutoff") is None else datetime.fromisoformat(meta["cutoff"])
+        state.latest_event_ = (None if meta.get("latest_event") is None
+                               else datetime.fromisoformat(meta["latest_event"]))
         state.clicks_ = items["clicks"].to_numpy().astype(np.float32)
         state.shown_ = items["shown"].to_numpy().astype(np.float32)
         state.ctr_ = items["ctr"].to_numpy().astype(np.float32)

@@ -6,8 +6,10 @@ Each method is reported unmasked (history items may be recommended again) and ma
 items removed before ranking). The impressions protocol ranks each logged list instead.
 
 JSON contract (`--json FILE`, stable): {"dataset", "split", "protocol", "model_version",
-"metrics": {METHOD: {METRIC: value}}, "details": {...}} with METHOD in pipeline, popularity,
-covisitation, semantic.
+"metrics": {METHOD: {METRIC: value}}, "details": {...}, "per_case": {...}} with METHOD in
+pipeline, popularity, covisitation, semantic. `per_case` holds what the HTML report plots:
+"history_length" and, per method, "ndcg@10" (one value per case, unmasked), and "scores"
+(pipeline ranker scores of clicked and of not-clicked candidates, the latter sampled).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from recsys.splits import Case, Split
 METHODS = ("pipeline", "popularity", "covisitation", "semantic")
 # Bound the [users x items] score block held at once.
 SCORE_BLOCK = 20_000_000
+# Negative candidate scores kept for the report's score-distribution plot (seeded sample).
+MAX_NEGATIVE_SCORES = 20_000
+PER_CASE_K = 10
 
 
 def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", *,
@@ -46,9 +51,10 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
     log(f"evaluating {recommender.version} on {dataset.name} {split}: {len(cases)} cases, "
         f"protocol {data_split.protocol}")
     if data_split.protocol == "impressions":
-        metrics = _impressions(recommender, context, cases)
+        metrics, per_case = _impressions(recommender, context, cases)
     else:
-        metrics = _full_ranking(recommender, context, cases)
+        metrics, per_case = _full_ranking(recommender, context, cases)
+    per_case["history_length"] = [len(c.history) for c in cases]
     seconds = time.perf_counter() - started
     return {
         "dataset": dataset.name, "split": split, "protocol": data_split.protocol,
@@ -56,7 +62,11 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
         "details": {"cases": len(cases), "items": len(recommender.item_ids),
                     "seconds": round(seconds, 1),
                     "state": "bundle" if context.state is recommender.state else
-                             "refit on events before the split window"},
+                             "refit on events before the split window",
+                    "features": list(recommender.ranker.features),
+                    "gain_importance": recommender.manifest.get("ranker", {}).get(
+                        "gain_importance", {})},
+        "per_case": per_case,
     }
 
 
@@ -83,18 +93,20 @@ def _chunks(cases: list[Case], n_items: int):
 
 
 def _full_ranking(recommender: Recommender, context: RankingContext,
-                  cases: list[Case]) -> dict[str, dict[str, float]]:
+                  cases: list[Case]) -> tuple[dict[str, dict[str, float]], dict]:
     n_items = len(recommender.item_ids)
     state = context.state
     pop_position = np.empty(n_items, dtype=np.float64)
     pop_position[state.popular_rows_] = np.arange(n_items)
     popularity = 1.0 - pop_position / n_items               # in (0, 1], higher = more popular
     ranks: dict[str, list[list[float]]] = {f"{m}{s}": [] for m in METHODS for s in ("", "_masked")}
+    scores_seen = _ScoreSample()
     for chunk in _chunks(cases, n_items):
         requests = context.requests([c.history for c in chunk], np.array([c.time for c in chunk]),
                                     np.array([c.last_time for c in chunk]))
         candidates, rows = context.rows(requests)
         scores = recommender.ranker.predict(rows)
+        scores_seen.add(scores, _target_mask(candidates, chunk))
         semantic = requests.profiles @ context.item_vectors.T
         covis = state.covisitation.score(requests.histories)
         for j, case in enumerate(chunk):
@@ -122,20 +134,64 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
     for name in METHODS:
         out[name] = ranking_metrics(ranks[name])
         out[name].update({f"{k}_masked": v for k, v in ranking_metrics(ranks[f"{name}_masked"]).items()})
-    return out
+    per_case = {f"ndcg@{PER_CASE_K}": {
+        name: [round(ranking_metrics([r], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)
+               for r in ranks[name]] for name in METHODS},
+        "scores": scores_seen.result()}
+    return out, per_case
+
+
+def _target_mask(candidates, chunk: list[Case]) -> np.ndarray:
+    """Which candidate rows are one of their case's targets."""
+    targets = np.zeros(len(candidates), dtype=bool)
+    for j, case in enumerate(chunk):
+        mask = candidates.request == j
+        targets[mask] = np.isin(candidates.item[mask], case.targets)
+    return targets
+
+
+class _ScoreSample:
+    """Ranker scores of positive candidates (all) and negative ones (a bounded, seeded sample)."""
+
+    def __init__(self, limit: int = MAX_NEGATIVE_SCORES, seed: int = 0) -> None:
+        self.limit = limit
+        self.rng = np.random.default_rng(seed)
+        self.positive: list[np.ndarray] = []
+        self.negative: list[np.ndarray] = []
+        self.n_negative = 0
+
+    def add(self, scores: np.ndarray, is_target: np.ndarray) -> None:
+        self.positive.append(scores[is_target])
+        negative = scores[~is_target]
+        self.n_negative += negative.size
+        # keep each chunk's share of the sample small enough that the total stays bounded
+        if negative.size > self.limit // 10:
+            negative = self.rng.choice(negative, self.limit // 10, replace=False)
+        self.negative.append(negative)
+
+    def result(self) -> dict:
+        positive = np.concatenate(self.positive) if self.positive else np.zeros(0)
+        negative = np.concatenate(self.negative) if self.negative else np.zeros(0)
+        if negative.size > self.limit:
+            negative = self.rng.choice(negative, self.limit, replace=False)
+        return {"positive": [round(float(v), 5) for v in positive],
+                "negative": [round(float(v), 5) for v in negative],
+                "negative_total": int(self.n_negative)}
 
 
 def _impressions(recommender: Recommender, context: RankingContext,
-                 cases: list[Case]) -> dict[str, dict[str, float]]:
+                 cases: list[Case]) -> tuple[dict[str, dict[str, float]], dict]:
     state = context.state
     per_method: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     labels: list[np.ndarray] = []
+    scores_seen = _ScoreSample()
     for chunk in _chunks(cases, len(recommender.item_ids)):
         requests = context.requests([c.history for c in chunk], np.array([c.time for c in chunk]),
                                     np.array([c.last_time for c in chunk]))
         shown = [list(dict.fromkeys(c.shown or [])) for c in chunk]
         candidates, rows = context.rows(requests, given=shown)
         scores = recommender.ranker.predict(rows)
+        scores_seen.add(scores, _target_mask(candidates, chunk))
         covis = state.covisitation.score(requests.histories)
         for j, case in enumerate(chunk):
             mask = candidates.request == j
@@ -145,7 +201,12 @@ def _impressions(recommender: Recommender, context: RankingContext,
             per_method["popularity"].append(state.clicks_[items])
             per_method["covisitation"].append(np.asarray(covis[j, items].todense()).ravel())
             per_method["semantic"].append(context.item_vectors[items] @ requests.profiles[j])
-    return {name: impression_metrics(per_method[name], labels) for name in METHODS}
+    metrics = {name: impression_metrics(per_method[name], labels) for name in METHODS}
+    per_case = {f"ndcg@{PER_CASE_K}": {
+        name: [round(impression_metrics([s], [y], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)
+               for s, y in zip(per_method[name], labels)] for name in METHODS},
+        "scores": scores_seen.result()}
+    return metrics, per_case
 
 
 def format_table(report: dict) -> str:

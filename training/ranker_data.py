@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
 from tqdm import tqdm
 
+from features.state import BehaviourState
 from recsys.ranking import RankingContext
-from recsys.splits import Case
+from recsys.splits import Case, Split
 
 CHUNK = 1000
 
@@ -22,6 +25,9 @@ class RankerData:
     groups: list[int]          # rows per group, in order
     n_cases: int               # queries offered
     n_groups: int              # queries kept (at least one positive among the candidates)
+    items: np.ndarray | None = None        # item row of each feature row
+    group_cases: list[int] | None = None   # index of each kept group's case in `cases`
+    cases: list[Case] | None = None        # the cases offered (after sampling), in order
 
     @property
     def candidate_recall(self) -> float:
@@ -38,7 +44,7 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
     if max_cases is not None and len(cases) > max_cases:
         keep = np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)
         cases = [cases[i] for i in sorted(keep)]
-    frames, labels, groups = [], [], []
+    frames, labels, groups, items, group_cases = [], [], [], [], []
     for start in tqdm(range(0, len(cases), CHUNK), desc=desc, unit="chunk",
                       disable=len(cases) <= CHUNK):
         chunk = cases[start:start + CHUNK]
@@ -58,7 +64,37 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
         keep_row = keep_group[candidates.request[order]]
         frames.append(rows[order[keep_row]])
         labels.append(is_target[order][keep_row])
+        items.append(candidates.item[order][keep_row])
         groups.extend(int(s) for s in sizes[keep_group])
+        group_cases.extend(start + int(j) for j in np.flatnonzero(keep_group))
     features = pl.concat(frames) if frames else pl.DataFrame()
     return RankerData(features, np.concatenate(labels) if labels else np.zeros(0, np.float32),
-                      groups, len(cases), len(groups))
+                      groups, len(cases), len(groups),
+                      items=np.concatenate(items) if items else np.zeros(0, np.int64),
+                      group_cases=group_cases, cases=cases)
+
+
+def label_state(split: Split, n_items: int) -> tuple[BehaviourState, list[Case]]:
+    """The behavioural state the ranker's training rows are built from, and their cases.
+
+    The state sees only events before the label window (time protocols) or before each user's
+    label click (leave-one-out), so no training row's features use its own target or later.
+    """
+    state_events, cases = split.label_cases()
+    real_time = split.dataset.has_real_time
+    cutoff = None
+    if real_time and split.valid_start is not None:
+        # windows are measured back from where the label window starts
+        times = [c.time for c in cases if math.isfinite(c.time)]
+        cutoff = (datetime.fromtimestamp(min(times), tz=timezone.utc) if times
+                  else split.valid_start)
+    state = BehaviourState(n_items=n_items, real_time=real_time).fit(state_events, cutoff=cutoff)
+    return state, cases
+
+
+def label_rows(split: Split, context_for: Callable[[BehaviourState], RankingContext], *,
+               n_items: int, max_cases: int | None = None, seed: int = 0) -> RankerData:
+    """The ranker's training rows: label cases carved from the end of the training part."""
+    state, cases = label_state(split, n_items)
+    return build_groups(context_for(state), cases, max_cases=max_cases, seed=seed,
+                        desc="train rows")

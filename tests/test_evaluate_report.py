@@ -1,0 +1,81 @@
+"""`recsys evaluate`: the JSON contract, per-case data consistent with the metrics, and the HTML
+report with real PNG plots (`--report DIR`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recsys.errors import RecsysError
+from recsys.evaluate import METHODS, evaluate
+from recsys.report import PLOTS, history_buckets, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def report(models_dir, recbole_dataset):
+    return evaluate(models_dir, recbole_dataset, "test", log=lambda _: None)
+
+
+def test_json_contract_and_per_case_data(report):
+    assert {"dataset", "split", "protocol", "model_version", "metrics"} <= set(report)
+    assert set(report["metrics"]) == set(METHODS)
+    per_case = report["per_case"]
+    cases = report["details"]["cases"]
+    assert len(per_case["history_length"]) == cases
+    for method in METHODS:
+        values = per_case["ndcg@10"][method]
+        assert len(values) == cases
+        # the plotted per-case values average to the reported metric
+        assert np.mean(values) == pytest.approx(report["metrics"][method]["ndcg@10"], abs=1e-5)
+    scores = per_case["scores"]
+    assert scores["positive"] and scores["negative"]
+    assert scores["negative_total"] >= len(scores["negative"])
+    assert report["details"]["gain_importance"], "the bundle's gain importance travels along"
+    json.dumps(report, allow_nan=False)
+
+
+def test_report_writes_html_and_real_pngs(report, tmp_path):
+    import matplotlib.image
+
+    index = write_report(report, tmp_path / "report")
+    assert index == tmp_path / "report" / "index.html"
+    page = index.read_text()
+    for name in PLOTS:
+        path = tmp_path / "report" / name
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
+        assert image[..., :3].std() > 0.01, f"{name} is a blank image"
+        assert f'src="{name}"' in page
+    assert "pipeline" in page and report["model_version"] in page
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert summary["metrics"] == report["metrics"]
+    assert not list((tmp_path / "report").glob(".*tmp")), "no temporary files left behind"
+
+
+def test_report_refuses_an_incomplete_result(tmp_path):
+    with pytest.raises(RecsysError, match="per_case"):
+        write_report({"dataset": "d", "split": "test", "protocol": "time",
+                      "model_version": "v", "metrics": {}}, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_history_buckets_average_by_length():
+    rows = history_buckets([0, 1, 2, 3, 60], {"pipeline": [0.0, 1.0, 0.5, 0.2, 0.4]})
+    assert [r["history"] for r in rows] == ["0", "1-2", "3-4", "50+"]
+    assert [r["cases"] for r in rows] == [1, 2, 1, 1]
+    assert rows[1]["pipeline"] == pytest.approx(0.75)
+
+
+def test_cli_evaluate_report(models_dir, recbole_dataset, tmp_path, capsys):
+    from recsys.cli import main
+
+    out = tmp_path / "cli-report"
+    assert main(["evaluate", str(models_dir), str(recbole_dataset), "--split", "valid",
+                 "--report", str(out)]) == 0
+    assert f"wrote {out / 'index.html'}" in capsys.readouterr().out
+    assert all((out / name).stat().st_size > 1000 for name in PLOTS)
