@@ -13,7 +13,6 @@ from fastapi.security import APIKeyHeader
 from serving.auth import ADMIN, DATA, KeyChecker, RateLimiter
 from serving.errors import Overloaded, RateLimited
 from serving.event_store import EventStore
-from serving.live_state import LiveHistories
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.settings import Settings
@@ -48,8 +47,7 @@ class ModelPool:
 class AppContext:
     settings: Settings
     holder: ModelHolder
-    store: EventStore | None
-    live: LiveHistories
+    store: EventStore
     metrics: Metrics
     pool: ModelPool
     keys: KeyChecker

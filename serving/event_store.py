@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from recsys.io import write_parquet
 log = logging.getLogger(__name__)
 
 POSITIVE_TYPES = frozenset({"click", "purchase", "add_to_cart"})  # extend the user's history
+POPULAR_TTL_S = 2.0
 
 
 class EventStoreError(RecsysError):
@@ -73,9 +76,20 @@ class EventStore(Protocol):
 
     def count(self) -> int: ...
 
+    def recent_items(self, user_id: str, limit: int, since: float) -> tuple[list[str], float]:
+        """Item ids of the user's latest positive events after `since` (oldest first, at most
+        `limit`), and the time of their last event of any kind (NaN if none)."""
+
+    def popular_items(self, k: int, exclude: set[str]) -> list[tuple[str, int]]:
+        """The most clicked items in the store (the fallback when no model is loaded)."""
+
     def put_items(self, items: Sequence[StoredItem]) -> None: ...
 
-    def items(self) -> list[StoredItem]: ...
+    def items(self, since_seq: int = 0) -> list[tuple[int, StoredItem]]:
+        """Cold-start item changes after `since_seq`, oldest first, with their sequence."""
+
+    def items_seq(self) -> int:
+        """The sequence number of the latest item change (0 if none)."""
 
     def close(self) -> None: ...
 
@@ -92,8 +106,10 @@ CREATE TABLE IF NOT EXISTS events (
     value REAL,
     crc INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts_us);
 CREATE TABLE IF NOT EXISTS items (
-    item_id TEXT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- a new seq on every change: what replicas follow
+    item_id TEXT NOT NULL UNIQUE,
     title TEXT NOT NULL,
     text TEXT NOT NULL,
     category TEXT,
@@ -125,6 +141,9 @@ class SqliteEventStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _warn_on_torn_wal(self.path)
         self._lock = threading.Lock()
+        self._readers = threading.local()  # one read connection per thread (WAL: never blocks)
+        self._all_readers: list[sqlite3.Connection] = []
+        self._popular_cache: tuple[float, list[tuple[str, int]]] = (-math.inf, [])
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                        timeout=10.0)
@@ -177,6 +196,8 @@ class SqliteEventStore:
                             "type, request_id, value, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
                         fresh.append(cursor.rowcount == 1)
                     self._db.execute("COMMIT")  # synchronous=FULL: durable when this returns
+                    if any(fresh):
+                        self._popular_cache = (-math.inf, [])
                 except BaseException:
                     self._rollback()
                     raise
@@ -199,7 +220,49 @@ class SqliteEventStore:
             yield seq, Event(event_id, user, item, ts_us / 1_000_000, type_, request_id, value)
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(self._reader().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def _reader(self) -> sqlite3.Connection:
+        db = getattr(self._readers, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                 timeout=10.0)
+            db.execute("PRAGMA query_only=1")
+            self._readers.db = db
+            with self._lock:
+                self._all_readers.append(db)
+        return db
+
+    def recent_items(self, user_id: str, limit: int, since: float) -> tuple[list[str], float]:
+        try:
+            rows = self._reader().execute(
+                "SELECT item_id, type, ts_us FROM events WHERE user_id = ? "
+                "ORDER BY ts_us DESC, seq DESC LIMIT ?", (user_id, 4 * limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"event store read failed ({exc})") from exc
+        if not rows:
+            return [], math.nan
+        since_us = since * 1_000_000
+        items = [item for item, type_, ts_us in rows
+                 if type_ in POSITIVE_TYPES and ts_us > since_us][:limit]
+        return items[::-1], rows[0][2] / 1_000_000
+
+    def popular_items(self, k: int, exclude: set[str]) -> list[tuple[str, int]]:
+        """Recounted at most every POPULAR_TTL_S: a scan of the store, used only without a model."""
+        stamp, ranked = self._popular_cache
+        if time.monotonic() - stamp > POPULAR_TTL_S:
+            marks = ",".join("?" * len(POSITIVE_TYPES))
+            ranked = [(item, int(n)) for item, n in self._reader().execute(
+                f"SELECT item_id, COUNT(*) AS n FROM events WHERE type IN ({marks}) "
+                "GROUP BY item_id ORDER BY n DESC, item_id LIMIT 1000",
+                sorted(POSITIVE_TYPES)).fetchall()]
+            self._popular_cache = (time.monotonic(), ranked)
+        return [(item, n) for item, n in ranked if item not in exclude][:k]
+
+    def items_seq(self) -> int:
+        row = self._reader().execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        return int(row[0]) if row else 0
 
     # -- cold-start items -----------------------------------------------------------------------
     def put_items(self, items: Sequence[StoredItem]) -> None:
@@ -228,19 +291,23 @@ class SqliteEventStore:
                 log.error("event store write failed: %s", exc)
                 raise StoreUnavailable(f"items could not be stored ({exc})") from exc
 
-    def items(self) -> list[StoredItem]:
+    def items(self, since_seq: int = 0) -> list[tuple[int, StoredItem]]:
         out = []
-        for item_id, title, text, category, vector, encoder, deleted, updated_us in self._db.execute(
-                "SELECT item_id, title, text, category, vector, encoder, deleted, updated_us "
-                "FROM items ORDER BY updated_us, item_id"):
+        for seq, item_id, title, text, category, vector, encoder, deleted, updated_us in \
+                self._reader().execute(
+                    "SELECT seq, item_id, title, text, category, vector, encoder, deleted, "
+                    "updated_us FROM items WHERE seq > ? ORDER BY seq", (since_seq,)):
             array = None if vector is None else np.frombuffer(vector, dtype="<f4").copy()
-            out.append(StoredItem(item_id, title, text, category, array, encoder, bool(deleted),
-                                  updated_us / 1_000_000))
+            out.append((seq, StoredItem(item_id, title, text, category, array, encoder,
+                                        bool(deleted), updated_us / 1_000_000)))
         return out
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            for reader in self._all_readers:
+                reader.close()
+            self._all_readers.clear()
 
 
 def _warn_on_torn_wal(db_path: Path) -> None:

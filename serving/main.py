@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,8 +17,7 @@ from fastapi import FastAPI
 from serving import errors
 from serving.auth import KeyChecker, RateLimiter
 from serving.deps import AppContext, ModelPool
-from serving.event_store import POSITIVE_TYPES, EventStore, SqliteEventStore
-from serving.live_state import LiveHistories
+from serving.event_store import EventStore, SqliteEventStore
 from serving.metrics import Metrics
 from serving.middleware import ServingMiddleware
 from serving.model_holder import Loader, ModelHolder
@@ -46,13 +46,15 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         from recsys.index import set_search_threads
 
         set_search_threads(1)  # one OpenMP thread per search: the pool gives the parallelism
-        event_store = store
-        store_path = settings.event_store_path()
-        if event_store is None and store_path is not None:
+        event_store, scratch = store, None
+        if event_store is None:
+            store_path = settings.event_store_path()
+            if store_path is None:
+                scratch = tempfile.TemporaryDirectory(prefix="recsys-events-")
+                store_path = Path(scratch.name) / "events.sqlite"
+                log.warning("no models directory or RECSYS_EVENT_STORE: events are kept in %s "
+                            "only while the server runs", store_path)
             event_store = SqliteEventStore(store_path)  # EventStoreError stops the start
-        live = LiveHistories(settings.live_history_items, settings.live_users)
-        if event_store is not None:
-            replay(event_store, live)
         holder = ModelHolder(settings.models_dir, store=event_store, threads=1,
                              ranker_timeout_s=settings.ranker_timeout_ms / 1000.0,
                              loader=loader, on_change=metrics.set_model)
@@ -60,7 +62,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         holder.start_polling(settings.poll_current_s)
         pool = ModelPool(settings.model_threads, settings.max_pending)
         app.state.context = AppContext(
-            settings=settings, holder=holder, store=event_store, live=live, metrics=metrics,
+            settings=settings, holder=holder, store=event_store, metrics=metrics,
             pool=pool, keys=KeyChecker(settings.api_keys, settings.admin_key),
             limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
         try:
@@ -68,8 +70,10 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         finally:
             holder.close()
             pool.close()
-            if event_store is not None and store is None:
+            if store is None:
                 event_store.close()
+            if scratch is not None:
+                scratch.cleanup()
 
     app = FastAPI(title="recsys", version="1", description=DESCRIPTION, lifespan=lifespan)
     for router in (recommendations.router, items.router, events.router, health.router,
@@ -80,17 +84,6 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     return app
 
 
-def replay(store: EventStore, live: LiveHistories) -> int:
-    """Rebuild users' recent histories from the store (bounded by LiveHistories' limits)."""
-    n = 0
-    for _, event in store.events():
-        if event.type in POSITIVE_TYPES:
-            live.add(event.user_id, event.item_id, event.timestamp)
-            n += 1
-    log.info("replayed %d live events for %d users", n, live.n_users)
-    return n
-
-
 def run(models: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve `models` (a models directory with CURRENT) until interrupted."""
     import uvicorn
@@ -99,10 +92,26 @@ def run(models: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 
 
     base = get_settings()
     settings = base.model_copy(update={"models_dir": Path(models), "host": host, "port": port})
+    settings.check_secure()
     json_logs.configure(settings.log_level)
-    app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=10)
+    options = dict(host=host, port=port, log_config=None, access_log=False,
+                   timeout_graceful_shutdown=10)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # worker processes rebuild the settings from the environment: hand them what the CLI said
+    os.environ.update({"RECSYS_MODELS_DIR": str(Path(models).resolve()), "RECSYS_HOST": host,
+                       "RECSYS_PORT": str(port)})
+    uvicorn.run("serving.main:worker_app", factory=True, workers=settings.workers, **options)
 
 
-__all__ = ["create_app", "replay", "run"]
+def worker_app() -> FastAPI:
+    """The app of one worker process (`RECSYS_WORKERS` > 1)."""
+    from serving import json_logs
+
+    settings = get_settings()
+    json_logs.configure(settings.log_level)
+    return create_app(settings)
+
+
+__all__ = ["create_app", "run", "worker_app"]

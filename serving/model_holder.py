@@ -55,6 +55,7 @@ class ModelHolder:
         self.loader = loader or Recommender.load
         self.on_change = on_change or (lambda version: None)
         self._current: Recommender | None = None
+        self._items_seq = 0                     # the last cold-start item change in _current
         self._load_lock = threading.Lock()      # one load at a time
         self._swap_lock = threading.Lock()      # serialises swaps (reload, item changes)
         self._ranker_pool = ThreadPoolExecutor(max(2, threads), thread_name_prefix="ranker")
@@ -98,17 +99,18 @@ class ModelHolder:
                 loaded = self.loader(bundle, verify=False, threads=self.threads)
                 prepared = self._prepare(loaded)
                 self._warm(prepared)
+                with self._swap_lock:
+                    # cold-start items, read under the lock so none added meanwhile is missed
+                    prepared, items_seq = self._apply_stored_items(prepared)
+                    if promote:
+                        set_current(self.models_dir, version)
+                    self._current, self._items_seq = prepared, items_seq
             except Exception as exc:  # any failure refuses the bundle; the old keeps serving
                 reason = str(exc) if isinstance(exc, RecsysError) else \
                     f"{type(exc).__name__}: {exc}"
                 self.refused[version] = reason
                 log.error("model %s refused: %s", version, reason)
                 raise BundleError(f"model {version} refused: {reason}") from exc
-            if promote:
-                set_current(self.models_dir, version)
-            with self._swap_lock:
-                prepared = self._apply_stored_items(prepared)  # items changed while loading
-                self._current = prepared
             self.refused.pop(version, None)
             self.last_error = None
             log.info("serving model %s (loaded in %.2fs)", version, time.perf_counter() - started)
@@ -119,7 +121,7 @@ class ModelHolder:
         if self.ranker_timeout_s:
             recommender = recommender.with_ranker(
                 DeadlineRanker(recommender.ranker, self.ranker_timeout_s, self._ranker_pool))
-        return self._apply_stored_items(recommender)
+        return recommender
 
     def _warm(self, recommender: Recommender) -> None:
         """One request of each kind, so the first user never pays for lazy initialisation."""
@@ -140,20 +142,26 @@ class ModelHolder:
             self._encoders = {key: Encoder.load(recommender.path / "encoder", device="cpu")}
         return self._encoders[key]
 
-    def _apply_stored_items(self, recommender: Recommender) -> Recommender:
+    def _apply_stored_items(self, recommender: Recommender,
+                            since_seq: int = 0) -> tuple[Recommender, int]:
+        """`recommender` with the cold-start item changes stored after `since_seq` applied,
+        and the sequence number of the last change applied."""
         if self.store is None:
-            return recommender
-        stored = self.store.items()
-        if not stored:
-            return recommender
-        live = [i for i in stored if not i.deleted]
-        vectors = self._vectors_for(recommender, live)
+            return recommender, since_seq
+        changes = self.store.items(since_seq)
+        if not changes:
+            return recommender, since_seq
+        latest: dict[str, StoredItem] = {}
+        for seq, item in changes:  # in order, so the last change of an item wins
+            latest.pop(item.item_id, None)
+            latest[item.item_id] = item
+        live = [i for i in latest.values() if not i.deleted]
         if live:
-            recommender = recommender.with_items([i.item_id for i in live],
-                                                 [i.title for i in live],
-                                                 [i.category for i in live], vectors,
-                                                 now=max(i.updated for i in live))
-        return recommender.without_items([i.item_id for i in stored if i.deleted])
+            recommender = recommender.with_items(
+                [i.item_id for i in live], [i.title for i in live], [i.category for i in live],
+                self._vectors_for(recommender, live), now=max(i.updated for i in live))
+        recommender = recommender.without_items([i.item_id for i in latest.values() if i.deleted])
+        return recommender, changes[-1][0]
 
     def _vectors_for(self, recommender: Recommender, items: list[StoredItem]) -> np.ndarray:
         """Stored vectors where this bundle's encoder made them, new embeddings otherwise."""
@@ -171,18 +179,17 @@ class ModelHolder:
             vectors[stale] = encoded
         return vectors
 
-    def upsert_items(self, items: list[StoredItem]) -> Recommender:
-        """Make items retrievable now; they are already durable in the store."""
+    def refresh_items(self) -> Recommender | None:
+        """The serving model, with item changes stored since it was made (by this process or
+        another replica sharing the store) applied first: one cheap query when nothing changed."""
+        current = self._current
+        if current is None or self.store is None:
+            return current
+        if self.store.items_seq() <= self._items_seq:
+            return current
         with self._swap_lock:
-            recommender = self._require()
-            self._current = recommender.with_items(
-                [i.item_id for i in items], [i.title for i in items],
-                [i.category for i in items], np.stack([i.vector for i in items]))
-            return self._current
-
-    def delete_items(self, item_ids: list[str]) -> Recommender:
-        with self._swap_lock:
-            self._current = self._require().without_items(item_ids)
+            self._current, self._items_seq = self._apply_stored_items(self._current,
+                                                                      self._items_seq)
             return self._current
 
     def _require(self) -> Recommender:

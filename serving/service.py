@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from recsys.recommender import POPULARITY, Filters, Recommendation, Recommender
-from serving.live_state import LiveHistories
+from serving.event_store import EventStore
 
 NO_MODEL = "none"
 
@@ -28,9 +28,10 @@ def live_since(recommender: Recommender) -> float:
     return -math.inf
 
 
-def recommend_user(recommender: Recommender, live: LiveHistories, user_id: str, k: int,
-                   filters: Filters, explain: bool) -> dict:
-    recent, last = live.recent(user_id, live_since(recommender))
+def recommend_user(recommender: Recommender, store: EventStore, live_items: int, user_id: str,
+                   k: int, filters: Filters, explain: bool) -> dict:
+    """The bundle's history of the user plus their events stored since (by any replica)."""
+    recent, last = store.recent_items(user_id, live_items, live_since(recommender))
     history = recommender.live_history(user_id, recent, last)
     result = recommender.recommend_histories([history], k, filters, explain=explain,
                                              user_ids=[user_id])[0]
@@ -57,10 +58,11 @@ def body(recommender: Recommender, result: Recommendation) -> dict:
             "fallback": result.source != "model", "model_version": result.model_version}
 
 
-def no_model_popular(live: LiveHistories, user_id: str | None, k: int, exclude: list[str]) -> dict:
-    """Without a model: the items clicked most in live events, declared as the fallback."""
+def no_model_popular(store: EventStore, user_id: str | None, k: int,
+                     exclude: list[str]) -> dict:
+    """Without a model: the items clicked most in stored events, declared as the fallback."""
     items = [{"item_id": item, "score": float(n), "title": None, "reasons": None}
-             for item, n in live.popular(k, set(exclude))]
+             for item, n in store.popular_items(k, set(exclude))]
     return {"user_id": user_id, "items": items, "source": POPULARITY, "fallback": True,
             "model_version": NO_MODEL}
 

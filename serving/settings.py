@@ -49,13 +49,17 @@ class Settings(BaseSettings):
     # Live state.
     event_store: Path | None = None                 # default: MODELS/events.sqlite
     future_skew_s: float = Field(300.0, ge=0)       # reject events stamped further ahead
-    live_history_items: int = Field(50, ge=1)
-    live_users: int = Field(100_000, ge=1)
+    live_history_items: int = Field(50, ge=1)       # latest stored events of a user used
 
     # Model lifecycle: how often to look at CURRENT (0 = only on POST /admin/reload).
     poll_current_s: float = Field(5.0, ge=0)
 
     log_level: str = "INFO"
+
+    # Server processes. Model work holds the GIL, so one process uses about one core; each
+    # worker loads its own copy of the model and they share the event store (see
+    # docs/operations.md for what is per process).
+    workers: int = Field(1, ge=1, le=64)
 
     @field_validator("api_keys", mode="before")
     @classmethod

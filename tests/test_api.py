@@ -135,3 +135,39 @@ def test_openapi_matches_snapshot(api):
         SNAPSHOT.write_text(json.dumps(schema, indent=1, sort_keys=True) + "\n")
     assert schema == json.loads(SNAPSHOT.read_text())
     assert api.get("/docs").status_code == 200
+
+
+def test_cold_start_items_survive_reload_and_restart(api, model):
+    text = model.titles[5] + " (new edition)"
+    assert api.put("/items", json={"items": [{"item_id": "cold-2", "text": text}]}
+                   ).status_code == 200
+    reloaded = api.post("/admin/reload", headers={"X-API-Key": ADMIN_KEY})
+    assert reloaded.status_code == 200
+    similar = api.get(f"/items/{model.item_ids[5]}/similar", params={"k": 5}).json()
+    assert "cold-2" in [i["item_id"] for i in similar["items"]]
+    assert api.app.state.context.holder.current.item_ids.count("cold-2") == 1
+    settings = api.app.state.context.settings
+    with TestClient(create_app(settings), headers=HEADERS) as restarted:
+        similar = restarted.get(f"/items/{model.item_ids[5]}/similar", params={"k": 5}).json()
+        assert "cold-2" in [i["item_id"] for i in similar["items"]]
+        assert restarted.delete("/items/cold-2").status_code == 200
+
+
+def test_two_replicas_sharing_the_store_see_each_others_events_and_items(api, model):
+    """What `RECSYS_WORKERS` > 1 relies on: the store, not process memory, is the live state."""
+    settings = api.app.state.context.settings
+    with TestClient(create_app(settings), headers=HEADERS) as other:
+        user = "replica-user"
+        assert other.get(f"/recommendations/{user}").json()["source"] == "popularity"
+        api.post("/events", json={"events": [{"event_id": "replica-click", "user_id": user,
+                                              "item_id": model.item_ids[9], "type": "click"}]})
+        assert other.get(f"/recommendations/{user}").json()["source"] == "model"
+        assert other.post("/events", json={"events": [{
+            "event_id": "replica-click", "user_id": user, "item_id": model.item_ids[9],
+            "type": "click"}]}).json() == {"accepted": 0, "duplicates": 1}
+        text = model.titles[11] + " (replica edition)"
+        api.put("/items", json={"items": [{"item_id": "replica-item", "text": text}]})
+        similar = other.get(f"/items/{model.item_ids[11]}/similar", params={"k": 5}).json()
+        assert "replica-item" in [i["item_id"] for i in similar["items"]]
+        assert other.delete("/items/replica-item").status_code == 200
+        assert api.get("/items/replica-item/similar").status_code == 404

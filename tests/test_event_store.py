@@ -39,9 +39,29 @@ def test_items_round_trip_with_vectors(tmp_path):
     vector = np.arange(4, dtype=np.float32)
     store.put_items([StoredItem("a", "A", "text a", "cat", vector, "fp", False, 10.0),
                      StoredItem("b", "", "", None, None, "", True, 11.0)])
-    items = {i.item_id: i for i in store.items()}
+    items = {i.item_id: i for _, i in store.items()}
     assert np.array_equal(items["a"].vector, vector) and items["a"].category == "cat"
     assert items["b"].deleted and items["b"].vector is None
+    seen = store.items_seq()
+    store.put_items([StoredItem("a", "A2", "text a2", None, vector, "fp", False, 12.0)])
+    assert store.items_seq() > seen  # every change gets a new sequence number
+    assert [(i.item_id, i.title) for _, i in store.items(since_seq=seen)] == [("a", "A2")]
+    store.close()
+
+
+def test_recent_items_per_user_from_any_connection(tmp_path):
+    store = SqliteEventStore(tmp_path / "ev.sqlite")
+    assert store.items_seq() == 0 and store.recent_items("u1", 5, 0.0)[0] == []
+    store.append([Event("a", "u1", "i1", 100.0, "click"), Event("b", "u1", "i2", 300.0, "click"),
+                  Event("c", "u1", "i3", 200.0, "purchase"), Event("d", "u1", "i4", 400.0, "view"),
+                  Event("e", "u2", "i9", 500.0, "click")])
+    other = SqliteEventStore(tmp_path / "ev.sqlite")  # another replica on the same store
+    items, last = other.recent_items("u1", 5, since=0.0)
+    assert items == ["i1", "i3", "i2"] and last == 400.0  # by time; views are not history
+    assert other.recent_items("u1", 2, since=0.0)[0] == ["i3", "i2"]
+    assert other.recent_items("u1", 5, since=150.0)[0] == ["i3", "i2"]
+    assert other.popular_items(2, set()) == [("i1", 1), ("i2", 1)]
+    other.close()
     store.close()
 
 

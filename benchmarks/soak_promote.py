@@ -1,0 +1,152 @@
+"""Soak (reliability row 1): 16 clients for 60 s against a real server, a new version promoted
+at 20 s. Must show: no failed request, no response from the old version once the swap is done,
+every response after it from the new one.
+
+    python benchmarks/soak_promote.py [--workdir /tmp/serving-bench] [--seconds 60]
+                                      [--json benchmarks/results/soak_promote.json]
+
+Uses the 100k-item bundle of benchmarks/serving.py (built there on first use) as v1 and a copy
+of it as v2; promotes with the CLI (`recsys models promote`) plus POST /admin/reload, then
+rolls back so the next run starts from v1 again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+
+_spec = importlib.util.spec_from_file_location("serving_benchmark",
+                                               ROOT / "benchmarks" / "serving.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+from recsys.bundle import current_version, set_current  # noqa: E402
+from serving.testing import copy_bundle  # noqa: E402
+
+CLIENTS = 16
+
+
+async def soak(port: int, users: list[str], seconds: float, promote_at: float, promote) -> dict:
+    records: list[tuple[float, float, int, str]] = []   # start, end, status, version
+    failures: list[str] = []
+    started = time.perf_counter()
+    stop_at = started + seconds
+    swap: dict[str, float] = {}
+
+    async def client(c: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        n = c
+        try:
+            while time.perf_counter() < stop_at:
+                path = f"/recommendations/{users[n % len(users)]}?k=10"
+                n += CLIENTS
+                t0 = time.perf_counter()
+                try:
+                    writer.write(bench._request("GET", path))
+                    await writer.drain()
+                    status, body = await bench._response(reader)
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    continue
+                version = json.loads(body).get("model_version", "?") if status == 200 else "?"
+                records.append((t0 - started, time.perf_counter() - started, status, version))
+        finally:
+            writer.close()
+
+    async def promoter() -> None:
+        await asyncio.sleep(promote_at)
+        swap["asked"] = time.perf_counter() - started
+        await asyncio.to_thread(promote)
+        swap["done"] = time.perf_counter() - started
+
+    await asyncio.gather(promoter(), *(client(c) for c in range(CLIENTS)))
+    done = swap["done"]
+    failed = [r for r in records if r[2] != 200]
+    stale = [r for r in records if r[0] >= done and r[3] != "v2"]
+    new_before = [r for r in records if r[1] < swap["asked"] and r[3] == "v2"]
+    return {"clients": CLIENTS, "seconds": seconds, "requests": len(records),
+            "failed_requests": len(failed) + len(failures), "failure_samples": failures[:5],
+            "responses_by_version": {v: sum(1 for r in records if r[3] == v)
+                                     for v in sorted({r[3] for r in records})},
+            "old_version_after_swap": len(stale), "new_version_before_promote": len(new_before),
+            "promote_asked_at_s": round(swap["asked"], 2),
+            "swap_done_at_s": round(done, 2), "swap_seconds": round(done - swap["asked"], 2),
+            "throughput_rps": len(records) / seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/serving-bench")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--promote-at", type=float, default=20.0)
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" /
+                                              "soak_promote.json"))
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    models = workdir / "models"
+    bench.build_catalogue(models)
+    if not (models / "v2" / "manifest.json").exists():
+        copy_bundle(models, "v1", "v2")
+    set_current(models, "v1")
+    from recsys.recommender import Recommender
+
+    users = sorted(Recommender.load(models, verify=False).users)[:5000]
+    port = bench.free_port()
+    server = bench.start_server(models, port, workdir / f"soak-events-{int(time.time())}.sqlite")
+
+    def promote() -> None:
+        subprocess.run([sys.executable, "-m", "recsys.cli", "models", "promote", str(models),
+                        "v2"], check=True, cwd=ROOT, capture_output=True)
+        reader = asyncio.run(_admin_reload(port))
+        if reader != 200:
+            raise RuntimeError(f"admin reload answered {reader}")
+
+    try:
+        report = asyncio.run(soak(port, users, args.seconds, args.promote_at, promote))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        set_current(models, "v1")
+    report["current_after_run"] = current_version(models)
+    print(json.dumps(report, indent=2))
+    from recsys.io import write_json
+
+    write_json(report, args.json)
+    ok = report["failed_requests"] == 0 and report["old_version_after_swap"] == 0
+    print(f"{'PASS' if ok else 'FAIL'}: {report['requests']} requests, "
+          f"{report['failed_requests']} failed, {report['old_version_after_swap']} from v1 after "
+          f"the swap (done {report['swap_seconds']} s after the promote)")
+    return 0 if ok else 1
+
+
+async def _admin_reload(port: int) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        body = b"{}"
+        writer.write((f"POST /admin/reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      f"X-API-Key: {bench.ADMIN_KEY}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        await writer.drain()
+        status, _ = await bench._response(reader)
+        return status
+    finally:
+        writer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
