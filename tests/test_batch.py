@@ -210,3 +210,46 @@ def test_killed_job_leaves_no_partial_file_and_rerun_gives_every_row(models_dir,
     assert summary["users_in"] == summary["users_out"] == recs["user_id"].n_unique() == n_users
     assert summary["rows_out"] == recs.height == n_users * 10
     assert not parts.exists()
+
+
+def test_ray_engine_without_ray_says_how_to_install_it(models_dir, users_file, tmp_path,
+                                                       monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)   # import ray -> ImportError
+    out = tmp_path / "recs.parquet"
+    with pytest.raises(RecsysError, match=r"pip install 'recsys\[ray\]'"):
+        run(models_dir, users_file, out, engine="ray")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_local_engine_rows(models_dir, users_file, tmp_path):
+    """A local Ray instance (about 30 s to start and stop on two cores: marked slow)."""
+    pytest.importorskip("ray.data")
+    local, remote = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    run(models_dir, users_file, local, k=4, chunk_size=5)
+    summary = run(models_dir, users_file, remote, k=4, chunk_size=5, engine="ray", workers=2)
+    assert summary["engine"] == "ray" and summary["rows_out"] == 26 * 4
+    assert summary["sources"] == {"model": 25, "popularity": 1}
+    assert pl.read_parquet(remote).equals(pl.read_parquet(local))
+    assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.slow
+def test_bulk_embedding_on_ray_matches_the_encoder(recbole_dataset, tmp_path):
+    """`embed_with_ray` gives the vectors `Encoder.encode` gives, in item order."""
+    pytest.importorskip("ray.data")
+    import numpy as np
+
+    from recsys.encoder import Encoder
+    from recsys.ray_engine import embed_with_ray
+
+    items = pl.read_parquet(recbole_dataset / "items.parquet").head(64)
+    source = tmp_path / "items.parquet"
+    items.write_parquet(source)
+    summary = embed_with_ray(source, tmp_path / "vectors.parquet", batch_size=16, workers=2,
+                             progress=False)
+    assert summary["items"] == 64
+    vectors = pl.read_parquet(tmp_path / "vectors.parquet")
+    assert vectors["item_id"].to_list() == items["item_id"].to_list()
+    expected = Encoder(device="cpu").encode(items["text"].fill_null("").to_list())
+    assert np.allclose(np.stack(vectors["vector"].to_numpy()), expected, atol=1e-4)
