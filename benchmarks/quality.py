@@ -201,13 +201,85 @@ def study_diversity(workdir: Path, max_cases: int) -> dict:
     return out
 
 
+# -- tables for docs/benchmarks.md -----------------------------------------------------------
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def tables() -> str:
+    """Markdown tables from the JSON files in benchmarks/results (what the docs show)."""
+    lines = []
+    read = lambda name: json.loads((RESULTS / name).read_text()) if (RESULTS / name).exists() else None  # noqa: E731
+    ablation = read("quality_amazon_ablation.json")
+    if ablation:
+        lines += ["amazon-scientific, test, unmasked, full ranking over all 4,385 items:", "",
+                  _row(["method", "NDCG@10", "Recall@10", "Recall@50", "MRR",
+                        "NDCG@10 masked"]), _row(["---"] * 6)]
+        for method, m in ablation["full"]["test"].items():
+            lines.append(_row([method, f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.4f}",
+                               f"{m['recall@50']:.4f}", f"{m['mrr']:.4f}",
+                               f"{m['ndcg@10_masked']:.4f}"]))
+        lines += ["", f"Pipeline vs the best single source ({ablation['best_single_source']}): "
+                      f"{100 * ablation['relative_gain_ndcg@10']:+.1f}% relative NDCG@10.", "",
+                  "Ablation (ranker retrained without the group; test, unmasked):", "",
+                  _row(["removed group", "features", "NDCG@10", "change", "Recall@50", "trees"]),
+                  _row(["---"] * 6),
+                  _row(["(none)", "all", f"{ablation['full']['test']['pipeline']['ndcg@10']:.4f}",
+                        "", f"{ablation['full']['test']['pipeline']['recall@50']:.4f}",
+                        ablation["full_ranker"]["best_iteration"]])]
+        for group, a in ablation["ablation"].items():
+            lines.append(_row([group, ", ".join(a["features_removed"]),
+                               f"{a['test']['ndcg@10']:.4f}", f"{a['delta_ndcg@10']:+.4f}",
+                               f"{a['test']['recall@50']:.4f}", a["best_iteration"]]))
+        lines.append("")
+    ml = read("quality_ml_time.json")
+    if ml:
+        lines += ["ml-latest-small, time split (cases = replayed test-window clicks):", "",
+                  _row(["split", "cases", "method", "NDCG@10", "Recall@10", "Recall@50", "MRR"]),
+                  _row(["---"] * 7)]
+        for split, report in ml["results"].items():
+            for method, m in report["metrics"].items():
+                lines.append(_row([split, report["details"]["cases"], method,
+                                   f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.4f}",
+                                   f"{m['recall@50']:.4f}", f"{m['mrr']:.4f}"]))
+        lines.append("")
+    imp = read("quality_impressions.json")
+    if imp:
+        lines += ["Impression samples (per impression; too small for conclusions):", "",
+                  _row(["data", "split", "impressions", "method", "AUC", "MRR", "nDCG@5",
+                        "nDCG@10"]), _row(["---"] * 8)]
+        for name, result in imp["results"].items():
+            for split in ("valid", "test"):
+                report = result[split]
+                for method, m in report["metrics"].items():
+                    lines.append(_row([name, split, report["details"]["cases"], method,
+                                       f"{m['auc']:.3f}", f"{m['mrr']:.3f}",
+                                       f"{m['ndcg@5']:.3f}", f"{m['ndcg@10']:.3f}"]))
+        lines.append("")
+    div = read("quality_diversity.json")
+    if div:
+        lines += [f"Diversity rules, amazon test ({div['cases']} sampled cases with history, "
+                  "top 10 served by `recommend_histories`):", "",
+                  _row(["rule", "NDCG@10", "Recall@10", "ILD@10", "categories in top 10"]),
+                  _row(["---"] * 5)]
+        for rule, m in div["rules"].items():
+            lines.append(_row([rule, f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.4f}",
+                               f"{m['ild@10']:.4f}", f"{m['distinct_categories@10']:.2f}"]))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/quality-bench", type=Path)
     parser.add_argument("--only", default=",".join(STUDIES),
                         help=f"comma-separated studies among {', '.join(STUDIES)}")
     parser.add_argument("--diversity-cases", type=int, default=2000)
+    parser.add_argument("--tables", action="store_true",
+                        help="print the markdown tables from benchmarks/results and stop")
     args = parser.parse_args(argv)
+    if args.tables:
+        print(tables())
+        return 0
     studies = [s for s in args.only.split(",") if s]
     unknown = set(studies) - set(STUDIES)
     if unknown:

@@ -1,10 +1,11 @@
-"""Training the LightGBM lambdarank ranker, with early stopping on the valid split."""
+"""Training the LightGBM lambdarank ranker: early stopping, and optionally a small
+hyper-parameter search, both judged on the valid split only (test is never looked at)."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import lightgbm as lgb
 import numpy as np
@@ -31,6 +32,9 @@ class RankerConfig:
     threads: int = 0
     log_every: int = 50
     extra: dict = field(default_factory=dict)
+    # Settings to try (each a dict of the fields above, e.g. {"num_leaves": 63}); the one with
+    # the best valid NDCG after early stopping is kept. Empty: train once with the fields above.
+    search: tuple[dict, ...] = ()
 
     def params(self) -> dict:
         return {
@@ -46,6 +50,7 @@ class RankerConfig:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["eval_at"] = list(self.eval_at)
+        out["search"] = [dict(s) for s in self.search]
         return out
 
 
@@ -62,38 +67,66 @@ def train_ranker(train: RankerData, valid: RankerData, features: list[str],
                             group=train.groups, feature_name=features, free_raw_data=True)
     valid_set = lgb.Dataset(valid.features.select(features).to_numpy(), label=valid.labels,
                             group=valid.groups, reference=train_set, feature_name=features)
-    record: dict = {}
-
-    def fail_on_nan(env: lgb.callback.CallbackEnv) -> None:
-        for _, name, value, _ in env.evaluation_result_list:
-            if not math.isfinite(value):
-                raise RecsysError(f"ranker metric {name} became {value} at round {env.iteration}")
-
     started = time.perf_counter()
-    booster = lgb.train(
-        config.params(), train_set, num_boost_round=config.max_rounds,
-        valid_sets=[valid_set], valid_names=["valid"],
-        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False),
-                   lgb.log_evaluation(config.log_every) if config.log_every else lambda env: None,
-                   lgb.record_evaluation(record), fail_on_nan],
-    )
     metric = f"ndcg@{config.eval_at[0]}"
-    curve = record.get("valid", {}).get(metric, [])
+    tried = []
+    for override in (config.search or ({},)):
+        unknown = set(override) - set(RankerConfig.__dataclass_fields__) - {"search"}
+        if unknown:
+            raise ValueError(f"unknown ranker settings {sorted(unknown)} in the search")
+        setting = replace(config, **override, search=())
+        booster, score = _fit(train_set, valid_set, setting, metric,
+                              shared_dataset=bool(config.search))
+        tried.append({"setting": override, f"valid_{metric}_candidates": score,
+                      "best_iteration": int(booster.best_iteration), "booster": booster,
+                      "config": setting})
+        if config.search:
+            log(f"ranker search {override}: valid {metric} {score:.4f} "
+                f"at {booster.best_iteration} trees")
+    chosen = max(tried, key=lambda t: (t[f"valid_{metric}_candidates"], -tried.index(t)))
+    booster, setting = chosen["booster"], chosen["config"]
     report = {
         "best_iteration": int(booster.best_iteration),
-        f"valid_{metric}_candidates": float(curve[booster.best_iteration - 1]) if curve else None,
+        f"valid_{metric}_candidates": chosen[f"valid_{metric}_candidates"],
         "train_groups": train.n_groups, "train_cases": train.n_cases,
         "train_rows": int(train.features.height),
         "valid_groups": valid.n_groups, "valid_cases": valid.n_cases,
         "train_candidate_recall": train.candidate_recall,
         "valid_candidate_recall": valid.candidate_recall,
         "seconds": round(time.perf_counter() - started, 2),
-        "config": config.to_dict(),
+        "config": setting.to_dict(),
         "gain_importance": dict(zip(features, np.asarray(
             booster.feature_importance("gain", iteration=booster.best_iteration)).round(2).tolist())),
     }
+    if config.search:
+        report["search"] = [{k: v for k, v in t.items() if k not in ("booster", "config")}
+                            for t in tried]
     # Keep only the trees up to the best iteration, so the saved model is the selected one.
     best = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
     log(f"ranker: {report['best_iteration']} trees, valid {metric} over candidates "
         f"{report[f'valid_{metric}_candidates']:.4f} in {report['seconds']:.1f}s")
     return Ranker(best, features, threads=config.threads), report
+
+
+def _fit(train_set: lgb.Dataset, valid_set: lgb.Dataset, config: RankerConfig,
+         metric: str, *, shared_dataset: bool = False) -> tuple[lgb.Booster, float]:
+    """One lambdarank fit with early stopping on valid; returns it and its best valid score."""
+    record: dict = {}
+    params = config.params()
+    if shared_dataset:   # one binned Dataset serves every searched setting (min_data_in_leaf too)
+        params["feature_pre_filter"] = False
+
+    def fail_on_nan(env: lgb.callback.CallbackEnv) -> None:
+        for _, name, value, _ in env.evaluation_result_list:
+            if not math.isfinite(value):
+                raise RecsysError(f"ranker metric {name} became {value} at round {env.iteration}")
+
+    booster = lgb.train(
+        params, train_set, num_boost_round=config.max_rounds,
+        valid_sets=[valid_set], valid_names=["valid"],
+        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False),
+                   lgb.log_evaluation(config.log_every) if config.log_every else lambda env: None,
+                   lgb.record_evaluation(record), fail_on_nan],
+    )
+    curve = record.get("valid", {}).get(metric, [])
+    return booster, float(curve[booster.best_iteration - 1]) if curve else float("-inf")
