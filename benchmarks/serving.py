@@ -314,10 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="/tmp/serving-bench")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="server process counts to measure, side by side")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     models = workdir / "models"
     build_catalogue(models)
+    load_at_start = os.getloadavg()
 
     bare = bare_costs(models)
     cores = os.cpu_count() or 1
@@ -327,39 +330,47 @@ def main(argv: list[str] | None = None) -> int:
           f"({bare['candidates_median']:.0f} candidates); whole in-process recommendation "
           f"{bare['engine_ms_p50']:.2f} ms; ceiling {ceiling:.0f} req/s on {cores} cores")
 
-    store = workdir / f"events-{int(time.time())}.sqlite"
-    port = free_port()
-    server = start_server(models, port, store)
-    try:
-        levels = []
-        for concurrency in (1, 8, 32):
-            result = asyncio.run(load(port, recommendation_requests(bare["users"]), concurrency,
-                                      args.seconds))
-            levels.append(result)
-            print(f"concurrency {concurrency:>2}: p50 {result['p50_ms']:.1f} ms, "
-                  f"p99 {result['p99_ms']:.1f} ms, {result['throughput_rps']:.0f} req/s, "
-                  f"statuses {result['statuses']}, sources {result['sources']}")
-        ingest = []
-        for batch, concurrency in ((1, 8), (100, 4)):
-            result = asyncio.run(load(port, event_requests(batch, f"b{batch}"), concurrency,
-                                      args.seconds / 2))
-            result["events_per_s"] = result["throughput_rps"] * batch
-            result["batch"] = batch
-            ingest.append(result)
-            print(f"events, {batch}/request at concurrency {concurrency}: "
-                  f"{result['events_per_s']:.0f} events/s (p50 {result['p50_ms']:.1f} ms, "
-                  f"p99 {result['p99_ms']:.1f} ms), statuses {result['statuses']}")
-    finally:
-        server.send_signal(signal.SIGTERM)
+    levels, ingest = [], []
+    for workers in args.workers:
+        store = workdir / f"events-{int(time.time())}-{workers}.sqlite"
+        port = free_port()
+        server = start_server(models, port, store, {"RECSYS_WORKERS": str(workers)})
+        if workers > 1:
+            time.sleep(15)  # the other workers load their copy of the model
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            for concurrency in (1, 8, 32):
+                result = asyncio.run(load(port, recommendation_requests(bare["users"]),
+                                          concurrency, args.seconds))
+                result["workers"] = workers
+                levels.append(result)
+                print(f"workers {workers}, concurrency {concurrency:>2}: p50 "
+                      f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+                      f"{result['throughput_rps']:.0f} req/s, statuses {result['statuses']}, "
+                      f"sources {result['sources']}")
+            for batch, concurrency in ((1, 8), (100, 4)):
+                result = asyncio.run(load(port, event_requests(batch, f"w{workers}b{batch}"),
+                                          concurrency, args.seconds / 2))
+                result.update(events_per_s=result["throughput_rps"] * batch, batch=batch,
+                              workers=workers)
+                ingest.append(result)
+                print(f"workers {workers}, events {batch}/request at concurrency "
+                      f"{concurrency}: {result['events_per_s']:.0f} events/s (p50 "
+                      f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms), "
+                      f"statuses {result['statuses']}")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
-    c1, c8 = levels[0], levels[1]
+    # targets: latency at c=1 from one worker; p99 at c=8 and throughput from the best setting
+    c1 = min((lv for lv in levels if lv["concurrency"] == 1), key=lambda lv: lv["workers"])
+    c8 = min((lv for lv in levels if lv["concurrency"] == 8), key=lambda lv: lv["p99_ms"])
     best = max(level["throughput_rps"] for level in levels)
     targets = {
-        "p99_at_8_ms": {"value": c8["p99_ms"], "target": "< 50", "met": c8["p99_ms"] < 50},
+        "p99_at_8_ms": {"value": c8["p99_ms"], "target": "< 50", "met": c8["p99_ms"] < 50,
+                        "workers": c8["workers"]},
         "throughput_share_of_ceiling": {"value": best / ceiling, "target": ">= 0.6",
                                         "met": best / ceiling >= 0.6},
         "server_overhead_ms": {"value": c1["p50_ms"] - bare["bare_ms_p50"], "target": "< 5",
@@ -368,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| measure | value | target | met |\n|---|---|---|---|")
     for name, t in targets.items():
         print(f"| {name} | {t['value']:.2f} | {t['target']} | {'yes' if t['met'] else 'no'} |")
-    report = {"machine": {"cores": cores, "load_average_at_end": os.getloadavg()},
+    report = {"machine": {"cores": cores, "load_average_at_start": load_at_start,
+                          "load_average_at_end": os.getloadavg()},
               "catalogue_items": 100_000, "bare": {k: v for k, v in bare.items() if k != "users"},
               "ceiling_rps": ceiling, "recommendations": levels, "events": ingest,
               "targets": targets, "seconds_per_level": args.seconds}

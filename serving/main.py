@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -95,7 +96,7 @@ def run(models: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 
     settings.check_secure()
     json_logs.configure(settings.log_level)
     options = dict(host=host, port=port, log_config=None, access_log=False,
-                   timeout_graceful_shutdown=10)
+                   timeout_graceful_shutdown=10, http="serving.main:NoDelayH11Protocol")
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **options)
         return
@@ -103,6 +104,31 @@ def run(models: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 
     os.environ.update({"RECSYS_MODELS_DIR": str(Path(models).resolve()), "RECSYS_HOST": host,
                        "RECSYS_PORT": str(port)})
     uvicorn.run("serving.main:worker_app", factory=True, workers=settings.workers, **options)
+
+
+def _no_delay_protocol():
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class NoDelayH11Protocol(H11Protocol):
+        """uvicorn's HTTP/1.1 protocol with TCP_NODELAY on every connection. With several
+        workers uvicorn's shared listening socket is made without IPPROTO_TCP, so asyncio does
+        not set it, and Nagle's algorithm with delayed ACKs then adds ~40 ms to each response
+        on a keep-alive connection (measured: p50 52 ms instead of 6 ms at concurrency 1)."""
+
+        def connection_made(self, transport) -> None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().connection_made(transport)
+
+    return NoDelayH11Protocol
+
+
+def __getattr__(name: str):
+    # built on first use, so importing serving.main does not import uvicorn
+    if name == "NoDelayH11Protocol":
+        return _no_delay_protocol()
+    raise AttributeError(name)
 
 
 def worker_app() -> FastAPI:
