@@ -171,3 +171,23 @@ def test_bad_click_log_is_refused_and_nothing_changes(models, replay_data, tmp_p
 def test_order_only_data_cannot_be_retrained_by_time(models_dir, replay_data):
     with pytest.raises(DataError, match="real timestamps"):
         retrain(models_dir, replay_data["log"], log=quiet)
+
+
+def test_window_cases_take_history_before_the_window_and_fresh_targets_inside():
+    from training.replay import window_cases
+
+    def at(hours):
+        return START + timedelta(hours=hours)
+
+    events = pl.DataFrame({
+        "event_id": [str(i) for i in range(7)],
+        "user_id": ["a", "a", "a", "a", "b", "b", "c"],
+        "item_id": ["i1", "i2", "i1", "i3", "i2", "i4", "i1"],
+        "timestamp": [at(0), at(1), at(5), at(6), at(7), at(20), at(2)],
+        "type": ["click", "click", "click", "click", "rating", "click", "click"],
+    })
+    cases = window_cases(events, ["i1", "i2", "i3", "i4"], at(4), at(10))
+    # a: history i1, i2 (rows 0, 1); in the window i1 again (not fresh) and i3 (fresh)
+    # b: a rating is not a click, its click is after the window; c: clicked only before it
+    assert [(c.user_id, c.history, c.targets) for c in cases] == [("a", [0, 1], [2])]
+    assert cases[0].time == at(4).timestamp() and cases[0].last_time == at(1).timestamp()

@@ -56,7 +56,8 @@ def evaluate_window(recommender: Recommender, events: pl.DataFrame, start: datet
 
     Ranking as in `recsys evaluate`: the ranked candidates first, then every other item by
     similarity to the user's profile; users without history get the popularity order.
-    "_masked" metrics remove the user's history items before ranking.
+    "_masked" metrics remove the user's history items before ranking; "_warm" metrics count only
+    users with a history (the others get the popularity order from every method).
     """
     cases = window_cases(events, recommender.item_ids, start, end)
     if max_cases is not None and len(cases) > max_cases:
@@ -71,7 +72,8 @@ def evaluate_window(recommender: Recommender, events: pl.DataFrame, start: datet
     pop_position = np.empty(n_items, dtype=np.float64)
     pop_position[context.state.popular_rows_] = np.arange(n_items)
     popularity = 1.0 - pop_position / n_items
-    ranks: dict[str, list[list[float]]] = {f"{m}{s}": [] for m in METHODS for s in ("", "_masked")}
+    ranks: dict[str, list[list[float]]] = {f"{m}{s}": [] for m in METHODS
+                                           for s in ("", "_masked", "_warm")}
     for first in range(0, len(cases), CHUNK):
         chunk = cases[first:first + CHUNK]
         requests = context.requests([c.history for c in chunk], np.array([c.time for c in chunk]),
@@ -90,11 +92,14 @@ def evaluate_window(recommender: Recommender, events: pl.DataFrame, start: datet
             seen = np.unique(np.asarray(case.history, dtype=np.int64))
             for name, score in (("pipeline", pipeline), ("popularity", popularity)):
                 ranks[name].append([rank_of(score, t) for t in case.targets])
+                if case.history:
+                    ranks[f"{name}_warm"].append(ranks[name][-1])
                 masked = np.array(score, dtype=np.float64)
                 masked[seen] = -np.inf
                 ranks[f"{name}_masked"].append([rank_of(masked, t) for t in case.targets])
     out["metrics"] = {name: {metric: round(value, 4) for metric, value in
-                             ranking_metrics(values).items()} for name, values in ranks.items()}
+                             ranking_metrics(values).items()}
+                      for name, values in ranks.items() if values}
     return out
 
 
