@@ -50,6 +50,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded):
+        request.app.state.context.metrics.overloaded.inc()
         return _json(503, str(exc) or "server busy", {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)

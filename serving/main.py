@@ -94,6 +94,9 @@ def run(models: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 
     base = get_settings()
     settings = base.model_copy(update={"models_dir": Path(models), "host": host, "port": port})
     settings.check_secure()
+    store_path = settings.event_store_path()
+    if store_path is not None:
+        SqliteEventStore(store_path).close()  # a corrupt store: one clear line, exit 2
     json_logs.configure(settings.log_level)
     options = dict(host=host, port=port, log_config=None, access_log=False,
                    timeout_graceful_shutdown=10, http="serving.main:NoDelayH11Protocol")

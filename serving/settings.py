@@ -15,9 +15,11 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from recsys.errors import RecsysError
 
-class InsecureSettingsError(ValueError):
-    """Settings that would expose the service without protection."""
+
+class InsecureSettingsError(RecsysError, ValueError):
+    """Settings that would expose the service without protection (the CLI prints it, exit 2)."""
 
 
 class Settings(BaseSettings):

@@ -412,3 +412,39 @@ def test_row20_duplicates_late_and_future_events(api):
     text = api.get("/metrics").text
     assert 'recsys_events_rejected_total{reason="future"} 1.0' in text
     assert json.loads(json.dumps(text.count("recsys_events_duplicate_total")))
+
+
+# -- row 16, fast form: more waiting requests than the cap get 503 at once --------------------
+def test_requests_beyond_the_pending_cap_get_503_with_retry_after(models):
+    class SlowRanker:
+        def __init__(self, real):
+            self.real, self.features = real, real.features
+
+        def predict(self, rows):
+            time.sleep(0.5)
+            return self.real.predict(rows)
+
+    def loader(path, **kwargs):
+        recommender = Recommender.load(path, **kwargs)
+        return recommender.with_ranker(SlowRanker(recommender.ranker))
+
+    with TestClient(create_app(settings(models, max_pending=1, model_threads=1,
+                                        ranker_timeout_ms=5000), loader=loader),
+                    headers=DATA) as client:
+        _, user_ids = users(client)
+        results = []
+
+        def ask():
+            results.append(client.get(f"/recommendations/{user_ids[0]}"))
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        statuses = sorted(r.status_code for r in results)
+        assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+        busy = next(r for r in results if r.status_code == 503)
+        assert busy.headers["Retry-After"] == "1"
+        assert "recsys_overloaded_total 0.0" not in client.get("/metrics").text
+        assert client.get(f"/recommendations/{user_ids[0]}").status_code == 200  # recovers
