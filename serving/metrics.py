@@ -42,10 +42,13 @@ class Metrics:
             "recsys_overloaded", "Requests refused with 503 because the model pool was full",
             registry=r)
 
-    def set_model(self, version: str | None) -> None:
+    def model_loaded(self, version: str) -> None:
+        self.model_reloads.labels(result="ok").inc()
         self.model_info.clear()
-        if version is not None:
-            self.model_info.labels(version=version).set(1)
+        self.model_info.labels(version=version).set(1)
+
+    def model_refused(self, version: str) -> None:
+        self.model_reloads.labels(result="refused").inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -47,13 +47,14 @@ class ModelHolder:
     def __init__(self, models_dir: Path | None, *, store: EventStore | None = None,
                  threads: int = 1, ranker_timeout_s: float | None = 0.2,
                  loader: Loader | None = None, on_change: Callable[[str | None], None] = None,
-                 ) -> None:
+                 on_refused: Callable[[str], None] = None) -> None:
         self.models_dir = None if models_dir is None else Path(models_dir)
         self.store = store
         self.threads = threads
         self.ranker_timeout_s = ranker_timeout_s
         self.loader = loader or Recommender.load
         self.on_change = on_change or (lambda version: None)
+        self.on_refused = on_refused or (lambda version: None)
         self._current: Recommender | None = None
         self._items_seq = 0                     # the last cold-start item change in _current
         self._load_lock = threading.Lock()      # one load at a time
@@ -110,6 +111,7 @@ class ModelHolder:
                     f"{type(exc).__name__}: {exc}"
                 self.refused[version] = reason
                 log.error("model %s refused: %s", version, reason)
+                self.on_refused(version)
                 raise BundleError(f"model {version} refused: {reason}") from exc
             self.refused.pop(version, None)
             self.last_error = None

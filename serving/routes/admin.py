@@ -30,10 +30,5 @@ async def reload(ctx: Ctx, _: AdminCaller, request: ReloadRequest | None = None)
 
             raise BadRequest(str(exc)) from exc
     previous = ctx.holder.current.version if ctx.holder.current is not None else None
-    try:
-        loaded = await run_in_threadpool(ctx.holder.reload, version, promote=version is not None)
-    except BundleError:
-        ctx.metrics.model_reloads.labels(result="refused").inc()
-        raise
-    ctx.metrics.model_reloads.labels(result="ok").inc()
+    loaded = await run_in_threadpool(ctx.holder.reload, version, promote=version is not None)
     return {"model_version": loaded.version, "previous": previous}
