@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -91,8 +92,11 @@ def run_engine(engine: str, models: Path, users: Path, out: Path, chunk_size: in
     command = [sys.executable, "-m", "recsys.cli", "batch-score", str(models), str(users),
                "--out", str(out), "--k", "10", "--chunk-size", str(chunk_size), "--engine", engine]
     started = time.perf_counter()
+    # Ray starts its workers at nice 15; on a machine shared with other jobs that starves them,
+    # so they run at the local engine's priority for a like-for-like comparison.
+    env = {**os.environ, "RAY_worker_niceness": "0"}
     job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           text=True)
+                           text=True, env=env)
     peak = {"tree_mb": 0.0, "driver_mb": 0.0}
     done = threading.Event()
 

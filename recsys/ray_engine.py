@@ -111,10 +111,12 @@ def score_with_ray(models, users, out: Path, *, k: int, chunk_size: int, exclude
         n_workers = _worker_count(ray, workers)
         gpu = 1 if _gpus(ray) and not workers else 0
         columns = ["user_id"] + (["history"] if users.has_history else [])
-        # enough blocks that every worker gets some (one file is otherwise one block)
-        blocks = max(1, min(-(-users.rows // chunk_size), 8 * n_workers))
-        dataset = ray.data.read_parquet(str(users.path), override_num_blocks=blocks
-                                        ).select_columns(columns)
+        # A small file is read as one block, which one actor would score alone: split it so
+        # every worker gets blocks (this materialises the ids and histories in the object store,
+        # which spills to disk when they do not fit in memory).
+        blocks = max(n_workers, min(-(-users.rows // chunk_size), 8 * n_workers))
+        dataset = ray.data.read_parquet(str(users.path)).select_columns(columns
+                                                                        ).repartition(blocks)
         scored = dataset.map_batches(
             BundleScorer, fn_constructor_kwargs={"bundle": str(bundle), "k": k,
                                                  "exclude_seen": exclude_seen, "explain": explain},
@@ -195,7 +197,10 @@ def embed_with_ray(items_path: str | os.PathLike[str], out_path: str | os.PathLi
         context.enable_progress_bars = progress
         n_workers = _worker_count(ray, workers)
         gpu = 1 if _gpus(ray) and not workers else 0
-        items = ray.data.read_parquet(str(items_path)).select_columns(["item_id", text_column])
+        rows = pq.ParquetFile(items_path).metadata.num_rows
+        blocks = max(n_workers, min(-(-rows // batch_size), 8 * n_workers))
+        items = ray.data.read_parquet(str(items_path)).select_columns(
+            ["item_id", text_column]).repartition(blocks)
         if text_column != "text":
             items = items.rename_columns({text_column: "text"})
         vectors = items.map_batches(
