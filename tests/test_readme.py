@@ -82,6 +82,58 @@ def test_python_snippet_runs(walkthrough_dir):
     assert "popularity" in result.stdout   # "a-new-user" is served the fallback
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_http_api_snippet_runs_against_a_real_server(walkthrough_dir):
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    [api] = [b for b in blocks("bash") if "curl" in b]
+    if not (walkthrough_dir / "models" / "CURRENT").exists():
+        test_cli_walkthrough_runs(walkthrough_dir)
+    port = free_port()
+    recsys = Path(sys.executable).parent / "recsys"
+    server = subprocess.Popen([str(recsys), "serve", "models", "--port", str(port)],
+                              cwd=walkthrough_dir, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            pytest.fail("server never became ready")
+        script = api.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace("curl -s", "curl -sf")
+        result = run_shell(script, walkthrough_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        decoder, text, answers = json.JSONDecoder(), result.stdout.strip(), []
+        while text.startswith("{"):  # curl prints the bodies back to back, then the export line
+            answer, end = decoder.raw_decode(text)
+            answers.append(answer)
+            text = text[end:].strip()
+        recommendations = [a for a in answers if "items" in a]
+        assert len(recommendations) == 4
+        assert all(a["model_version"] and a["source"] for a in recommendations)
+        assert "exported" in text and (walkthrough_dir / "new-clicks.parquet").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
 def test_evaluation_json_example_is_valid_json():
     import json
 
