@@ -230,3 +230,36 @@ def test_train_finetune_end_to_end(recbole_dataset, tmp_path, mode):
     rows, _ = recommender.index.search(stored[:3], 1)
     assert rows[:, 0].tolist() == [0, 1, 2]                              # index = these vectors
     assert not list((tmp_path / "models").glob(".finetune-*"))           # work dir cleaned up
+
+
+@pytest.mark.slow
+def test_a_run_that_never_beats_the_base_ships_the_base(recbole_dataset, tmp_path):
+    """With a vanishing learning rate no check can beat step 0: base weights and vectors ship."""
+    from recsys.embedding_cache import encode_cached
+    from recsys.encoder import Encoder
+    from training.finetune import finetune_step
+    from training.pipeline import TrainConfig, item_texts
+
+    dataset = load_dataset(recbole_dataset)
+    texts = item_texts(dataset.items)
+    base = Encoder(None, device="cpu", max_length=128)
+    base_vectors = encode_cached(base, texts)
+    config = TrainConfig(device="cpu", finetune=FinetuneConfig(
+        mode="adapter", learning_rate=1e-12, max_pairs=32, batch_size=16, epochs=2,
+        valid_cases=20))
+    encoder, vectors, report = finetune_step(dataset, dataset.items["item_id"].to_list(), texts,
+                                             base_vectors, tmp_path / "work", config,
+                                             log=lambda _: None)
+    assert report["best_step"] is None and report["valid"]["best"] == report["valid"]["base"]
+    assert len(report["valid"]["history"]) == 3                   # step 0 and both epochs
+    assert encoder.fingerprint == base.fingerprint
+    assert vectors is base_vectors
+
+
+def test_cli_refuses_a_non_positive_budget(recbole_dataset, tmp_path, capsys):
+    from recsys.cli import main
+
+    code = main(["train", str(recbole_dataset), "--out", str(tmp_path / "models"), "--finetune",
+                 "--finetune-budget", "0"])
+    assert code != 0 and "--finetune-budget" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()

@@ -395,7 +395,9 @@ def finetune_step(dataset, item_ids: list[str], item_texts: Sequence[str], base_
                               device=train_config.device, log=log)
     encoder = Encoder(result.model_dir, device=train_config.device,
                       max_length=train_config.max_length)
-    if result.report["mode"] == "adapter":
+    if result.report["best_step"] is None:
+        vectors = base_vectors                  # the base encoder ships: its vectors stand
+    elif result.report["mode"] == "adapter":
         vectors = adapted_vectors(encoder, base_vectors, item_texts)
     else:
         # Not cached: these weights exist for this run only.
