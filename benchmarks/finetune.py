@@ -12,7 +12,6 @@ ranking over every item, unmasked, on valid and test. `slice` reports every meth
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time

@@ -19,7 +19,7 @@ from recsys.retrieval import RetrievalConfig
 
 if TYPE_CHECKING:
     from recsys.encoder import Encoder
-    from recsys.recommender import History, Recommender
+    from recsys.recommender import Recommender
 
 ITEM_FIELDS = ("item_id", "title", "category")
 

@@ -7,11 +7,8 @@ Slow (it embeds the 9,742 MovieLens items on the first run), so it is marked and
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import free_port, stop_group
+
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_quickstart_trains_evaluates_serves_and_the_printed_curl_works(tmp_path):
@@ -66,8 +59,4 @@ def test_quickstart_trains_evaluates_serves_and_the_printed_curl_works(tmp_path)
         assert answer["items"], answer
         assert answer["model_version"] and answer["source"] == "model"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server)

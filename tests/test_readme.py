@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIXTURES
+from tests.processes import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -82,17 +83,8 @@ def test_python_snippet_runs(walkthrough_dir):
     assert "popularity" in result.stdout   # "a-new-user" is served the fallback
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_http_api_snippet_runs_against_a_real_server(walkthrough_dir):
     import json
-    import signal
     import time
     import urllib.request
 
@@ -127,11 +119,7 @@ def test_http_api_snippet_runs_against_a_real_server(walkthrough_dir):
         assert all(a["model_version"] and a["source"] for a in recommendations)
         assert "exported" in text and (walkthrough_dir / "new-clicks.parquet").exists()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server)
 
 
 def test_evaluation_json_example_is_valid_json():

@@ -6,24 +6,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import httpx
-import pytest
 
 from serving.testing import DATA_KEY, copy_models
+from tests.processes import free_port
 
 START_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(models, store, port) -> subprocess.Popen:
