@@ -60,3 +60,4 @@ def test_quickstart_trains_evaluates_serves_and_the_printed_curl_works(tmp_path)
         assert answer["model_version"] and answer["source"] == "model"
     finally:
         stop_group(server)
+        server.stdout.close()
