@@ -59,7 +59,8 @@ def main() -> None:
     result = {"dataset": args.dataset, "split": args.split, "timings_s": timings,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "encoding_cached": args.keep_cache,
-              "evaluation": json.loads(report.read_text())}
+              "evaluation": {k: v for k, v in json.loads(report.read_text()).items()
+                             if k != "per_case"}}  # per-case rows belong in --report, not here
     out = ROOT / "benchmarks" / "results" / f"end_to_end_{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
