@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 
 import numpy as np
 import polars as pl
@@ -14,6 +13,7 @@ from recsys.cli import main as cli
 from recsys.data.schema import EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS
 from serving.event_store import (Event, EventStoreError, SqliteEventStore, StoredItem,
                                  StoreUnavailable, export_events)
+from tests.faults import FullDisk
 
 
 def events(n, start=0, user="u1"):
@@ -112,15 +112,6 @@ def test_garbage_file_refuses_to_start(tmp_path):
 
 def test_disk_full_raises_store_unavailable_and_stores_nothing(tmp_path):
     store = SqliteEventStore(tmp_path / "ev.sqlite")
-
-    class FullDisk:
-        def __init__(self, db):
-            self.db = db
-
-        def execute(self, sql, *args):
-            if sql.startswith("INSERT"):
-                raise sqlite3.OperationalError("database or disk is full")
-            return self.db.execute(sql, *args)
 
     real = store._db
     store._db = FullDisk(real)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 
@@ -24,6 +23,7 @@ from serving.json_logs import JsonFormatter
 from serving.main import create_app
 from serving.settings import Settings
 from serving.testing import ADMIN_KEY, DATA_KEY, OTHER_DATA_KEY, copy_bundle, copy_models
+from tests.faults import FullDisk
 
 DATA = {"X-API-Key": DATA_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -363,15 +363,6 @@ def test_row15_burst_gets_429_with_retry_after_other_keys_unaffected(models):
 # -- row 19: disk full while ingesting ----------------------------------------------------------
 def test_row19_disk_full_is_503_never_an_ack_for_a_lost_event(api):
     store = api.app.state.context.store
-
-    class FullDisk:
-        def __init__(self, db):
-            self.db = db
-
-        def execute(self, sql, *args):
-            if sql.startswith("INSERT"):
-                raise sqlite3.OperationalError("database or disk is full")
-            return self.db.execute(sql, *args)
 
     recommender, _ = users(api)
     event = {"event_id": "full-1", "user_id": "disk-user", "item_id": recommender.item_ids[0],
