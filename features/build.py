@@ -9,11 +9,13 @@ numbers for the same (user, candidate, time).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
+from features.covisitation import RECENT_ITEMS, Covisitation, pair_scores
 from features.state import BehaviourState
 
 RECENT_FOR_SIMILARITY = 5
@@ -41,9 +43,18 @@ class Requests:
     profiles: np.ndarray            # [n_requests, d] user profile vectors
     times: np.ndarray               # [n_requests] request time, epoch seconds (NaN when order-only)
     last_event_times: np.ndarray    # [n_requests] time of the user's last event (NaN if unknown)
+    _covis_scores: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.histories)
+
+    def covisitation_scores(self, covis: Covisitation, recent: int = RECENT_ITEMS) -> sp.csr_matrix:
+        """Co-visitation scores of every item for each request, computed once per batch: the
+        candidate source, the features and the evaluation baseline all read the same matrix."""
+        key = (id(covis), recent)
+        if key not in self._covis_scores or self._covis_scores[key][0] is not covis:
+            self._covis_scores[key] = (covis, covis.score(self.histories, recent))
+        return self._covis_scores[key][1]
 
 
 @dataclass
@@ -75,8 +86,8 @@ def candidate_features(requests: Requests, candidates: Candidates, state: Behavi
     sim_max_recent = _max_recent_similarity(requests.histories, req, vectors, item_vectors)
 
     covis = state.covisitation
-    covis_score = covis.score_pairs(requests.histories, req, item)
-    covis_last = covis.score_pairs(requests.histories, req, item, recent=1)
+    covis_score = pair_scores(requests.covisitation_scores(covis), req, item)
+    covis_last = pair_scores(requests.covisitation_scores(covis, recent=1), req, item)
 
     in_history = _history_counts(requests.histories, req, item)
     cat_share, cat_last = _category_match(requests.histories, req, item, item_categories)

@@ -89,10 +89,10 @@ class Covisitation:
         """Sparse [n_users, n_items] co-visitation score of every item for each user."""
         return (self.user_weights(histories, recent) @ self.matrix_).tocsr()
 
-    def score_pairs(self, histories: Sequence[Sequence[int]], users: np.ndarray,
-                    items: np.ndarray, recent: int = RECENT_ITEMS) -> np.ndarray:
-        """Dense scores for (user, item) pairs, reading the sparse product without densifying."""
-        if len(items) == 0:
-            return np.zeros(0, dtype=np.float32)
-        scores = self.score(histories, recent)
-        return np.asarray(scores[users, items], dtype=np.float32).ravel()
+
+
+def pair_scores(scores: sp.csr_matrix, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Dense values of a [n_users, n_items] score matrix at (user, item) pairs, without densifying."""
+    if len(items) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return np.asarray(scores[users, items], dtype=np.float32).ravel()

@@ -108,7 +108,7 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
         scores = recommender.ranker.predict(rows)
         scores_seen.add(scores, _target_mask(candidates, chunk))
         semantic = requests.profiles @ context.item_vectors.T
-        covis = state.covisitation.score(requests.histories)
+        covis = requests.covisitation_scores(state.covisitation)
         for j, case in enumerate(chunk):
             if not case.history:
                 # no history: every method serves the popularity fallback
@@ -192,7 +192,7 @@ def _impressions(recommender: Recommender, context: RankingContext,
         candidates, rows = context.rows(requests, given=shown)
         scores = recommender.ranker.predict(rows)
         scores_seen.add(scores, _target_mask(candidates, chunk))
-        covis = state.covisitation.score(requests.histories)
+        covis = requests.covisitation_scores(state.covisitation)
         for j, case in enumerate(chunk):
             mask = candidates.request == j
             items = candidates.item[mask]

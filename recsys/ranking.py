@@ -37,12 +37,14 @@ class RankingContext:
              allowed: np.ndarray | None = None,
              given: Sequence[Sequence[int]] | None = None) -> tuple[Candidates, pl.DataFrame]:
         """Candidates (retrieved, or the `given` item lists) and their feature rows."""
+        covis_scores = requests.covisitation_scores(self.state.covisitation)
         if given is None:
             candidates = retrieve(requests.histories, requests.profiles, self.index, self.state,
-                                  self.retrieval, exclude=exclude, allowed=allowed)
+                                  self.retrieval, exclude=exclude, allowed=allowed,
+                                  covis_scores=covis_scores)
         else:
             candidates = source_ranks(requests.histories, requests.profiles, given,
-                                      self.item_vectors, self.state)
+                                      self.item_vectors, self.state, covis_scores=covis_scores)
         features = candidate_features(requests, candidates, self.state, self.item_vectors,
                                       self.item_categories)
         return candidates, features

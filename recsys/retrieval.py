@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from features.build import MISSING_RANK, Candidates
 from features.state import BehaviourState
@@ -51,7 +52,8 @@ def user_profiles(histories: Sequence[Sequence[int]], item_vectors: np.ndarray,
 def retrieve(histories: Sequence[Sequence[int]], profiles: np.ndarray, index: ItemIndex,
              state: BehaviourState, config: RetrievalConfig,
              exclude: Sequence[set[int]] | None = None,
-             allowed: np.ndarray | None = None) -> Candidates:
+             allowed: np.ndarray | None = None,
+             covis_scores: sp.csr_matrix | None = None) -> Candidates:
     """Merge the sources into one candidate list per request (each item once per request).
 
     `exclude[u]`: item rows never to return for request u (seen items, business rules).
@@ -76,7 +78,9 @@ def retrieve(histories: Sequence[Sequence[int]], profiles: np.ndarray, index: It
                                exclude=[source_exclude[u] for u in users])
         sem_rows[users] = rows
 
-    covis_lists = _top_covisitation(histories, state, config.n_covisitation, source_exclude)
+    if covis_scores is None:
+        covis_scores = state.covisitation.score(histories)
+    covis_lists = _top_covisitation(covis_scores, config.n_covisitation, source_exclude)
     popular = state.popular_rows_
 
     requests, items, sem_rank, covis_rank, pop_rank = [], [], [], [], []
@@ -112,13 +116,12 @@ def retrieve(histories: Sequence[Sequence[int]], profiles: np.ndarray, index: It
         pop_rank=np.asarray(pop_rank, dtype=np.float32))
 
 
-def _top_covisitation(histories, state: BehaviourState, n: int,
+def _top_covisitation(scores: sp.csr_matrix, n: int,
                       exclude: Sequence[set[int]]) -> list[list[int]]:
     if n <= 0:
-        return [[] for _ in histories]
-    scores = state.covisitation.score(histories)
+        return [[] for _ in range(scores.shape[0])]
     out = []
-    for u in range(len(histories)):
+    for u in range(scores.shape[0]):
         start, end = scores.indptr[u], scores.indptr[u + 1]
         cols, vals = scores.indices[start:end], scores.data[start:end]
         order = np.lexsort((cols, -vals))
@@ -129,13 +132,13 @@ def _top_covisitation(histories, state: BehaviourState, n: int,
 
 def source_ranks(histories: Sequence[Sequence[int]], profiles: np.ndarray,
                  item_lists: Sequence[Sequence[int]], item_vectors: np.ndarray,
-                 state: BehaviourState) -> Candidates:
+                 state: BehaviourState, covis_scores: sp.csr_matrix | None = None) -> Candidates:
     """Candidates given from outside (a logged impression list), with the rank each source
     would have given them over the whole catalogue, so features mean what they mean in training."""
     n_items = item_vectors.shape[0]
     pop_rank_of = np.empty(n_items, dtype=np.float32)
     pop_rank_of[state.popular_rows_] = np.arange(n_items, dtype=np.float32)
-    covis = state.covisitation.score(histories)
+    covis = state.covisitation.score(histories) if covis_scores is None else covis_scores
     requests, items, sem_rank, covis_rank, pop_rank = [], [], [], [], []
     for u, given in enumerate(item_lists):
         given = np.asarray(list(dict.fromkeys(int(i) for i in given)), dtype=np.int64)
