@@ -70,6 +70,20 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.item.shape[0])
 
+    def slices(self, n_requests: int) -> list[slice]:
+        """Each request's rows: candidates come grouped by request, in request order."""
+        if self.request.size and np.any(np.diff(self.request) < 0):
+            raise ValueError("candidate rows must be grouped by request in ascending order")
+        bounds = np.searchsorted(self.request, np.arange(n_requests + 1), side="left")
+        return [slice(int(bounds[j]), int(bounds[j + 1])) for j in range(n_requests)]
+
+    def hits(self, targets: Sequence[Sequence[int]]) -> np.ndarray:
+        """Which rows hold one of their own request's target items."""
+        out = np.zeros(len(self), dtype=bool)
+        for rows, wanted in zip(self.slices(len(targets)), targets):
+            out[rows] = np.isin(self.item[rows], wanted)
+        return out
+
 
 def candidate_features(requests: Requests, candidates: Candidates, state: BehaviourState,
                        item_vectors: np.ndarray, item_categories: np.ndarray) -> pl.DataFrame:

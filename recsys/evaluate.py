@@ -106,15 +106,16 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
                                     np.array([c.last_time for c in chunk]))
         candidates, rows = context.rows(requests)
         scores = recommender.ranker.predict(rows)
-        scores_seen.add(scores, _target_mask(candidates, chunk))
+        scores_seen.add(scores, candidates.hits([c.targets for c in chunk]))
         semantic = requests.profiles @ context.item_vectors.T
         covis = requests.covisitation_scores(state.covisitation)
+        rows_of = candidates.slices(len(chunk))
         for j, case in enumerate(chunk):
             if not case.history:
                 # no history: every method serves the popularity fallback
                 methods = {m: popularity for m in METHODS}
             else:
-                mask = candidates.request == j
+                mask = rows_of[j]
                 order = np.argsort(-scores[mask], kind="stable")
                 pipeline = semantic[j].astype(np.float64).copy()
                 ranked_items = candidates.item[mask][order]
@@ -139,15 +140,6 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
                for r in ranks[name]] for name in METHODS},
         "scores": scores_seen.result()}
     return out, per_case
-
-
-def _target_mask(candidates, chunk: list[Case]) -> np.ndarray:
-    """Which candidate rows are one of their case's targets."""
-    targets = np.zeros(len(candidates), dtype=bool)
-    for j, case in enumerate(chunk):
-        mask = candidates.request == j
-        targets[mask] = np.isin(candidates.item[mask], case.targets)
-    return targets
 
 
 class _ScoreSample:
@@ -191,10 +183,11 @@ def _impressions(recommender: Recommender, context: RankingContext,
         shown = [list(dict.fromkeys(c.shown or [])) for c in chunk]
         candidates, rows = context.rows(requests, given=shown)
         scores = recommender.ranker.predict(rows)
-        scores_seen.add(scores, _target_mask(candidates, chunk))
+        scores_seen.add(scores, candidates.hits([c.targets for c in chunk]))
         covis = requests.covisitation_scores(state.covisitation)
+        rows_of = candidates.slices(len(chunk))
         for j, case in enumerate(chunk):
-            mask = candidates.request == j
+            mask = rows_of[j]
             items = candidates.item[mask]
             labels.append(np.isin(items, case.targets).astype(np.float64))
             per_method["pipeline"].append(scores[mask])

@@ -282,9 +282,9 @@ class Recommender:
             requests = self.request_batch([histories[u] for u in warm], now)
             ranked = self.rank(requests, [exclude[u] for u in warm], allowed,
                                keep_features=explain)
-            bounds = request_bounds(ranked.candidates.request, len(warm))
+            rows_of = ranked.candidates.slices(len(warm))
             for j, u in enumerate(warm):
-                out[u] = self._top_k(ranked, bounds[j], bounds[j + 1], k, filters, user_ids[u],
+                out[u] = self._top_k(ranked, rows_of[j].start, rows_of[j].stop, k, filters, user_ids[u],
                                      requests.histories[j], explain)
         return out  # type: ignore[return-value]
 
@@ -322,13 +322,6 @@ class Recommender:
 
             rec.reasons = explain_rows(self, ranked, order, history)
         return rec
-
-
-def request_bounds(request: np.ndarray, n_requests: int) -> np.ndarray:
-    """Start offsets of each request's rows (candidates come grouped by request, in order)."""
-    if request.size and np.any(np.diff(request) < 0):
-        raise ValueError("candidate rows must be grouped by request in ascending order")
-    return np.searchsorted(request, np.arange(n_requests + 1), side="left")
 
 
 def diversify(order: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int, filters: Filters,

@@ -53,10 +53,7 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
                                     np.array([c.last_time for c in chunk]))
         given = [c.shown for c in chunk] if all(c.shown is not None for c in chunk) else None
         candidates, rows = context.rows(requests, given=given)
-        is_target = np.zeros(len(candidates), dtype=np.float32)
-        for j, case in enumerate(chunk):
-            mask = candidates.request == j
-            is_target[mask] = np.isin(candidates.item[mask], case.targets)
+        is_target = candidates.hits([c.targets for c in chunk]).astype(np.float32)
         order = np.argsort(candidates.request, kind="stable")
         sizes = np.bincount(candidates.request, minlength=len(chunk))
         positives = np.bincount(candidates.request, weights=is_target, minlength=len(chunk))

@@ -81,9 +81,10 @@ def evaluate_window(recommender: Recommender, events: pl.DataFrame, start: datet
         candidates, rows = context.rows(requests)
         scores = recommender.ranker.predict(rows)
         semantic = requests.profiles @ context.item_vectors.T
+        rows_of = candidates.slices(len(chunk))
         for j, case in enumerate(chunk):
             if case.history:
-                mask = candidates.request == j
+                mask = rows_of[j]
                 order = np.argsort(-scores[mask], kind="stable")
                 pipeline = semantic[j].astype(np.float64)
                 pipeline[candidates.item[mask][order]] = 10.0 + (len(order) - np.arange(len(order)))
