@@ -16,6 +16,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from features.covisitation import RECENT_ITEMS, Covisitation, pair_scores
+from features.ragged import flatten, owners
 from features.state import BehaviourState
 
 RECENT_FOR_SIMILARITY = 5
@@ -44,9 +45,16 @@ class Requests:
     times: np.ndarray               # [n_requests] request time, epoch seconds (NaN when order-only)
     last_event_times: np.ndarray    # [n_requests] time of the user's last event (NaN if unknown)
     _covis_scores: dict = field(default_factory=dict, repr=False, compare=False)
+    _flat: tuple | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.histories)
+
+    def flat_histories(self) -> tuple[np.ndarray, np.ndarray]:
+        """All histories as one int64 array of item rows and the [n + 1] offsets of each."""
+        if self._flat is None:
+            self._flat = flatten(self.histories)
+        return self._flat
 
     def covisitation_scores(self, covis: Covisitation, recent: int = RECENT_ITEMS) -> sp.csr_matrix:
         """Co-visitation scores of every item for each request, computed once per batch: the
@@ -92,19 +100,23 @@ def candidate_features(requests: Requests, candidates: Candidates, state: Behavi
     vectors = item_vectors[item]
     sem_score = np.einsum("ij,ij->i", requests.profiles[req], vectors)
 
-    lengths = np.array([len(h) for h in requests.histories], dtype=np.int64)
-    last_items = np.array([h[-1] if len(h) else -1 for h in requests.histories], dtype=np.int64)
+    history_items, offsets = requests.flat_histories()
+    lengths = np.diff(offsets)
+    last_items = np.where(lengths > 0, history_items[np.maximum(offsets[1:] - 1, 0)]
+                          if history_items.size else -1, -1)
     sim_last = np.where(last_items[req] >= 0,
                         np.einsum("ij,ij->i", item_vectors[np.maximum(last_items[req], 0)], vectors),
                         0.0)
-    sim_max_recent = _max_recent_similarity(requests.histories, req, vectors, item_vectors)
+    sim_max_recent = _max_recent_similarity(history_items, offsets, req, vectors, item_vectors)
 
     covis = state.covisitation
     covis_score = pair_scores(requests.covisitation_scores(covis), req, item)
     covis_last = pair_scores(requests.covisitation_scores(covis, recent=1), req, item)
 
-    in_history = _history_counts(requests.histories, req, item)
-    cat_share, cat_last = _category_match(requests.histories, req, item, item_categories)
+    history_owner = owners(offsets)
+    in_history = _history_counts(history_owner, history_items, req, item)
+    cat_share, cat_last = _category_match(history_owner, history_items, offsets, req, item,
+                                          item_categories)
 
     times = requests.times[req]
     day = 86400.0
@@ -136,41 +148,54 @@ def candidate_features(requests: Requests, candidates: Candidates, state: Behavi
     return pl.DataFrame({name: np.asarray(columns[name], dtype=np.float32) for name in FEATURES})
 
 
-def _max_recent_similarity(histories, req, vectors, item_vectors) -> np.ndarray:
+def _max_recent_similarity(history_items, offsets, req, vectors, item_vectors) -> np.ndarray:
     # One small [candidates, recent] product per request: gathering an [m, R, d] block for the
-    # whole batch instead costs gigabytes (and most of the time) for a 2,000-user batch.
+    # whole batch instead costs gigabytes (and most of the time) for a 2,000-user batch. The
+    # product's shape is what it always was, so BLAS gives bit-identical values.
     best = np.zeros(len(req), dtype=np.float32)
     order = np.argsort(req, kind="stable")
-    bounds = np.searchsorted(req[order], np.arange(len(histories) + 1))
-    for u, history in enumerate(histories):
-        tail = np.asarray(list(history)[-RECENT_FOR_SIMILARITY:], dtype=np.int64)
+    bounds = np.searchsorted(req[order], np.arange(offsets.size))
+    for u in np.flatnonzero(np.diff(offsets) > 0):
         rows = order[bounds[u]:bounds[u + 1]]
-        if tail.size and rows.size:
+        if rows.size:
+            tail = history_items[max(offsets[u], offsets[u + 1] - RECENT_FOR_SIMILARITY):
+                                 offsets[u + 1]]
             best[rows] = (vectors[rows] @ item_vectors[tail].T).max(axis=1)
     return best
 
 
-def _history_counts(histories, req, item) -> np.ndarray:
-    pair_counts: dict[tuple[int, int], int] = {}
-    for u, history in enumerate(histories):
-        for h in history:
-            pair_counts[(u, int(h))] = pair_counts.get((u, int(h)), 0) + 1
-    return np.fromiter((pair_counts.get((int(r), int(i)), 0) for r, i in zip(req, item)),
-                       dtype=np.float32, count=len(item))
+def _history_counts(history_owner, history_items, req, item) -> np.ndarray:
+    """How often each candidate appears in its own request's history."""
+    if history_items.size == 0 or item.size == 0:
+        return np.zeros(len(item), dtype=np.float32)
+    width = int(max(history_items.max(), item.max())) + 1
+    pairs, counts = np.unique(history_owner * width + history_items, return_counts=True)
+    wanted = req * width + item
+    at = np.minimum(np.searchsorted(pairs, wanted), pairs.size - 1)
+    return np.where(pairs[at] == wanted, counts[at], 0).astype(np.float32)
 
 
-def _category_match(histories, req, item, item_categories) -> tuple[np.ndarray, np.ndarray]:
+def _category_match(history_owner, history_items, offsets, req, item,
+                    item_categories) -> tuple[np.ndarray, np.ndarray]:
     """Share of the user's history in the candidate's category, and whether the last item shares it."""
-    share_by_user: list[dict[int, float]] = []
-    last_category = np.full(len(histories), -2, dtype=np.int64)
-    for u, history in enumerate(histories):
-        cats = item_categories[np.asarray(history, dtype=np.int64)] if len(history) else np.zeros(0, np.int64)
-        values, counts = np.unique(cats[cats >= 0], return_counts=True)
-        share_by_user.append(dict(zip(values.tolist(), (counts / max(len(history), 1)).tolist())))
-        if len(history) and cats[-1] >= 0:
-            last_category[u] = cats[-1]
-    cand_cats = item_categories[item]
-    share = np.fromiter((share_by_user[r].get(int(c), 0.0) for r, c in zip(req, cand_cats)),
-                        dtype=np.float32, count=len(item))
+    n = offsets.size - 1
+    lengths = np.diff(offsets)
+    cats = item_categories[history_items].astype(np.int64)
+    cand_cats = item_categories[item].astype(np.int64)
+    width = int(max(cats.max(initial=-1), cand_cats.max(initial=-1))) + 1
+    known = cats >= 0
+    pairs, counts = np.unique(history_owner[known] * width + cats[known], return_counts=True)
+    # float64 count / length, then float32: the same rounding as the Python division it replaces
+    pair_share = counts / np.maximum(lengths[pairs // width], 1) if width else counts * 0.0
+    share = np.zeros(len(item), dtype=np.float32)
+    if pairs.size:
+        wanted = req * width + cand_cats
+        at = np.minimum(np.searchsorted(pairs, wanted), pairs.size - 1)
+        hit = (cand_cats >= 0) & (pairs[at] == wanted)
+        share[hit] = pair_share[at[hit]]
+    last_category = np.full(n, -2, dtype=np.int64)
+    has = lengths > 0
+    last_category[has] = cats[offsets[1:][has] - 1]
+    last_category[last_category < 0] = -2
     last = ((cand_cats >= 0) & (cand_cats == last_category[req])).astype(np.float32)
     return share, last
