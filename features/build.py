@@ -145,7 +145,12 @@ def candidate_features(requests: Requests, candidates: Candidates, state: Behavi
                       + (candidates.covis_rank < MISSING_RANK)
                       + (candidates.pop_rank < MISSING_RANK)),
     }
-    return pl.DataFrame({name: np.asarray(columns[name], dtype=np.float32) for name in FEATURES})
+    # One column-major float32 block: polars wraps it without a copy per column, and the
+    # ranker reads it back as the same block (Ranker.matrix), so no copy on the way either.
+    block = np.empty((len(item), len(FEATURES)), dtype=np.float32, order="F")
+    for j, name in enumerate(FEATURES):
+        block[:, j] = columns[name]
+    return pl.from_numpy(block, schema=list(FEATURES), orient="row")
 
 
 def _max_recent_similarity(history_items, offsets, req, vectors, item_vectors) -> np.ndarray:

@@ -25,7 +25,9 @@ class Ranker:
                               f"the bundle declares {self.features}")
 
     def matrix(self, rows: pl.DataFrame) -> np.ndarray:
-        return rows.select(self.features).to_numpy().astype(np.float32, copy=False)
+        # a frame already in model column order is read as is: `select` costs ~0.1 ms a call
+        frame = rows if rows.columns == self.features else rows.select(self.features)
+        return frame.to_numpy().astype(np.float32, copy=False)
 
     def predict(self, rows: pl.DataFrame) -> np.ndarray:
         if rows.height == 0:
