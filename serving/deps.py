@@ -11,6 +11,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from serving.auth import ADMIN, DATA, KeyChecker, RateLimiter
+from serving.batching import Coalescer
 from serving.errors import Overloaded, RateLimited
 from serving.event_store import EventStore
 from serving.metrics import Metrics
@@ -52,6 +53,7 @@ class AppContext:
     pool: ModelPool
     keys: KeyChecker
     limiter: RateLimiter
+    batcher: Coalescer
 
 
 def get_context(request: Request) -> AppContext:

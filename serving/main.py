@@ -11,11 +11,13 @@ import os
 import socket
 import tempfile
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from serving import errors
+from serving import errors, service
+from serving.batching import Coalescer
 from serving.auth import KeyChecker, RateLimiter
 from serving.deps import AppContext, ModelPool
 from serving.event_store import EventStore, SqliteEventStore
@@ -63,10 +65,16 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         holder.load_current()
         holder.start_polling(settings.poll_current_s)
         pool = ModelPool(settings.model_threads, settings.max_pending)
+        batcher = Coalescer(pool.executor, max_running=settings.model_threads,
+                            max_batch=settings.batch_max, max_pending=settings.max_pending,
+                            run=partial(service.recommend_jobs, store=event_store,
+                                        live_items=settings.live_history_items))
+        batcher.batch_sizes = metrics.recommend_batch.observe
         app.state.context = AppContext(
             settings=settings, holder=holder, store=event_store, metrics=metrics,
             pool=pool, keys=KeyChecker(settings.api_keys, settings.admin_key),
-            limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
+            limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+            batcher=batcher)
         try:
             yield
         finally:

@@ -38,6 +38,10 @@ class Metrics:
             registry=r)
         self.rate_limited = Counter(
             "recsys_rate_limited", "Requests refused with 429", registry=r)
+        self.recommend_batch = Histogram(
+            "recsys_recommend_batch_size", "Recommendation requests answered together by one "
+            "engine call (requests that waited for the model are coalesced)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.overloaded = Counter(
             "recsys_overloaded", "Requests refused with 503 because the model pool was full",
             registry=r)

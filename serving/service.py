@@ -1,14 +1,19 @@
 """Turning API requests into Recommender calls and Recommendations into response bodies.
 
-Runs on the model pool; takes the Recommender it is given (one version per request).
+Runs on the model pool; takes the Recommender each request arrived to (one version per request).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
-from recsys.recommender import POPULARITY, Filters, Recommendation, Recommender
+from recsys.recommender import POPULARITY, Filters, History, Recommendation, Recommender
 from serving.event_store import EventStore
+
+log = logging.getLogger(__name__)
 
 NO_MODEL = "none"
 
@@ -28,20 +33,79 @@ def live_since(recommender: Recommender) -> float:
     return -math.inf
 
 
-def recommend_user(recommender: Recommender, store: EventStore, live_items: int, user_id: str,
-                   k: int, filters: Filters, explain: bool) -> dict:
-    """The bundle's history of the user plus their events stored since (by any replica)."""
-    recent, last = store.recent_items(user_id, live_items, live_since(recommender))
-    history = recommender.live_history(user_id, recent, last)
-    result = recommender.recommend_histories([history], k, filters, explain=explain,
-                                             user_ids=[user_id])[0]
-    return body(recommender, result)
+@dataclass
+class RecommendJob:
+    """One recommendation request: a known user (their live events added) or, with `history`,
+    an anonymous visitor's item ids. `recommender` is the version it arrived to."""
+
+    recommender: Recommender
+    k: int
+    filters: Filters
+    explain: bool
+    user_id: str | None = None
+    history: Sequence[str] | None = None
 
 
-def recommend_history(recommender: Recommender, history: list[str], k: int, filters: Filters,
-                      explain: bool) -> dict:
-    result = recommender.recommend_for_history([history], k, filters, explain=explain)[0]
-    return body(recommender, result)
+def recommend_jobs(jobs: Sequence[RecommendJob], store: EventStore,
+                   live_items: int) -> list[dict | Exception]:
+    """Response bodies for many requests, in one `recommend_histories` call per group of jobs
+    that share model version, k, filters and explain (the call ranks each history on its own:
+    tests/test_serving_batching.py checks the answers equal one-by-one answers).
+
+    A failure belongs to the job that caused it: a group whose call raises is answered again
+    one job at a time, so one bad request never fails the others."""
+    out: list[dict | Exception | None] = [None] * len(jobs)
+    groups: dict[tuple, list[tuple[int, History]]] = {}
+    for j, job in enumerate(jobs):
+        try:
+            history = _history(job, store, live_items)
+        except Exception as exc:  # the store read failed for this job only
+            out[j] = exc
+            continue
+        groups.setdefault(_group_key(job), []).append((j, history))
+    for members in groups.values():
+        try:
+            results = _recommend(jobs, members)
+        except Exception as exc:
+            if len(members) == 1:
+                results = [exc]
+            else:
+                log.exception("a batch of %d recommendation requests failed; answering each "
+                              "alone", len(members))
+                results = [_attempt(jobs, member) for member in members]
+        for (j, _), result in zip(members, results):
+            out[j] = result if isinstance(result, Exception) else body(jobs[j].recommender,
+                                                                         result)
+    return out  # type: ignore[return-value]
+
+
+def _history(job: RecommendJob, store: EventStore, live_items: int) -> History:
+    recommender = job.recommender
+    if job.history is not None:  # unknown item ids are skipped, as recommend_for_history does
+        return History([recommender.item_rows[i] for i in job.history
+                        if i in recommender.item_rows])
+    recent, last = store.recent_items(job.user_id, live_items, live_since(recommender))
+    return recommender.live_history(job.user_id, recent, last)
+
+
+def _group_key(job: RecommendJob) -> tuple:
+    rules = tuple(tuple(v) if isinstance(v, (list, tuple)) else v
+                  for v in (getattr(job.filters, f.name) for f in fields(job.filters)))
+    return id(job.recommender), job.k, job.explain, rules
+
+
+def _recommend(jobs: Sequence[RecommendJob], members: list[tuple[int, History]]) -> list:
+    first = jobs[members[0][0]]
+    return first.recommender.recommend_histories(
+        [history for _, history in members], first.k, first.filters, explain=first.explain,
+        user_ids=[jobs[j].user_id for j, _ in members])
+
+
+def _attempt(jobs, member):
+    try:
+        return _recommend(jobs, [member])[0]
+    except Exception as exc:
+        return exc
 
 
 def similar(recommender: Recommender, item_id: str, k: int) -> dict:
@@ -71,5 +135,5 @@ def _finite(score: float) -> float:
     return float(score) if math.isfinite(score) else 0.0
 
 
-__all__ = ["NO_MODEL", "body", "live_since", "make_filters", "no_model_popular",
-           "recommend_history", "recommend_user", "similar"]
+__all__ = ["NO_MODEL", "RecommendJob", "body", "live_since", "make_filters", "no_model_popular",
+           "recommend_jobs", "similar"]

@@ -90,3 +90,21 @@ def test_rejects_bad_vectors():
         ItemIndex().fit(np.array([[np.nan, 1.0]], dtype=np.float32))
     with pytest.raises(ValueError, match="kind"):
         ItemIndex("annoy")
+
+
+def test_a_query_gets_the_same_hits_alone_and_in_a_batch():
+    """The batch fetches k plus the largest exclusion set for every query; the hits of a query
+    must not depend on that, so a request the server coalesces with others (or the batch
+    scorer) gets what it would get alone."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = ItemIndex("hnsw", hnsw_m=8, ef_construction=20, ef_search=16).fit(vectors)
+    queries = vectors[rng.choice(3000, 12, replace=False)] + 0.3
+    exclude = [set(rng.choice(3000, size, replace=False).tolist())
+               for size in (0, 1, 40, 200, 3, 0, 500, 7, 40, 2, 900, 60)]
+    rows, scores = index.search(queries, 30, exclude=exclude)
+    for q in range(len(queries)):
+        alone_rows, alone_scores = index.search(queries[q:q + 1], 30, exclude=[exclude[q]])
+        np.testing.assert_array_equal(rows[q], alone_rows[0])
+        np.testing.assert_array_equal(scores[q], alone_scores[0])

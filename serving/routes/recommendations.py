@@ -1,4 +1,7 @@
-"""Recommendations for a known user (live history included) or an anonymous history."""
+"""Recommendations for a known user (live history included) or an anonymous history.
+
+Both go through the coalescer (serving.batching): requests waiting for the model share one
+engine call."""
 
 from __future__ import annotations
 
@@ -37,8 +40,8 @@ async def recommend_for_user(
     filters = service.make_filters(exclude=exclude, categories=categories,
                                    exclude_categories=exclude_categories,
                                    exclude_seen=exclude_seen, diversity=diversity)
-    result = await ctx.pool.run(service.recommend_user, recommender, ctx.store,
-                                ctx.settings.live_history_items, user_id, k, filters, explain)
+    result = await ctx.batcher.submit(service.RecommendJob(recommender, k, filters, explain,
+                                                           user_id=user_id))
     return _count(ctx, "user", result)
 
 
@@ -52,8 +55,9 @@ async def recommend_for_history(ctx: Ctx, _: DataCaller, request: HistoryRequest
     filters = service.make_filters(exclude=request.exclude, categories=request.categories,
                                    exclude_categories=request.exclude_categories,
                                    exclude_seen=request.exclude_seen, diversity=request.diversity)
-    result = await ctx.pool.run(service.recommend_history, recommender, request.history,
-                                request.k, filters, request.explain)
+    result = await ctx.batcher.submit(service.RecommendJob(recommender, request.k, filters,
+                                                           request.explain,
+                                                           history=request.history))
     return _count(ctx, "history", result)
 
 

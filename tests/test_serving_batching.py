@@ -1,0 +1,177 @@
+"""Coalesced recommendation requests: each answer equals the answer the request gets alone, with
+its own user, k, filters and model version; one bad request never fails the others."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys.recommender import Filters, Recommender
+from serving.main import create_app
+from serving.service import RecommendJob, recommend_jobs
+from serving.settings import Settings
+from serving.testing import DATA_KEY, copy_models
+
+HEADERS = {"X-API-Key": DATA_KEY}
+
+
+class FirstCallSlowRanker:
+    """Holds the only model thread for a moment, so the requests behind it queue up."""
+
+    def __init__(self, real) -> None:
+        self.real, self.features = real, real.features
+        self.calls: list[int] = []
+
+    def predict(self, rows):
+        self.calls.append(rows.height)
+        if len(self.calls) == 2:  # the first call after the load-time warm-up
+            time.sleep(0.6)
+        return self.real.predict(rows)
+
+    def contributions(self, rows):
+        return self.real.contributions(rows)
+
+
+@pytest.fixture(scope="module")
+def models(models_dir, tmp_path_factory):
+    return copy_models(models_dir, tmp_path_factory.mktemp("batching") / "models")
+
+
+def _requests(model):
+    users = sorted(model.users, key=lambda u: (-len(model.users[u].items), u))[:6]
+    history = [model.item_ids[r] for r in model.users[users[-1]].items]
+    codes, counts = np.unique(model.item_categories[model.item_categories >= 0],
+                              return_counts=True)
+    category = model.category_names[int(codes[np.argmax(counts)])]  # enough items for k
+    return [
+        ("GET", f"/recommendations/{users[0]}", {"k": 5}),
+        ("GET", f"/recommendations/{users[1]}", {"k": 5}),
+        ("GET", f"/recommendations/{users[2]}", {"k": 7, "exclude_seen": "false"}),
+        ("GET", f"/recommendations/{users[3]}", {"k": 5, "categories": [category]}),
+        ("GET", f"/recommendations/{users[4]}", {"k": 5, "explain": "true"}),
+        ("GET", "/recommendations/nobody-knows-me", {"k": 5}),
+        ("POST", "/recommendations", {"history": history, "k": 6}),
+        ("GET", f"/recommendations/{users[5]}", {"k": 5}),
+        ("GET", f"/recommendations/{users[0]}", {"k": 5}),  # the same request twice
+    ]
+
+
+def _send(client, method, path, params):
+    if method == "POST":
+        return client.post(path, json=params)
+    return client.get(path, params=params)
+
+
+def test_coalesced_answers_equal_the_answers_given_alone(models):
+    slow: list[FirstCallSlowRanker] = []
+
+    def loader(path, **kwargs):
+        recommender = Recommender.load(path, **kwargs)
+        slow.append(FirstCallSlowRanker(recommender.ranker))
+        return recommender.with_ranker(slow[-1])
+
+    settings = Settings(models_dir=models, api_keys=[DATA_KEY], poll_current_s=0,
+                        rate_limit_per_s=1000, rate_limit_burst=1000, model_threads=1,
+                        ranker_timeout_ms=5000)
+    with TestClient(create_app(settings, loader=loader), headers=HEADERS) as client:
+        model = client.app.state.context.holder.current
+        requests = _requests(model)
+        together: dict[int, object] = {}
+
+        def ask(n):
+            together[n] = _send(client, *requests[n])
+
+        first = threading.Thread(target=ask, args=(0,))
+        first.start()
+        time.sleep(0.2)  # the first request now holds the model thread
+        rest = [threading.Thread(target=ask, args=(n,)) for n in range(1, len(requests))]
+        for t in rest:
+            t.start()
+        for t in [first, *rest]:
+            t.join(timeout=30)
+        burst_calls = len(slow[-1].calls) - 2  # minus the warm-up and the first request
+        metrics = client.get("/metrics").text
+        alone = {n: _send(client, *r) for n, r in enumerate(requests)}
+
+    assert len(together) == len(requests)
+    for n in range(len(requests)):
+        assert together[n].status_code == 200, (n, together[n].text)
+        assert together[n].json() == alone[n].json(), requests[n]
+    # the queued requests really were answered together: 7 of the 8 behind the first need the
+    # ranker, in 5 groups (three share k=5 and the default filters; the popularity answer
+    # needs no ranker)
+    assert burst_calls == 5, slow[-1].calls
+    count = _sample(metrics, "recsys_recommend_batch_size_count")
+    total = _sample(metrics, "recsys_recommend_batch_size_sum")
+    assert total > count, "some batch held more than one request"
+    bodies = [together[n].json() for n in range(len(requests))]
+    assert [len(b["items"]) for b in bodies] == [5, 5, 7, 5, 5, 5, 6, 5, 5]
+    assert bodies[5]["source"] == "popularity" and bodies[6]["user_id"] is None
+    assert all(i["reasons"] for i in bodies[4]["items"]) and bodies[0]["items"][0]["reasons"] \
+        is None
+
+
+def _sample(metrics: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+class OffsetRanker:
+    def __init__(self, real, offset: float) -> None:
+        self.real, self.offset, self.features = real, offset, real.features
+
+    def predict(self, rows):
+        return self.real.predict(rows) + np.float32(self.offset)
+
+
+class FailingStore:
+    """recent_items fails for one user only."""
+
+    def __init__(self, bad_user: str) -> None:
+        self.bad_user = bad_user
+
+    def recent_items(self, user_id, limit, since):
+        if user_id == self.bad_user:
+            raise OSError("disk gone for this user")
+        return [], float("nan")
+
+
+def test_jobs_of_two_versions_never_share_a_call_and_failures_stay_with_their_job(recommender):
+    v2 = copy.copy(recommender.with_ranker(OffsetRanker(recommender.ranker, 10.0)))
+    v2.version = "v2"
+    users = sorted(recommender.users)[:4]
+    filters = Filters()
+    jobs = [RecommendJob(recommender, 5, filters, False, user_id=users[0]),
+            RecommendJob(v2, 5, filters, False, user_id=users[0]),
+            RecommendJob(recommender, 5, filters, False, user_id="broken"),
+            RecommendJob(v2, 5, filters, False, user_id=users[1]),
+            RecommendJob(recommender, 5, Filters(diversity="no-such-rule"), False,
+                         user_id=users[2])]
+    answers = recommend_jobs(jobs, FailingStore("broken"), live_items=50)
+    assert answers[0]["model_version"] == "v1" and answers[1]["model_version"] == "v2"
+    assert answers[3]["model_version"] == "v2"
+    assert isinstance(answers[2], OSError) and isinstance(answers[4], ValueError)
+    v1_scores = [i["score"] for i in answers[0]["items"]]
+    v2_scores = [i["score"] for i in answers[1]["items"]]
+    assert v2_scores == pytest.approx([s + 10.0 for s in v1_scores], abs=1e-4)
+
+
+def test_a_failing_batch_is_answered_one_job_at_a_time(recommender, monkeypatch):
+    users = sorted(recommender.users)[:3]
+    expected = [recommender.recommend([u], k=4)[0].item_ids for u in users]
+    real = Recommender.recommend_histories
+
+    def fails_for_batches(self, histories, *args, **kwargs):
+        if len(histories) > 1:
+            raise RuntimeError("batch-only failure")
+        return real(self, histories, *args, **kwargs)
+
+    monkeypatch.setattr(Recommender, "recommend_histories", fails_for_batches)
+    jobs = [RecommendJob(recommender, 4, Filters(), False, user_id=u) for u in users]
+    answers = recommend_jobs(jobs, FailingStore("nobody"), live_items=50)
+    assert [[i["item_id"] for i in a["items"]] for a in answers] == expected
