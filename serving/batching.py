@@ -3,8 +3,8 @@
 The engine is batch-first (one numpy pass over 8 requests costs far less than 8 passes). There
 is no timer: a request that finds a free model thread starts at once, alone; only requests that
 would have queued anyway are grouped, so batching never adds latency to a lone request. What a
-batch means is up to the `run` function (serving.service.recommend_jobs keeps every request's
-own user, filters and model version).
+batch means is up to the `run` function (serving.service.answer_batch keeps every request's
+own user, k and filters, and answers the whole batch with one model version).
 """
 
 from __future__ import annotations

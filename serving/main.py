@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         pool = ModelPool(settings.model_threads, settings.max_pending)
         batcher = Coalescer(pool.executor, max_running=settings.model_threads,
                             max_batch=settings.batch_max, max_pending=settings.max_pending,
-                            run=partial(service.recommend_jobs, store=event_store,
+                            run=partial(service.answer_batch, holder=holder, store=event_store,
                                         live_items=settings.live_history_items))
         batcher.batch_sizes = metrics.recommend_batch.observe
         app.state.context = AppContext(

@@ -1,6 +1,6 @@
 """Turning API requests into Recommender calls and Recommendations into response bodies.
 
-Runs on the model pool; takes the Recommender each request arrived to (one version per request).
+Runs on the model pool; one Recommender (one model version) answers a whole batch.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from recsys.recommender import POPULARITY, Filters, History, Recommendation, Recommender
+from serving.errors import NoModel
 from serving.event_store import EventStore
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,8 @@ def live_since(recommender: Recommender) -> float:
 @dataclass
 class RecommendJob:
     """One recommendation request: a known user (their live events added) or, with `history`,
-    an anonymous visitor's item ids. `recommender` is the version it arrived to."""
+    an anonymous visitor's item ids."""
 
-    recommender: Recommender
     k: int
     filters: Filters
     explain: bool
@@ -46,10 +46,21 @@ class RecommendJob:
     history: Sequence[str] | None = None
 
 
-def recommend_jobs(jobs: Sequence[RecommendJob], store: EventStore,
+def answer_batch(jobs: Sequence[RecommendJob], holder, store: EventStore,
+                 live_items: int) -> list[dict | Exception]:
+    """Response bodies for a batch of requests, all answered by one model version: the serving
+    one, read once for the batch with the cold-start item changes stored by any replica applied
+    (on the model thread: its SQLite check would otherwise hold up the event loop)."""
+    recommender = holder.refresh_items()
+    if recommender is None:
+        raise NoModel("no model is loaded")
+    return recommend_jobs(jobs, recommender, store, live_items)
+
+
+def recommend_jobs(jobs: Sequence[RecommendJob], recommender: Recommender, store: EventStore,
                    live_items: int) -> list[dict | Exception]:
     """Response bodies for many requests, in one `recommend_histories` call per group of jobs
-    that share model version, k, filters and explain (the call ranks each history on its own:
+    that share k, filters and explain (the call ranks each history on its own:
     tests/test_serving_batching.py checks the answers equal one-by-one answers).
 
     A failure belongs to the job that caused it: a group whose call raises is answered again
@@ -58,29 +69,28 @@ def recommend_jobs(jobs: Sequence[RecommendJob], store: EventStore,
     groups: dict[tuple, list[tuple[int, History]]] = {}
     for j, job in enumerate(jobs):
         try:
-            history = _history(job, store, live_items)
+            history = _history(recommender, job, store, live_items)
         except Exception as exc:  # the store read failed for this job only
             out[j] = exc
             continue
         groups.setdefault(_group_key(job), []).append((j, history))
     for members in groups.values():
         try:
-            results = _recommend(jobs, members)
+            results = _recommend(recommender, jobs, members)
         except Exception as exc:
             if len(members) == 1:
                 results = [exc]
             else:
                 log.exception("a batch of %d recommendation requests failed; answering each "
                               "alone", len(members))
-                results = [_attempt(jobs, member) for member in members]
+                results = [_attempt(recommender, jobs, member) for member in members]
         for (j, _), result in zip(members, results):
-            out[j] = result if isinstance(result, Exception) else body(jobs[j].recommender,
-                                                                         result)
+            out[j] = result if isinstance(result, Exception) else body(recommender, result)
     return out  # type: ignore[return-value]
 
 
-def _history(job: RecommendJob, store: EventStore, live_items: int) -> History:
-    recommender = job.recommender
+def _history(recommender: Recommender, job: RecommendJob, store: EventStore,
+             live_items: int) -> History:
     if job.history is not None:  # unknown item ids are skipped, as recommend_for_history does
         return History([recommender.item_rows[i] for i in job.history
                         if i in recommender.item_rows])
@@ -91,19 +101,20 @@ def _history(job: RecommendJob, store: EventStore, live_items: int) -> History:
 def _group_key(job: RecommendJob) -> tuple:
     rules = tuple(tuple(v) if isinstance(v, (list, tuple)) else v
                   for v in (getattr(job.filters, f.name) for f in fields(job.filters)))
-    return id(job.recommender), job.k, job.explain, rules
+    return job.k, job.explain, rules
 
 
-def _recommend(jobs: Sequence[RecommendJob], members: list[tuple[int, History]]) -> list:
+def _recommend(recommender: Recommender, jobs: Sequence[RecommendJob],
+               members: list[tuple[int, History]]) -> list:
     first = jobs[members[0][0]]
-    return first.recommender.recommend_histories(
+    return recommender.recommend_histories(
         [history for _, history in members], first.k, first.filters, explain=first.explain,
         user_ids=[jobs[j].user_id for j, _ in members])
 
 
-def _attempt(jobs, member):
+def _attempt(recommender, jobs, member):
     try:
-        return _recommend(jobs, [member])[0]
+        return _recommend(recommender, jobs, [member])[0]
     except Exception as exc:
         return exc
 
@@ -135,5 +146,5 @@ def _finite(score: float) -> float:
     return float(score) if math.isfinite(score) else 0.0
 
 
-__all__ = ["NO_MODEL", "RecommendJob", "body", "live_since", "make_filters", "no_model_popular",
-           "recommend_jobs", "similar"]
+__all__ = ["NO_MODEL", "RecommendJob", "answer_batch", "body", "live_since", "make_filters",
+           "no_model_popular", "recommend_jobs", "similar"]

@@ -33,30 +33,26 @@ async def recommend_for_user(
         exclude_seen: bool = True, diversity: Diversity = "none", explain: bool = False) -> dict:
     """Top-k items for a user. Unknown users and users with no history get the popularity
     fallback (`source: popularity`); events posted to /events count at once."""
-    recommender = ctx.holder.refresh_items()
-    if recommender is None:
+    if ctx.holder.current is None:
         return _count(ctx, "user", await ctx.pool.run(service.no_model_popular, ctx.store,
                                                       user_id, k, exclude))
     filters = service.make_filters(exclude=exclude, categories=categories,
                                    exclude_categories=exclude_categories,
                                    exclude_seen=exclude_seen, diversity=diversity)
-    result = await ctx.batcher.submit(service.RecommendJob(recommender, k, filters, explain,
-                                                           user_id=user_id))
+    result = await ctx.batcher.submit(service.RecommendJob(k, filters, explain, user_id=user_id))
     return _count(ctx, "user", result)
 
 
 @router.post("/recommendations", response_model=RecommendationResponse)
 async def recommend_for_history(ctx: Ctx, _: DataCaller, request: HistoryRequest) -> dict:
     """Top-k items for an anonymous visitor, from the item ids they interacted with."""
-    recommender = ctx.holder.refresh_items()
-    if recommender is None:
+    if ctx.holder.current is None:
         return _count(ctx, "history", await ctx.pool.run(
             service.no_model_popular, ctx.store, None, request.k, request.exclude))
     filters = service.make_filters(exclude=request.exclude, categories=request.categories,
                                    exclude_categories=request.exclude_categories,
                                    exclude_seen=request.exclude_seen, diversity=request.diversity)
-    result = await ctx.batcher.submit(service.RecommendJob(recommender, request.k, filters,
-                                                           request.explain,
+    result = await ctx.batcher.submit(service.RecommendJob(request.k, filters, request.explain,
                                                            history=request.history))
     return _count(ctx, "history", result)
 
