@@ -56,7 +56,9 @@ class AppContext:
     batcher: Coalescer
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
+    # async on purpose: FastAPI runs a plain `def` dependency on a worker thread, a thread hop
+    # (and a wait for the GIL behind the model threads) per request for one attribute read
     return request.app.state.context
 
 

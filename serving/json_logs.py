@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import time
+from logging.handlers import QueueHandler, QueueListener
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -23,9 +26,24 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
-    """Send every log record (ours, uvicorn's) to stderr as JSON lines."""
-    handler = logging.StreamHandler()
+    """Send every log record (ours, uvicorn's) to stderr as JSON lines.
+
+    The logging thread (the event loop, for the access line of every request) only formats and
+    queues a record; a background thread writes it. A write is a system call that gives up the
+    GIL, and getting it back behind busy model threads can take milliseconds."""
+    for old in logging.getLogger().handlers:
+        listener = getattr(old, "listener", None)
+        if listener is not None:  # configured before: stop that writer once, now
+            atexit.unregister(listener.stop)
+            listener.stop()
+    stream = logging.StreamHandler()
+    stream.setFormatter(logging.Formatter("%(message)s"))  # already a JSON line
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    handler = QueueHandler(records)
     handler.setFormatter(JsonFormatter())
+    handler.listener = QueueListener(records, stream)
+    handler.listener.start()
+    atexit.register(handler.listener.stop)  # flush what is queued when the process exits
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
