@@ -3,7 +3,8 @@
     python benchmarks/finetune.py user-sides DATASET --budget 600 --json OUT.json
     python benchmarks/finetune.py slice MODELS[/VERSION] [MODELS ...] --dataset DATASET
 
-`user-sides` fine-tunes once per user side with the same time budget and settings, selects on
+`user-sides` fine-tunes once per user side with the same time budget and settings ("interest"
+and "profile" in the CPU adapter mode, "text" in the transformer mode), selects on
 valid Recall@50 (as `recsys train --finetune` does) and reports semantic retrieval alone, full
 ranking over every item, unmasked, on valid and test. `slice` reports every method of
 `recsys evaluate` on the test targets whose item never appeared in a training click.
@@ -26,24 +27,42 @@ from recsys.embedding_cache import encode_cached  # noqa: E402
 from recsys.encoder import Encoder  # noqa: E402
 from recsys.io import write_json  # noqa: E402
 from recsys.splits import Split  # noqa: E402
-from training.finetune import FinetuneConfig, RetrievalRecallEvaluator, finetune_encoder  # noqa: E402
+from recsys.retrieval import user_profiles  # noqa: E402
+from training.finetune import (FinetuneConfig, RetrievalRecallEvaluator, adapted_vectors,  # noqa: E402
+                               finetune_encoder, retrieval_metrics)
 from training.finetune_eval import unseen_item_slice  # noqa: E402
 from training.pipeline import item_texts  # noqa: E402
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
 
+def _cases(split: Split, which: str, max_cases: int | None):
+    cases = [c for c in split.cases(which) if c.history]
+    if max_cases is not None and len(cases) > max_cases:
+        keep = np.random.default_rng(0).choice(len(cases), max_cases, replace=False)
+        cases = [cases[i] for i in np.sort(keep)]
+    return cases
+
+
 def retrieval_scores(model, texts, split: Split, user_side: str, history_items: int,
                      max_cases: int | None = None) -> dict:
+    """Semantic retrieval with an encoder that reads texts at request time (both sides)."""
     out = {}
     for which in ("valid", "test"):
-        cases = split.cases(which)
-        if max_cases is not None and len(cases) > max_cases:
-            keep = np.random.default_rng(0).choice(len(cases), max_cases, replace=False)
-            cases = [cases[i] for i in np.sort(keep)]
-        evaluator = RetrievalRecallEvaluator(texts, cases, user_side=user_side,
-                                             history_items=history_items, name=which)
+        evaluator = RetrievalRecallEvaluator(texts, _cases(split, which, max_cases),
+                                             user_side=user_side, history_items=history_items,
+                                             name=which)
         out[which] = {k: round(v, 4) for k, v in evaluator.scores(model).items()}
+    return out
+
+
+def vector_scores(vectors, profiles_of, split: Split, max_cases: int | None = None) -> dict:
+    """Semantic retrieval from item vectors and a user side over them (as the bundle serves)."""
+    out = {}
+    for which in ("valid", "test"):
+        cases = _cases(split, which, max_cases)
+        metrics = retrieval_metrics(profiles_of([c.history for c in cases]), vectors, cases)
+        out[which] = {k: round(v, 4) for k, v in metrics.items()}
     return out
 
 
@@ -67,9 +86,18 @@ def user_sides(args) -> dict:
             started = time.perf_counter()
             result = finetune_encoder(texts, split, base_vectors, work, config=config,
                                       device=args.device)
-            model = Encoder(result.model_dir, device=args.device, max_length=128).model
-            row = retrieval_scores(model, texts, split, side, config.history_items,
-                                   args.max_cases)
+            shipped = Encoder(result.model_dir, device=args.device, max_length=128)
+            if side == "text":
+                row = retrieval_scores(shipped.model, texts, split, side, config.history_items,
+                                       args.max_cases)
+            else:   # cached-vector user sides: score what the bundle would hold
+                vectors = (base_vectors if result.report["best_step"] is None
+                           else adapted_vectors(shipped, base_vectors, texts))
+                interest = result.interest
+                row = vector_scores(
+                    vectors, (lambda h, v=vectors: user_profiles(h, v)) if interest is None
+                    else (lambda h, v=vectors, m=interest: m.profiles(h, v)),
+                    split, args.max_cases)
             row["finetune"] = {k: result.report[k] for k in
                                ("steps", "epochs_done", "best_step", "stop_reason", "valid")}
             row["seconds"] = round(time.perf_counter() - started, 1)
@@ -89,7 +117,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("user-sides")
     p.add_argument("dataset")
     p.add_argument("--budget", type=float, default=600.0, help="fine-tuning seconds per side")
-    p.add_argument("--sides", nargs="*", default=["profile", "text"], choices=["profile", "text"],
+    p.add_argument("--sides", nargs="*", default=["interest", "profile", "text"],
+                   choices=["interest", "profile", "text"],
                    help="user sides to fine-tune (none: zero-shot rows only)")
     p.add_argument("--max-cases", type=int, default=None, help="sample valid/test cases")
     p.add_argument("--device", default="auto")

@@ -7,6 +7,7 @@
     models/<version>/index.faiss
     models/<version>/features/            behavioural state at training time (Parquet + JSON)
     models/<version>/ranker.txt           LightGBM text format
+    models/<version>/interest.safetensors the learned user side, when fine-tuning trained one
     models/CURRENT                        the live version (temp file + fsync + rename)
 
 A bundle is written under a hidden temporary name and renamed into place only when complete, so

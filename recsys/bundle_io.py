@@ -14,6 +14,7 @@ from features.build import FEATURES
 from features.state import BehaviourState
 from recsys.errors import BundleError
 from recsys.index import ItemIndex
+from recsys.interest import INTEREST_FILE, InterestModel
 from recsys.ranker import Ranker
 from recsys.retrieval import RetrievalConfig
 
@@ -26,7 +27,7 @@ ITEM_FIELDS = ("item_id", "title", "category")
 
 def write_parts(path: Path, *, items: pl.DataFrame, vectors: np.ndarray, index: ItemIndex,
                 state: BehaviourState, ranker: Ranker, users: pl.DataFrame,
-                encoder: "Encoder") -> None:
+                encoder: "Encoder", interest: InterestModel | None = None) -> None:
     """Write every file of a bundle into the (temporary) bundle directory `path`."""
     items.select(ITEM_FIELDS).write_parquet(path / "items.parquet")
     save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)},
@@ -40,6 +41,8 @@ def write_parts(path: Path, *, items: pl.DataFrame, vectors: np.ndarray, index: 
     state.covisitation.table().write_parquet(features / "covisitation.parquet")
     users.write_parquet(features / "users.parquet")
     encoder.save(path / "encoder")
+    if interest is not None:
+        interest.save(path / INTEREST_FILE)
 
 
 def users_table(histories: dict[str, list[int]], last_times: dict[str, float]) -> pl.DataFrame:
@@ -66,6 +69,9 @@ def read_bundle(cls: type["Recommender"], bundle: Path, manifest: dict[str, Any]
         users_frame = pl.read_parquet(bundle / "features" / "users.parquet")
         ranker = Ranker.load(bundle / "ranker.txt", manifest.get("features", list(FEATURES)),
                              threads=threads)
+        # listed in the sealed file list: a bundle trained with it cannot silently lose it
+        interest = (InterestModel.load(bundle / INTEREST_FILE, vectors.shape[1])
+                    if INTEREST_FILE in manifest.get("files", {}) else None)
     except BundleError:
         raise
     except Exception as exc:  # any unreadable part means the bundle is broken, say which
@@ -86,4 +92,4 @@ def read_bundle(cls: type["Recommender"], bundle: Path, manifest: dict[str, Any]
     retrieval = RetrievalConfig(**manifest.get("config", {}).get("retrieval", {}))
     return cls(version=manifest["version"], manifest=manifest, item_table=items,
                item_vectors=vectors, index=index, state=state, ranker=ranker, users=users,
-               retrieval=retrieval, path=bundle)
+               retrieval=retrieval, interest=interest, path=bundle)

@@ -82,7 +82,7 @@ def evaluation_context(recommender: Recommender, split: Split, which: str) -> Ra
     state.fit(split.events, cutoff=split.test_start)
     base = recommender.context
     return RankingContext(base.item_vectors, base.item_categories, base.index, state,
-                          base.retrieval)
+                          base.retrieval, base.interest)
 
 
 def _chunks(cases: list[Case], n_items: int):

@@ -15,6 +15,7 @@ import polars as pl
 from features.build import Candidates, Requests, candidate_features
 from features.state import BehaviourState
 from recsys.index import ItemIndex
+from recsys.interest import InterestModel
 from recsys.retrieval import RetrievalConfig, retrieve, source_ranks, user_profiles
 
 
@@ -25,10 +26,14 @@ class RankingContext:
     index: ItemIndex
     state: BehaviourState
     retrieval: RetrievalConfig
+    interest: InterestModel | None = None   # learned user side; None = recency-weighted mean
 
     def requests(self, histories: Sequence[Sequence[int]], times: np.ndarray,
                  last_times: np.ndarray) -> Requests:
-        profiles = user_profiles(histories, self.item_vectors, self.retrieval.profile_decay)
+        if self.interest is not None:
+            profiles = self.interest.profiles(histories, self.item_vectors)
+        else:
+            profiles = user_profiles(histories, self.item_vectors, self.retrieval.profile_decay)
         return Requests(histories=[list(h) for h in histories], profiles=profiles,
                         times=np.asarray(times, dtype=np.float64),
                         last_event_times=np.asarray(last_times, dtype=np.float64))

@@ -22,6 +22,7 @@ from features.state import BehaviourState
 from recsys.bundle import read_manifest, resolve_bundle
 from recsys.errors import BundleError, NotFoundError
 from recsys.index import ItemIndex
+from recsys.interest import InterestModel
 from recsys.ranker import Ranker
 from recsys.ranking import RankingContext
 from recsys.retrieval import RetrievalConfig
@@ -76,7 +77,7 @@ class Recommender:
     def __init__(self, *, version: str, manifest: dict, item_table: pl.DataFrame,
                  item_vectors: np.ndarray, index: ItemIndex, state: BehaviourState,
                  ranker: Ranker, users: dict[str, History], retrieval: RetrievalConfig,
-                 path: Path | None = None) -> None:
+                 interest: InterestModel | None = None, path: Path | None = None) -> None:
         self.version = version
         self.manifest = manifest
         self.path = path
@@ -94,7 +95,8 @@ class Recommender:
         self.ranker = ranker
         self.users = users
         self.retrieval = retrieval
-        self.context = RankingContext(item_vectors, self.item_categories, index, state, retrieval)
+        self.context = RankingContext(item_vectors, self.item_categories, index, state, retrieval,
+                                      interest)
         self.real_time = state.real_time
         self.active = np.ones(len(self.item_ids), dtype=bool)  # False = deleted, never served
         cutoff = state.cutoff_
@@ -199,7 +201,7 @@ class Recommender:
         base = self.index.base if isinstance(self.index, FreshItemsIndex) else self.index
         fresh.index = FreshItemsIndex(base, fresh.item_vectors[base.size:])
         fresh.context = RankingContext(fresh.item_vectors, fresh.item_categories, fresh.index,
-                                       fresh.state, self.retrieval)
+                                       fresh.state, self.retrieval, self.context.interest)
         return fresh
 
     def without_items(self, item_ids: Sequence[str]) -> "Recommender":

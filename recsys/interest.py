@@ -1,0 +1,77 @@
+"""The learned user side: a user's interest vector from the vectors of the items they clicked.
+
+Without fine-tuning a user is the recency-weighted mean of their items' vectors
+(`recsys.retrieval.user_profiles`). Fine-tuning learns two things on top of that mean, with the
+item adapter, from the training clicks (`training/finetune_interest.py`): how much each of the
+last `positions` clicks counts (a learned offset on the fixed decay), and a linear map from that
+mean to the query vector that is searched in the item index. The map is what lets a query move
+*away* from the items a user already has towards what they click next, which a plain mean
+cannot do. It reads cached item vectors only, so a request costs one small matrix product.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+INTEREST_FILE = "interest.safetensors"
+
+
+@dataclass
+class InterestModel:
+    decay: float
+    position_offsets: np.ndarray   # [positions] log-weight added to decay**k, k = 0 most recent
+    weight: np.ndarray             # [d, d] query = weight @ mean + bias
+    bias: np.ndarray               # [d]
+
+    @property
+    def positions(self) -> int:
+        return int(self.position_offsets.shape[0])
+
+    def position_weights(self) -> np.ndarray:
+        """Weight of the k-th most recent click (k = 0 first)."""
+        k = np.arange(self.positions, dtype=np.float64)
+        return (np.exp(np.log(self.decay) * k + self.position_offsets)).astype(np.float32)
+
+    def profiles(self, histories: Sequence[Sequence[int]], item_vectors: np.ndarray) -> np.ndarray:
+        """Query vectors, L2-normalised; zeros for empty histories (they get the fallback)."""
+        dim = item_vectors.shape[1]
+        weights = self.position_weights()
+        means = np.zeros((len(histories), dim), dtype=np.float32)
+        has_history = np.zeros(len(histories), dtype=bool)
+        for u, history in enumerate(histories):
+            recent = np.asarray(list(history)[-self.positions:][::-1], dtype=np.int64)
+            if recent.size:
+                means[u] = weights[:recent.size] @ item_vectors[recent]
+                has_history[u] = True
+        queries = means @ self.weight.T + self.bias
+        queries[~has_history] = 0.0
+        norms = np.linalg.norm(queries, axis=1, keepdims=True)
+        return np.divide(queries, norms, out=np.zeros_like(queries), where=norms > 0)
+
+    def save(self, path: Path) -> None:
+        save_file({"position_offsets": self.position_offsets.astype(np.float32),
+                   "weight": np.ascontiguousarray(self.weight, dtype=np.float32),
+                   "bias": self.bias.astype(np.float32)}, str(path),
+                  metadata={"decay": json.dumps(self.decay)})
+
+    @classmethod
+    def load(cls, path: Path, dim: int) -> "InterestModel":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as handle:
+            decay = float(json.loads((handle.metadata() or {})["decay"]))
+        tensors = load_file(str(path))
+        model = cls(decay, tensors["position_offsets"], tensors["weight"], tensors["bias"])
+        if model.weight.shape != (dim, dim) or model.bias.shape != (dim,):
+            raise ValueError(f"{path}: interest model is for {model.weight.shape[1]}-d vectors, "
+                             f"the item vectors are {dim}-d")
+        if not (np.isfinite(model.weight).all() and np.isfinite(model.bias).all()
+                and np.isfinite(model.position_offsets).all() and 0 < decay <= 1):
+            raise ValueError(f"{path}: interest model has non-finite weights or a bad decay")
+        return model

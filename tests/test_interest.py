@@ -1,0 +1,136 @@
+"""The learned user side ("interest"): the exported numpy model computes exactly what the
+training model's query route computes, starts as the plain recency-weighted mean, round-trips
+through safetensors, and a bundle that was sealed with it cannot load without it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.errors import BundleError
+from recsys.interest import INTEREST_FILE, InterestModel
+from recsys.retrieval import PROFILE_DECAY, user_profiles
+from training.finetune_adapter import new_adapter
+from training.finetune_data import anchor_texts, history_strings, Transition
+from training.finetune_interest import CatalogueSoftmaxLoss, interest_model
+
+HISTORIES = [[3], [0, 5, 2], [7, 1, 4, 6, 0, 2, 9, 8, 3, 5, 1, 7, 2, 6, 4, 0, 9, 3, 8, 5, 1, 2], []]
+
+
+def _catalogue(n: int = 10, dim: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [f"item text {i}" for i in range(n)], vectors
+
+
+def _perturb(model):
+    """Random weights everywhere, so equality below is not the identity's."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=generator))
+
+
+def test_untrained_interest_is_the_recency_weighted_mean():
+    texts, vectors = _catalogue()
+    model, pooling = interest_model(texts, vectors, new_adapter(vectors.shape[1], 1), "cpu",
+                                    PROFILE_DECAY)
+    short = HISTORIES[:2]               # within both the 20 positions and the mean's 50
+    queries = model.encode(history_strings(short), task="query", normalize_embeddings=True)
+    np.testing.assert_allclose(queries, user_profiles(short, vectors), atol=1e-6)
+    np.testing.assert_allclose(pooling.export().profiles(short, vectors),
+                               user_profiles(short, vectors), atol=1e-6)
+
+
+def test_exported_model_matches_the_query_route():
+    texts, vectors = _catalogue()
+    adapter = new_adapter(vectors.shape[1], 1)
+    model, pooling = interest_model(texts, vectors, adapter, "cpu", PROFILE_DECAY)
+    _perturb(model)
+    items = model.encode(texts, task="document", normalize_embeddings=True)
+    assert not np.allclose(items, vectors, atol=1e-3)               # the adapter moved items
+    queries = model.encode(history_strings(HISTORIES[:3]), task="query",
+                           normalize_embeddings=True)
+    exported = pooling.export()
+    np.testing.assert_allclose(exported.profiles(HISTORIES[:3], items), queries, atol=1e-5)
+    # only the last 20 clicks count, as in training
+    assert exported.positions == 20
+    np.testing.assert_allclose(exported.profiles([HISTORIES[2][-20:]], items),
+                               exported.profiles([HISTORIES[2]], items), atol=1e-7)
+    # no history: a zero vector (the request gets the popularity fallback), never NaN
+    assert not exported.profiles([[]], items).any()
+
+
+def test_catalogue_loss_prefers_the_true_next_item():
+    texts, vectors = _catalogue()
+    model, _ = interest_model(texts, vectors, new_adapter(vectors.shape[1], 1), "cpu",
+                              PROFILE_DECAY)
+    loss = CatalogueSoftmaxLoss(model, len(texts))
+    router = model[0]
+    features = router.preprocess(history_strings([[3], [5]]), task="query")
+    # the "next" item equal to the last click scores highest under the untrained mean
+    right = loss([dict(features)], torch.tensor([3, 5]))
+    wrong = loss([dict(features)], torch.tensor([5, 3]))
+    assert right.detach().item() < wrong.detach().item()
+    right.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_anchor_strings_are_item_rows_oldest_first():
+    pairs = [Transition(list(range(25)), 30)]
+    [anchor] = anchor_texts(pairs, [str(i) for i in range(31)], "interest", 3, seed=0)
+    assert anchor == " ".join(str(i) for i in range(5, 25))
+
+
+def test_save_load_round_trip_and_refusals(tmp_path):
+    rng = np.random.default_rng(0)
+    model = InterestModel(0.7, rng.standard_normal(20).astype(np.float32),
+                          rng.standard_normal((8, 8)).astype(np.float32),
+                          rng.standard_normal(8).astype(np.float32))
+    model.save(tmp_path / INTEREST_FILE)
+    loaded = InterestModel.load(tmp_path / INTEREST_FILE, 8)
+    assert loaded.decay == 0.7
+    np.testing.assert_array_equal(loaded.weight, model.weight)
+    np.testing.assert_array_equal(loaded.position_offsets, model.position_offsets)
+    with pytest.raises(ValueError, match="8-d"):
+        InterestModel.load(tmp_path / INTEREST_FILE, 16)
+    model.weight[0, 0] = np.nan
+    model.save(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="non-finite"):
+        InterestModel.load(tmp_path / "bad.safetensors", 8)
+
+
+def test_bundle_serves_with_its_interest_model_and_refuses_to_lose_it(models_dir, tmp_path):
+    """Add an interest model to a copy of the fixture bundle (resealed): the Recommender's
+    profiles come from it; deleting the file afterwards is a refused bundle, not a silent mean."""
+    from recsys.bundle import sha256_file
+    from recsys.recommender import Recommender
+
+    bundle = tmp_path / "v1"
+    shutil.copytree(models_dir / "v1", bundle)
+    plain = Recommender.load(bundle)
+    dim = plain.item_vectors.shape[1]
+    rng = np.random.default_rng(3)
+    learned = InterestModel(0.7, np.zeros(20, np.float32),
+                            (np.eye(dim) + 0.2 * rng.standard_normal((dim, dim))).astype(np.float32),
+                            np.zeros(dim, np.float32))
+    learned.save(bundle / INTEREST_FILE)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][INTEREST_FILE] = sha256_file(bundle / INTEREST_FILE)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    tuned = Recommender.load(bundle)
+    history = [[0, 1, 2]]
+    requests = tuned.context.requests(history, np.array([np.nan]), np.array([np.nan]))
+    np.testing.assert_allclose(requests.profiles, learned.profiles(history, tuned.item_vectors))
+    assert not np.allclose(requests.profiles,
+                           plain.context.requests(history, np.array([np.nan]),
+                                                  np.array([np.nan])).profiles, atol=1e-3)
+    (bundle / INTEREST_FILE).unlink()
+    with pytest.raises(BundleError):
+        Recommender.load(bundle)

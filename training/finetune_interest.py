@@ -1,0 +1,139 @@
+"""The "interest" user side of the adapter mode: a learned profile, trained with the item adapter.
+
+A sentence-transformers model with two routes (`Router`): "document" is an item text, read as
+its cached base vector, through the residual adapter (the item side, as in the plain adapter
+mode); "query" is a user's recent clicks, written as their item rows ("17 4 230", oldest
+first), each read as its adapted item vector, pooled by `InterestPooling` (recency weights with
+learned offsets, then a linear map) into a query vector. Both routes share the adapter, so the
+query reads exactly the item vectors the bundle will hold.
+
+The loss is a softmax over the whole catalogue (`CatalogueSoftmaxLoss`): with cached vectors
+every item's adapted vector costs one small matrix product, so each pair's negatives are all
+other items rather than the batch's. On amazon-scientific valid this beat in-batch negatives
+by far (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sentence_transformers.sentence_transformer.modules import Dense, InputModule, Normalize
+from torch import nn
+
+from recsys.interest import InterestModel
+from training.finetune_adapter import CachedVectors
+from training.finetune_data import INTEREST_POSITIONS
+
+QUERY, DOCUMENT = "query", "document"
+
+
+class AdaptedHistory(InputModule):
+    """Query input: item rows -> their adapted, normalised item vectors, most recent first."""
+
+    def __init__(self, vectors: CachedVectors, adapter: Sequence[Dense], positions: int) -> None:
+        super().__init__()
+        self.vectors = vectors                      # shared with the document route
+        self.adapter = nn.ModuleList(adapter)       # the same layers as the document route
+        self.positions = positions
+
+    def preprocess(self, inputs, prompt=None, **kwargs) -> dict:
+        rows = torch.full((len(inputs), self.positions), -1, dtype=torch.long)
+        for b, text in enumerate(inputs):
+            recent = [int(t) for t in str(text).split()][-self.positions:][::-1]
+            if recent:
+                rows[b, :len(recent)] = torch.tensor(recent)
+        # named input_ids: the trainer recognises model inputs by that suffix
+        return {"input_ids": rows}
+
+    def forward(self, features: dict, **kwargs) -> dict:
+        rows = features["input_ids"].to(self.vectors.vectors.device)
+        present = rows >= 0
+        # adapt each distinct item once (a batch of histories repeats popular items many times)
+        unique, inverse = torch.unique(rows.clamp(min=0), return_inverse=True)
+        out = {"sentence_embedding": self.vectors.vectors[unique]}
+        for layer in self.adapter:
+            out = layer(out)
+        adapted = F.normalize(out["sentence_embedding"], dim=-1)[inverse]
+        features["token_embeddings"] = adapted * present[..., None]
+        features["attention_mask"] = present
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        return self.vectors.get_embedding_dimension()
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        raise RuntimeError("training-only module; the bundle stores an InterestModel instead")
+
+
+class InterestPooling(nn.Module):
+    """Recency-weighted mean (decay**k * exp(offset_k)) -> linear map. Starts as the plain mean:
+    offsets 0, identity map, so step 0 is the zero-shot profile."""
+
+    def __init__(self, dim: int, positions: int, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.offsets = nn.Parameter(torch.zeros(positions))
+        self.linear = nn.Linear(dim, dim)
+        nn.init.eye_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: dict, **kwargs) -> dict:
+        k = torch.arange(self.offsets.shape[0], dtype=torch.float32, device=self.offsets.device)
+        weights = torch.exp(math.log(self.decay) * k + self.offsets)
+        weights = weights * features["attention_mask"]
+        mean = (weights[..., None] * features["token_embeddings"]).sum(dim=1)
+        features["sentence_embedding"] = self.linear(mean)
+        return features
+
+    def export(self) -> InterestModel:
+        return InterestModel(decay=float(self.decay),
+                             position_offsets=self.offsets.detach().cpu().numpy().copy(),
+                             weight=self.linear.weight.detach().cpu().numpy().copy(),
+                             bias=self.linear.bias.detach().cpu().numpy().copy())
+
+    def save(self, *args, **kwargs) -> None:
+        raise RuntimeError("training-only module; the bundle stores an InterestModel instead")
+
+
+def interest_model(texts: Sequence[str], vectors: np.ndarray, adapter: list[Dense],
+                   device: str, decay: float, positions: int = INTEREST_POSITIONS):
+    """The two-route training model and its pooling module (to export the learned profile)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router
+
+    cached = CachedVectors(texts, vectors)
+    pooling = InterestPooling(vectors.shape[1], positions, decay)
+    router = Router.for_query_document(
+        query_modules=[AdaptedHistory(cached, adapter, positions), pooling],
+        document_modules=[cached, *adapter])
+    return SentenceTransformer(modules=[router, Normalize()], device=device), pooling
+
+
+class CatalogueSoftmaxLoss(nn.Module):
+    """Cross-entropy of the next clicked item against every item in the catalogue.
+
+    The columns are (query, positive) and the label is the positive's item row (texts can repeat
+    across items, so the row is not read back from the text). Every item's document vector is
+    computed once per step from the cached base vectors.
+    """
+
+    def __init__(self, model, n_items: int, scale: float = 20.0) -> None:
+        super().__init__()
+        self.model = model
+        self.n_items = n_items
+        self.scale = scale
+
+    def forward(self, sentence_features: Iterable[dict], labels: torch.Tensor) -> torch.Tensor:
+        query_features = next(iter(sentence_features))
+        queries = self.model(query_features)["sentence_embedding"]
+        device = queries.device
+        catalogue = self.model({"input_ids": torch.arange(self.n_items, device=device),
+                                "task": DOCUMENT})["sentence_embedding"]
+        return F.cross_entropy(self.scale * queries @ catalogue.T, labels.to(device).long())
+
+    def get_config_dict(self) -> dict:
+        return {"scale": self.scale, "negatives": "every other catalogue item"}
