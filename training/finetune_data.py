@@ -28,6 +28,17 @@ class Transition:
     target: int
 
 
+def finetune_events(split) -> pl.DataFrame:
+    """The events fine-tuning learns from: the training part before the ranker's label window,
+    the same events the ranker's behavioural state is fit on. The ranker learns how far to trust
+    the semantic score from its label cases; an encoder trained on those very clicks would score
+    them better than it ever scores a new one, and the ranker would over-trust it (amazon test
+    NDCG@10 of the pipeline fell from 0.0982 to 0.0933 with the learned user side, see
+    docs/benchmarks.md)."""
+    state_events, _ = split.label_cases()
+    return state_events
+
+
 def transitions(train_events: pl.DataFrame) -> list[Transition]:
     """Every next click inside the training part (each user's first click has no history)."""
     clicks = train_events.filter(pl.col("type").is_in(POSITIVE_TYPES)).sort(
