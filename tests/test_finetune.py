@@ -290,3 +290,13 @@ def test_fine_tuning_never_sees_the_ranker_label_clicks(split):
     # and it is a real restriction: every training transition would include them
     everything = {(tuple(p.history), p.target) for p in transitions(split.train_events())}
     assert labelled <= everything
+
+
+def test_unseen_item_slice_runs_the_evaluation_on_the_unseen_targets(models_dir, recbole_dataset):
+    from training.finetune_eval import unseen_item_slice
+
+    report = unseen_item_slice(models_dir, recbole_dataset, "test")
+    assert report["model_version"] == "v1" and 0 < report["cases"] <= report["all_cases"]
+    assert set(report["metrics"]) == {"pipeline", "popularity", "covisitation", "semantic"}
+    # an item no training click contains is out of reach of co-visitation
+    assert report["metrics"]["covisitation"]["recall@10"] == 0.0

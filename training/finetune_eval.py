@@ -34,7 +34,8 @@ def unseen_target_cases(cases: list[Case], seen: set[int]) -> list[Case]:
 
 def unseen_item_slice(models: str | Path, dataset_path: str | Path, split: str = "test") -> dict:
     """Full-ranking metrics (unmasked and masked) of every method on the unseen-target slice."""
-    from recsys import evaluate as evaluation
+    # the submodule, not `recsys.evaluate` (the package exports the function by that name)
+    from recsys.evaluate import _full_ranking, evaluation_context
 
     recommender = Recommender.load(models)
     data_split = Split.of(load_dataset(dataset_path), recommender.item_ids)
@@ -46,8 +47,8 @@ def unseen_item_slice(models: str | Path, dataset_path: str | Path, split: str =
               "all_cases": len(all_cases)}
     if not cases:
         return {**report, "metrics": {}}
-    context = evaluation.evaluation_context(recommender, data_split, split)
-    result = evaluation._full_ranking(recommender, context, cases)
+    context = evaluation_context(recommender, data_split, split)
+    result = _full_ranking(recommender, context, cases)
     # _full_ranking returns metrics, or (metrics, per-case details) in newer versions.
     report["metrics"] = result[0] if isinstance(result, tuple) else result
     return report
