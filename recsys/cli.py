@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
                    help="fine-tune the encoder on the training clicks first")
     p.add_argument("--finetune-budget", type=float, default=None, metavar="SECONDS",
-                   help="time budget of the fine-tuning loop (default: 900 on CPU, 1800 on GPU)")
+                   help="time budget of fine-tuning, both runs together (default: 900 on CPU, 1800 on GPU)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle against baselines on a split")

@@ -223,6 +223,9 @@ def test_train_finetune_end_to_end(recbole_dataset, tmp_path, mode):
     assert finetune["config"]["batch_size"] == 16 and finetune["mode"] == mode
     assert finetune["valid"]["metric"] == "recall@50" and len(finetune["valid"]["history"]) >= 2
     assert finetune["data"]["train_end"] and manifest["config"]["finetune"]["max_pairs"] == 48
+    # out of fold: the ranker's label rows were scored by a run that never saw their clicks
+    assert finetune["data"]["before_ranker_labels"] is False
+    assert finetune["ranker_label_rows"]["data"]["before_ranker_labels"] is True
     # the CPU adapter mode learns the user side too ("interest"); the transformer keeps the mean
     learned = mode == "adapter"
     assert encoder_info["user_side"] == ("interest" if learned else "profile")
@@ -283,7 +286,7 @@ def test_fine_tuning_never_sees_the_ranker_label_clicks(split):
 
     _, label_cases = split.label_cases()
     assert label_cases, "the fixture has label cases"
-    pairs = transitions(finetune_events(split))
+    pairs = transitions(finetune_events(split, before_labels=True))
     assert pairs
     labelled = {(tuple(c.history), t) for c in label_cases for t in c.targets}
     assert not labelled & {(tuple(p.history), p.target) for p in pairs}

@@ -273,12 +273,13 @@ def _freeze_lower_layers(model, train_layers: int) -> dict:
 def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.ndarray,
                      work_dir: str | Path, *, base_model: str | None = None,
                      config: FinetuneConfig | None = None, device: str = "auto",
+                     before_labels: bool = False,
                      log: Callable[[str], None] = print) -> FinetuneResult:
     """Fine-tune `base_model` on `split`'s training part; returns the best encoder directory.
 
     `base_vectors` are the base encoder's item vectors: the "current retrieval results" the hard
-    negatives are mined from. Only training events before the ranker's label window make pairs
-    (`finetune_events`); valid cases only select.
+    negatives are mined from. Only training events make pairs (with `before_labels`, only those
+    before the ranker's label window: `finetune_events`); valid cases only select.
     """
     from datasets import Dataset as HFDataset
     from sentence_transformers import (SentenceTransformerTrainer,
@@ -293,7 +294,7 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     work_dir.mkdir(parents=True, exist_ok=True)
     best_dir, final_dir = work_dir / "checkpoint-best", work_dir / "encoder"
 
-    pair_events = finetune_events(split)
+    pair_events = finetune_events(split, before_labels)
     all_pairs = transitions(pair_events)
     if not all_pairs:
         raise ValueError("no next-click pairs in the training part: nothing to fine-tune on")
@@ -412,7 +413,7 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         "loss": ("CatalogueSoftmaxLoss (cross-entropy over every catalogue item, scale 20)"
                  if interest else "MultipleNegativesRankingLoss (in-batch negatives"
                  + (" + 1 hard negative per pair)" if config.hard_negatives else ")")),
-        "data": {"pairs": len(pairs), "next_clicks_in_train": len(all_pairs),
+        "data": {"pairs": len(pairs), "before_ranker_labels": before_labels, "next_clicks_in_train": len(all_pairs),
                  "train_events": train_events.height,
                  "train_start": str(train_events["timestamp"].min()),
                  "train_end": str(train_events["timestamp"].max()),
@@ -436,7 +437,8 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
 
 
 def finetune_step(dataset, item_ids: list[str], item_texts: Sequence[str], base_vectors: np.ndarray,
-                  work_dir: Path, train_config, *, log: Callable[[str], None] = print):
+                  work_dir: Path, train_config, *, before_labels: bool = False,
+                  log: Callable[[str], None] = print):
     """The pipeline's encoder step with fine-tuning: (encoder, item vectors, report, interest).
 
     The returned encoder is the fine-tuned one and the vectors are re-encoded with it (at the
@@ -446,7 +448,7 @@ def finetune_step(dataset, item_ids: list[str], item_texts: Sequence[str], base_
     split = Split.of(dataset, item_ids)
     result = finetune_encoder(item_texts, split, base_vectors, work_dir,
                               base_model=train_config.encoder, config=train_config.finetune,
-                              device=train_config.device, log=log)
+                              device=train_config.device, before_labels=before_labels, log=log)
     encoder = Encoder(result.model_dir, device=train_config.device,
                       max_length=train_config.max_length)
     if result.report["best_step"] is None:

@@ -28,13 +28,15 @@ class Transition:
     target: int
 
 
-def finetune_events(split) -> pl.DataFrame:
-    """The events fine-tuning learns from: the training part before the ranker's label window,
-    the same events the ranker's behavioural state is fit on. The ranker learns how far to trust
-    the semantic score from its label cases; an encoder trained on those very clicks would score
-    them better than it ever scores a new one, and the ranker would over-trust it (amazon test
-    NDCG@10 of the pipeline fell from 0.0982 to 0.0933 with the learned user side, see
-    docs/benchmarks.md)."""
+def finetune_events(split, before_labels: bool) -> pl.DataFrame:
+    """The events fine-tuning learns from: the whole training part, or (`before_labels`) only
+    the part before the ranker's label window, the events the ranker's behavioural state is fit
+    on. The ranker learns how far to trust the semantic score from its label cases; an encoder
+    trained on those very clicks scores them better than it ever scores a new one, and a ranker
+    trained on such rows over-trusts it (amazon test NDCG@10 of the pipeline fell from 0.0982 to
+    0.0933 with the learned user side, see docs/benchmarks.md)."""
+    if not before_labels:
+        return split.train_events()
     state_events, _ = split.label_cases()
     return state_events
 

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from recsys.bundle import BundleWriter
 from recsys.bundle_io import users_table, write_parts
 from recsys.data.dataset import Dataset, load_dataset
 from recsys.embedding_cache import encode_cached
-from recsys.encoder import Encoder
+from recsys.encoder import Encoder, pick_device
 from recsys.index import ItemIndex
 from recsys.interest import InterestModel
 from recsys.ranking import RankingContext
@@ -118,13 +118,30 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     vectors = encode_cached(encoder, item_texts(items), config.cache_dir, show_progress=None)
     finetune_report, finetune_dir = None, Path(models_dir) / f".finetune-{os.getpid()}"
     interest = None   # the learned user side; None = the recency-weighted mean of item vectors
+    label_side = None  # (vectors, index, interest) that score the ranker's label rows
     if config.finetune is not None:
+        # Out of fold: the ranker learns from its label clicks how far to trust the semantic
+        # score, so those rows are scored by an encoder fine-tuned without them; the bundle
+        # ships one fine-tuned on every training click (valid and test are unseen by both).
+        # The two runs share the time budget.
+        tuning = config.finetune.for_device(pick_device(config.device))
+        halves = replace(config, finetune=replace(tuning, time_budget_s=tuning.time_budget_s / 2))
+        log("fine-tuning for the ranker's label rows (training clicks before the label window)")
+        _, label_vectors, label_report, label_interest = finetune_step(
+            dataset, item_ids, item_texts(items), vectors, finetune_dir / "labels", halves,
+            before_labels=True, log=log)
+        log("fine-tuning the shipped encoder (every training click)")
         encoder, vectors, finetune_report, interest = finetune_step(
-            dataset, item_ids, item_texts(items), vectors, finetune_dir, config, log=log)
+            dataset, item_ids, item_texts(items), vectors, finetune_dir / "all", halves, log=log)
+        finetune_report["ranker_label_rows"] = {
+            k: label_report[k] for k in ("data", "steps", "best_step", "stop_reason", "valid",
+                                         "seconds")}
+        label_side = (label_vectors, ItemIndex(**config.index).fit(label_vectors), label_interest)
     elif config.interest is not None:
         interest = InterestModel.load(Path(config.interest), vectors.shape[1])
     step("embed")
     index = ItemIndex(**config.index).fit(vectors)
+    label_vectors, label_index, label_interest = label_side or (vectors, index, interest)
     step("index")
 
     split = Split.of(dataset, item_ids)
@@ -136,8 +153,8 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
 
     retrieval = config.retrieval
     train_rows = label_rows(
-        split, lambda state: RankingContext(vectors, categories, index, state, retrieval,
-                                            interest),
+        split, lambda state: RankingContext(label_vectors, categories, label_index, state,
+                                            retrieval, label_interest),
         n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed)
     valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval,
                                              interest),
