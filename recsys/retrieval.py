@@ -131,7 +131,8 @@ def _merge(sources, width: int) -> Candidates:
     picked = np.sort(first)
     ranks = np.full((3, first.size), MISSING_RANK, dtype=np.float32)
     for source in range(3):
-        entries = np.flatnonzero(kind == source)[::-1]   # newest first: the last one wins
+        # reversed, so np.unique's first occurrence is the source's last entry (a dict update)
+        entries = np.flatnonzero(kind == source)[::-1]
         rows, last = np.unique(row_of[entries], return_index=True)
         ranks[source, rows] = rank[entries[last]]
     return Candidates(request=users[picked], item=items[picked], sem_rank=ranks[0],
