@@ -16,7 +16,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from features.covisitation import RECENT_ITEMS, Covisitation, pair_scores
-from features.ragged import flatten, owners
+from features.ragged import flatten, list_lengths, owners
 from features.state import BehaviourState
 
 RECENT_FOR_SIMILARITY = 5
@@ -101,7 +101,7 @@ def candidate_features(requests: Requests, candidates: Candidates, state: Behavi
     sem_score = np.einsum("ij,ij->i", requests.profiles[req], vectors)
 
     history_items, offsets = requests.flat_histories()
-    lengths = np.diff(offsets)
+    lengths = list_lengths(offsets)
     last_items = np.where(lengths > 0, history_items[np.maximum(offsets[1:] - 1, 0)]
                           if history_items.size else -1, -1)
     sim_last = np.where(last_items[req] >= 0,
@@ -111,7 +111,7 @@ def candidate_features(requests: Requests, candidates: Candidates, state: Behavi
 
     covis = state.covisitation
     covis_score = pair_scores(requests.covisitation_scores(covis), req, item)
-    covis_last = pair_scores(requests.covisitation_scores(covis, recent=1), req, item)
+    covis_last = covis.pair_values(last_items[req], item)  # == score(recent=1), bit for bit
 
     history_owner = owners(offsets)
     in_history = _history_counts(history_owner, history_items, req, item)
@@ -160,7 +160,7 @@ def _max_recent_similarity(history_items, offsets, req, vectors, item_vectors) -
     best = np.zeros(len(req), dtype=np.float32)
     order = np.argsort(req, kind="stable")
     bounds = np.searchsorted(req[order], np.arange(offsets.size))
-    for u in np.flatnonzero(np.diff(offsets) > 0):
+    for u in np.flatnonzero(list_lengths(offsets) > 0):
         rows = order[bounds[u]:bounds[u + 1]]
         if rows.size:
             tail = history_items[max(offsets[u], offsets[u + 1] - RECENT_FOR_SIMILARITY):
@@ -184,7 +184,7 @@ def _category_match(history_owner, history_items, offsets, req, item,
                     item_categories) -> tuple[np.ndarray, np.ndarray]:
     """Share of the user's history in the candidate's category, and whether the last item shares it."""
     n = offsets.size - 1
-    lengths = np.diff(offsets)
+    lengths = list_lengths(offsets)
     cats = item_categories[history_items].astype(np.int64)
     cand_cats = item_categories[item].astype(np.int64)
     width = int(max(cats.max(initial=-1), cand_cats.max(initial=-1))) + 1

@@ -99,9 +99,9 @@ class Covisitation:
         matrix = self.matrix_
         starts = matrix.indptr[pair_item].astype(np.int64)
         counts = matrix.indptr[pair_item + 1].astype(np.int64) - starts
-        entries = np.repeat(starts, counts) + ragged_arange(counts)
-        contributions = np.repeat(weights, counts) * matrix.data[entries]
-        cells, where = np.unique(np.repeat(pair_user, counts) * width
+        entries = starts.repeat(counts) + ragged_arange(counts)
+        contributions = weights.repeat(counts) * matrix.data[entries]
+        cells, where = np.unique(pair_user.repeat(counts) * width
                                  + matrix.indices[entries].astype(np.int64),
                                  return_inverse=True)
         sums = np.zeros(cells.size, dtype=np.float32)
@@ -114,6 +114,34 @@ class Covisitation:
                             shape=(n_users, width))
         out.has_sorted_indices = True
         out.has_canonical_format = True
+        return out
+
+    def pair_values(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """`C[rows[j], cols[j]]` as float32 (0 where rows[j] < 0 or the pair is not stored),
+        reading only the rows asked for. With a user's last item as the row this is their
+        `score(..., recent=1)` (weight 1.0, one term: the same float32 values) for the cost of
+        a lookup."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        out = np.zeros(rows.size, dtype=np.float32)
+        asked = rows >= 0
+        if not asked.any():
+            return out
+        matrix = self.matrix_
+        if not matrix.has_canonical_format:  # sorted, unique columns per row: binary search
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
+        width = self.n_items
+        needed, where = np.unique(rows[asked], return_inverse=True)
+        starts = matrix.indptr[needed].astype(np.int64)
+        counts = matrix.indptr[needed + 1].astype(np.int64) - starts
+        entries = starts.repeat(counts) + ragged_arange(counts)
+        keys = np.arange(needed.size, dtype=np.int64).repeat(counts) * width \
+            + matrix.indices[entries]
+        if keys.size == 0:
+            return out
+        wanted = where * width + cols[asked]
+        at = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+        out[asked] = np.where(keys[at] == wanted, matrix.data[entries[at]], 0)
         return out
 
 

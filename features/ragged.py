@@ -22,26 +22,32 @@ def flatten(lists: Sequence[Iterable[int]]) -> tuple[np.ndarray, np.ndarray]:
     return values, offsets
 
 
+def list_lengths(offsets: np.ndarray) -> np.ndarray:
+    # slicing, not np.diff: these helpers run a few dozen times per request, and np.diff's
+    # Python wrapper costs several times the subtraction on such small arrays
+    return offsets[1:] - offsets[:-1]
+
+
 def owners(offsets: np.ndarray) -> np.ndarray:
     """For each flat element, the index of the list it came from."""
-    return np.repeat(np.arange(offsets.size - 1, dtype=np.int64), np.diff(offsets))
+    return np.arange(offsets.size - 1, dtype=np.int64).repeat(list_lengths(offsets))
 
 
 def ragged_arange(counts: np.ndarray) -> np.ndarray:
     """0..c-1 for each count c, concatenated: position of each element inside its list."""
     counts = np.asarray(counts, dtype=np.int64)
     total = int(counts.sum())
-    starts = np.cumsum(counts) - counts
-    return np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+    starts = counts.cumsum() - counts
+    return np.arange(total, dtype=np.int64) - starts.repeat(counts)
 
 
 def tails(offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The last `n` elements of each list, newest first: (flat positions, owner, k) where
     k = 0 is a list's last element."""
-    counts = np.minimum(np.diff(offsets), n)
+    counts = np.minimum(list_lengths(offsets), n)
     k = ragged_arange(counts)
-    positions = np.repeat(offsets[1:] - 1, counts) - k
-    return positions, np.repeat(np.arange(offsets.size - 1, dtype=np.int64), counts), k
+    positions = (offsets[1:] - 1).repeat(counts) - k
+    return positions, np.arange(offsets.size - 1, dtype=np.int64).repeat(counts), k
 
 
 class PairSet:

@@ -217,6 +217,20 @@ def test_covisitation_scores_are_bit_identical_to_the_sparse_product(seed):
         items = rng.integers(0, N_ITEMS, 500)
         np.testing.assert_array_equal(pair_scores(got, users, items),
                                       np.asarray(want[users, items], np.float32).ravel())
+    # direct lookups of the matrix (rows -1: no last item), also on a non-canonical copy
+    rows = rng.integers(-1, N_ITEMS, 500)
+    cols = rng.integers(0, N_ITEMS, 500)
+    matrix = state.covisitation.matrix_
+    expected = np.where(rows >= 0, np.asarray(matrix[np.maximum(rows, 0), cols]).ravel(), 0)
+    np.testing.assert_array_equal(state.covisitation.pair_values(rows, cols),
+                                  expected.astype(np.float32))
+    shuffled = Covisitation(N_ITEMS)
+    coo = matrix.tocoo()
+    order = rng.permutation(coo.nnz)
+    shuffled.matrix_ = sp.csr_matrix((coo.data[order], (coo.row[order], coo.col[order])),
+                                     shape=matrix.shape)
+    shuffled.matrix_.has_canonical_format = False
+    np.testing.assert_array_equal(shuffled.pair_values(rows, cols), expected.astype(np.float32))
 
 
 @pytest.mark.parametrize("seed", range(6))
