@@ -3,11 +3,10 @@
 Without fine-tuning a user is the recency-weighted mean of their items' vectors
 (`recsys.retrieval.user_profiles`). Fine-tuning learns two things on top of that mean, with the
 item adapter, from the training clicks (`training/finetune_interest.py`): how much each of the
-last `positions` clicks counts (a learned offset on the fixed decay), and linear maps from that
-mean and from the last click's vector to the query vector that is searched in the item index.
-The maps are what let a query move *away* from the items a user already has towards what they
-click next, which a plain mean cannot do. It reads cached item vectors only, so a request costs
-two small matrix products.
+last `positions` clicks counts (a learned offset on the fixed decay), and a linear map from that
+mean to the query vector that is searched in the item index. The map is what lets a query move
+*away* from the items a user already has towards what they click next, which a plain mean
+cannot do. It reads cached item vectors only, so a request costs one small matrix product.
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ INTEREST_FILE = "interest.safetensors"
 class InterestModel:
     decay: float
     position_offsets: np.ndarray   # [positions] log-weight added to decay**k, k = 0 most recent
-    weight: np.ndarray             # [d, d] query = weight @ mean + last_weight @ last + bias
+    weight: np.ndarray             # [d, d] query = weight @ mean + bias
     bias: np.ndarray               # [d]
-    last_weight: np.ndarray        # [d, d] the most recent click's own term
 
     @property
     def positions(self) -> int:
@@ -45,15 +43,13 @@ class InterestModel:
         dim = item_vectors.shape[1]
         weights = self.position_weights()
         means = np.zeros((len(histories), dim), dtype=np.float32)
-        lasts = np.zeros((len(histories), dim), dtype=np.float32)
         has_history = np.zeros(len(histories), dtype=bool)
         for u, history in enumerate(histories):
             recent = np.asarray(list(history)[-self.positions:][::-1], dtype=np.int64)
             if recent.size:
                 means[u] = weights[:recent.size] @ item_vectors[recent]
-                lasts[u] = item_vectors[recent[0]]
                 has_history[u] = True
-        queries = means @ self.weight.T + lasts @ self.last_weight.T + self.bias
+        queries = means @ self.weight.T + self.bias
         queries[~has_history] = 0.0
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         return np.divide(queries, norms, out=np.zeros_like(queries), where=norms > 0)
@@ -61,9 +57,7 @@ class InterestModel:
     def save(self, path: Path) -> None:
         save_file({"position_offsets": self.position_offsets.astype(np.float32),
                    "weight": np.ascontiguousarray(self.weight, dtype=np.float32),
-                   "bias": self.bias.astype(np.float32),
-                   "last_weight": np.ascontiguousarray(self.last_weight, dtype=np.float32)},
-                  str(path),
+                   "bias": self.bias.astype(np.float32)}, str(path),
                   metadata={"decay": json.dumps(self.decay)})
 
     @classmethod
@@ -73,10 +67,8 @@ class InterestModel:
         with safe_open(str(path), framework="numpy") as handle:
             decay = float(json.loads((handle.metadata() or {})["decay"]))
         tensors = load_file(str(path))
-        model = cls(decay, tensors["position_offsets"], tensors["weight"], tensors["bias"],
-                    tensors["last_weight"])
-        if (model.weight.shape != (dim, dim) or model.bias.shape != (dim,)
-                or model.last_weight.shape != (dim, dim)):
+        model = cls(decay, tensors["position_offsets"], tensors["weight"], tensors["bias"])
+        if model.weight.shape != (dim, dim) or model.bias.shape != (dim,):
             raise ValueError(f"{path}: interest model is for {model.weight.shape[1]}-d vectors, "
                              f"the item vectors are {dim}-d")
         if not (all(np.isfinite(t).all() for t in tensors.values()) and 0 < decay <= 1):

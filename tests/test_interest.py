@@ -91,14 +91,12 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     rng = np.random.default_rng(0)
     model = InterestModel(0.7, rng.standard_normal(20).astype(np.float32),
                           rng.standard_normal((8, 8)).astype(np.float32),
-                          rng.standard_normal(8).astype(np.float32),
-                          rng.standard_normal((8, 8)).astype(np.float32))
+                          rng.standard_normal(8).astype(np.float32))
     model.save(tmp_path / INTEREST_FILE)
     loaded = InterestModel.load(tmp_path / INTEREST_FILE, 8)
     assert loaded.decay == 0.7
     np.testing.assert_array_equal(loaded.weight, model.weight)
     np.testing.assert_array_equal(loaded.position_offsets, model.position_offsets)
-    np.testing.assert_array_equal(loaded.last_weight, model.last_weight)
     with pytest.raises(ValueError, match="8-d"):
         InterestModel.load(tmp_path / INTEREST_FILE, 16)
     model.weight[0, 0] = np.nan
@@ -120,7 +118,7 @@ def test_bundle_serves_with_its_interest_model_and_refuses_to_lose_it(models_dir
     rng = np.random.default_rng(3)
     learned = InterestModel(0.7, np.zeros(20, np.float32),
                             (np.eye(dim) + 0.2 * rng.standard_normal((dim, dim))).astype(np.float32),
-                            np.zeros(dim, np.float32), np.zeros((dim, dim), np.float32))
+                            np.zeros(dim, np.float32))
     learned.save(bundle / INTEREST_FILE)
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["files"][INTEREST_FILE] = sha256_file(bundle / INTEREST_FILE)

@@ -70,9 +70,9 @@ class AdaptedHistory(InputModule):
 
 
 class InterestPooling(nn.Module):
-    """Recency-weighted mean (decay**k * exp(offset_k)) -> linear map, plus a linear map of the
-    last click. Starts as the plain mean: offsets 0, identity map, last-click map 0, so step 0 is
-    the zero-shot profile."""
+    """Recency-weighted mean (decay**k * exp(offset_k)) -> linear map. Starts as the plain mean:
+    offsets 0, identity map, so step 0 is the zero-shot profile. (A second map on the last click
+    alone scored lower on amazon valid: docs/benchmarks.md.)"""
 
     def __init__(self, dim: int, positions: int, decay: float) -> None:
         super().__init__()
@@ -81,25 +81,20 @@ class InterestPooling(nn.Module):
         self.linear = nn.Linear(dim, dim)
         nn.init.eye_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
-        self.last = nn.Linear(dim, dim, bias=False)
-        nn.init.zeros_(self.last.weight)
 
     def forward(self, features: dict, **kwargs) -> dict:
         k = torch.arange(self.offsets.shape[0], dtype=torch.float32, device=self.offsets.device)
         weights = torch.exp(math.log(self.decay) * k + self.offsets)
         weights = weights * features["attention_mask"]
         mean = (weights[..., None] * features["token_embeddings"]).sum(dim=1)
-        # position 0 holds the most recent click (AdaptedHistory orders them so)
-        last = features["token_embeddings"][:, 0]
-        features["sentence_embedding"] = self.linear(mean) + self.last(last)
+        features["sentence_embedding"] = self.linear(mean)
         return features
 
     def export(self) -> InterestModel:
         return InterestModel(decay=float(self.decay),
                              position_offsets=self.offsets.detach().cpu().numpy().copy(),
                              weight=self.linear.weight.detach().cpu().numpy().copy(),
-                             bias=self.linear.bias.detach().cpu().numpy().copy(),
-                             last_weight=self.last.weight.detach().cpu().numpy().copy())
+                             bias=self.linear.bias.detach().cpu().numpy().copy())
 
     def save(self, *args, **kwargs) -> None:
         raise RuntimeError("training-only module; the bundle stores an InterestModel instead")
