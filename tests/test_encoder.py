@@ -71,8 +71,15 @@ def test_bf16_path_is_close_to_fp32_and_cached_apart(tmp_path, fp32_encoder):
     assert len(list(tmp_path.glob("*.parquet"))) == 2                 # never one shared file
 
 
-def test_auto_precision_on_cpu_is_fp32():
+def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch):
+    """"auto" is bf16 on a CPU with native bf16 (measured faster, same quality), else fp32."""
+    import recsys.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "bf16_supported", lambda device: True)
+    assert Encoder(None, device="cpu").resolved_precision == "bf16"
+    monkeypatch.setattr(encoder_module, "bf16_supported", lambda device: False)
     assert Encoder(None, device="cpu").resolved_precision == "fp32"
+    assert Encoder(None, device="cpu", precision="bf16").resolved_precision == "fp32"
 
 
 def test_cache_reuses_and_extends(tmp_path, fp32_encoder, monkeypatch):

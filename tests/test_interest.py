@@ -70,7 +70,7 @@ def test_catalogue_loss_prefers_the_true_next_item():
     texts, vectors = _catalogue()
     model, _ = interest_model(texts, vectors, new_adapter(vectors.shape[1], 1), "cpu",
                               PROFILE_DECAY)
-    loss = CatalogueSoftmaxLoss(model, len(texts))
+    loss = CatalogueSoftmaxLoss(model, target_rows=[3, 5, 7])
     router = model[0]
     features = router.preprocess(history_strings([[3], [5]]), task="query")
     # the "next" item equal to the last click scores highest under the untrained mean
@@ -79,6 +79,15 @@ def test_catalogue_loss_prefers_the_true_next_item():
     assert right.detach().item() < wrong.detach().item()
     right.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # it is a softmax over the clicked items only: with the untrained (identity) model the loss
+    # is exactly cross-entropy over items 3, 5 and 7, never over the others
+    with torch.no_grad():
+        queries = model.encode(history_strings([[3], [5]]), task="query", convert_to_tensor=True,
+                               normalize_embeddings=True)
+        items = torch.from_numpy(vectors[[3, 5, 7]])
+        expected = torch.nn.functional.cross_entropy(20.0 * queries @ items.T,
+                                                     torch.tensor([0, 1]))
+    assert abs(right.detach().item() - expected.item()) < 1e-5
 
 
 def test_anchor_strings_are_item_rows_oldest_first():

@@ -52,6 +52,7 @@ class FinetuneConfig:
     # "profile": one recent click's text as the anchor, the plain mean online; "text": joined
     # recent texts (needs the encoder at request time). None = pick for the mode.
     user_side: str | None = None
+    interest_bias: bool = True               # "interest": a bias term in the query map
     history_items: int = 3                   # recent clicks the user side draws from
     max_length: int | None = None            # tokens per text while training (CPU 48, GPU 128)
     batch_size: int | None = None            # pairs per step (CPU 32, GPU 256)
@@ -320,7 +321,7 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         adapter = new_adapter(base_vectors.shape[1], config.adapter_layers)
         if interest:
             model, pooling = interest_model(item_texts, base_vectors, adapter, device,
-                                            PROFILE_DECAY)
+                                            PROFILE_DECAY, bias=config.interest_bias)
         else:
             model = training_model(item_texts, base_vectors, adapter, device)
         trained = [*adapter, *([pooling] if pooling is not None else [])]
@@ -365,7 +366,7 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     if interest:
         # duplicates in a batch are harmless here: the negatives are the catalogue, not the batch
         args.batch_sampler = "batch_sampler"
-        loss = CatalogueSoftmaxLoss(model, len(item_texts))
+        loss = CatalogueSoftmaxLoss(model, columns["label"])
     else:
         loss = MultipleNegativesRankingLoss(model)
     evaluations = max(1, config.evaluations)
@@ -410,7 +411,8 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         "device": device,
         "config": config.to_dict(),
         "mode": config.mode,
-        "loss": ("CatalogueSoftmaxLoss (cross-entropy over every catalogue item, scale 20)"
+        "loss": ("CatalogueSoftmaxLoss (cross-entropy over every item clicked in training, "
+                 f"{loss.get_config_dict()['competing_items']} items, scale 20)"
                  if interest else "MultipleNegativesRankingLoss (in-batch negatives"
                  + (" + 1 hard negative per pair)" if config.hard_negatives else ")")),
         "data": {"pairs": len(pairs), "before_ranker_labels": before_labels, "next_clicks_in_train": len(all_pairs),

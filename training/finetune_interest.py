@@ -74,13 +74,15 @@ class InterestPooling(nn.Module):
     offsets 0, identity map, so step 0 is the zero-shot profile. (A second map on the last click
     alone scored lower on amazon valid: docs/benchmarks.md.)"""
 
-    def __init__(self, dim: int, positions: int, decay: float) -> None:
+    def __init__(self, dim: int, positions: int, decay: float, bias: bool = True) -> None:
         super().__init__()
         self.decay = decay
         self.offsets = nn.Parameter(torch.zeros(positions))
-        self.linear = nn.Linear(dim, dim)
+        # the bias is one direction added to every user's query: a learned popularity prior
+        self.linear = nn.Linear(dim, dim, bias=bias)
         nn.init.eye_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+        if bias:
+            nn.init.zeros_(self.linear.bias)
 
     def forward(self, features: dict, **kwargs) -> dict:
         k = torch.arange(self.offsets.shape[0], dtype=torch.float32, device=self.offsets.device)
@@ -94,20 +96,23 @@ class InterestPooling(nn.Module):
         return InterestModel(decay=float(self.decay),
                              position_offsets=self.offsets.detach().cpu().numpy().copy(),
                              weight=self.linear.weight.detach().cpu().numpy().copy(),
-                             bias=self.linear.bias.detach().cpu().numpy().copy())
+                             bias=(self.linear.bias.detach().cpu().numpy().copy()
+                                   if self.linear.bias is not None
+                                   else np.zeros(self.linear.out_features, np.float32)))
 
     def save(self, *args, **kwargs) -> None:
         raise RuntimeError("training-only module; the bundle stores an InterestModel instead")
 
 
 def interest_model(texts: Sequence[str], vectors: np.ndarray, adapter: list[Dense],
-                   device: str, decay: float, positions: int = INTEREST_POSITIONS):
+                   device: str, decay: float, positions: int = INTEREST_POSITIONS,
+                   bias: bool = True):
     """The two-route training model and its pooling module (to export the learned profile)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Router
 
     cached = CachedVectors(texts, vectors)
-    pooling = InterestPooling(vectors.shape[1], positions, decay)
+    pooling = InterestPooling(vectors.shape[1], positions, decay, bias)
     router = Router.for_query_document(
         query_modules=[AdaptedHistory(cached, adapter, positions), pooling],
         document_modules=[cached, *adapter])
@@ -115,26 +120,36 @@ def interest_model(texts: Sequence[str], vectors: np.ndarray, adapter: list[Dens
 
 
 class CatalogueSoftmaxLoss(nn.Module):
-    """Cross-entropy of the next clicked item against every item in the catalogue.
+    """Cross-entropy of the next clicked item against the catalogue's clicked items.
 
-    The columns are (query, positive) and the label is the positive's item row (texts can repeat
-    across items, so the row is not read back from the text). Every item's document vector is
-    computed once per step from the cached base vectors.
+    The competing items are `target_rows`, the items that are the next click of some training
+    pair. An item nobody clicked in training would otherwise be a negative in every step and
+    never a positive, and the adapter and the query map would learn to push such items down:
+    exactly the new items that only text can recommend (cold start). The label is the
+    positive's item row (texts can repeat across items, so the row is not read back from the
+    text). The competing items' document vectors are computed once per step from the cached
+    base vectors.
     """
 
-    def __init__(self, model, n_items: int, scale: float = 20.0) -> None:
+    def __init__(self, model, target_rows: Sequence[int], scale: float = 20.0) -> None:
         super().__init__()
         self.model = model
-        self.n_items = n_items
+        rows = torch.as_tensor(sorted(set(int(r) for r in target_rows)), dtype=torch.long)
+        self.register_buffer("rows", rows, persistent=False)
+        position = torch.full((int(rows.max()) + 1,), -1, dtype=torch.long)
+        position[rows] = torch.arange(rows.numel())
+        self.register_buffer("position", position, persistent=False)
         self.scale = scale
 
     def forward(self, sentence_features: Iterable[dict], labels: torch.Tensor) -> torch.Tensor:
         query_features = next(iter(sentence_features))
         queries = self.model(query_features)["sentence_embedding"]
         device = queries.device
-        catalogue = self.model({"input_ids": torch.arange(self.n_items, device=device),
+        competing = self.model({"input_ids": self.rows.to(device),
                                 "task": DOCUMENT})["sentence_embedding"]
-        return F.cross_entropy(self.scale * queries @ catalogue.T, labels.to(device).long())
+        targets = self.position.to(device)[labels.to(device).long()]
+        return F.cross_entropy(self.scale * queries @ competing.T, targets)
 
     def get_config_dict(self) -> dict:
-        return {"scale": self.scale, "negatives": "every other catalogue item"}
+        return {"scale": self.scale, "negatives": "every other item clicked in training",
+                "competing_items": int(self.rows.numel())}
