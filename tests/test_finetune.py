@@ -238,7 +238,11 @@ def test_train_finetune_end_to_end(recbole_dataset, tmp_path, mode):
     assert tuned.fingerprint == encoder_info["fingerprint"]
     texts = item_texts(load_dataset(recbole_dataset).items)
     stored = load_file(str(bundle / "item_vectors.safetensors"))["vectors"]
-    np.testing.assert_allclose(stored[:20], tuned.encode(texts[:20]), atol=1e-4)
+    fresh = tuned.encode(texts[:20])
+    if tuned.resolved_precision == "fp32":
+        np.testing.assert_allclose(stored[:20], fresh, atol=1e-4)
+    else:   # bf16 autocast (the CPU default where native) rounds differently batch to batch
+        assert float((stored[:20] * fresh).sum(axis=1).min()) > 0.999
     assert not np.allclose(stored[:20], base.encode(texts[:20]), atol=1e-3)
     recommender = Recommender.load(tmp_path / "models")
     rows, _ = recommender.index.search(stored[:3], 1)
