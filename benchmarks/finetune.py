@@ -2,12 +2,16 @@
 
     python benchmarks/finetune.py user-sides DATASET --budget 600 --json OUT.json
     python benchmarks/finetune.py slice MODELS[/VERSION] [MODELS ...] --dataset DATASET
+    python benchmarks/finetune.py components MODELS/VERSION --dataset DATASET --json OUT.json
 
 `user-sides` fine-tunes once per user side with the same time budget and settings ("interest"
 and "profile" in the CPU adapter mode, "text" in the transformer mode), selects on
 valid Recall@50 (as `recsys train --finetune` does) and reports semantic retrieval alone, full
 ranking over every item, unmasked, on valid and test. `slice` reports every method of
 `recsys evaluate` on the test targets whose item never appeared in a training click.
+`components` takes a bundle fine-tuned with the "interest" user side apart: semantic retrieval
+with each half of the fine-tuning on or off (zero-shot or adapted item vectors, plain mean or
+learned user side), on all cases and on the unseen-target cases, valid and test.
 """
 
 from __future__ import annotations
@@ -106,6 +110,41 @@ def user_sides(args) -> dict:
     return report
 
 
+def components(args) -> dict:
+    from recsys.recommender import Recommender
+    from training.finetune_eval import items_seen_in_training, unseen_target_cases
+
+    recommender = Recommender.load(args.models)
+    interest = recommender.context.interest
+    if interest is None:
+        raise SystemExit(f"{args.models}: no learned user side (interest.safetensors) to take apart")
+    dataset = load_dataset(args.dataset)
+    split = Split.of(dataset, recommender.item_ids)
+    base_vectors = encode_cached(Encoder(None, device="cpu"), item_texts(dataset.items))
+    adapted = recommender.item_vectors
+    variants = {
+        "zero-shot vectors, plain mean": (base_vectors, None),
+        "adapted vectors, plain mean": (adapted, None),
+        "zero-shot vectors, learned user side": (base_vectors, interest),
+        "adapted vectors, learned user side (the bundle)": (adapted, interest),
+    }
+    seen = items_seen_in_training(split)
+    report = {"model_version": recommender.version, "rows": {}}
+    for which in ("valid", "test"):
+        every = [c for c in split.cases(which) if c.history]
+        for part, cases in (("all", every), ("unseen", unseen_target_cases(every, seen))):
+            for name, (vectors, model) in variants.items():
+                histories = [c.history for c in cases]
+                profiles = (user_profiles(histories, vectors) if model is None
+                            else model.profiles(histories, vectors))
+                metrics = retrieval_metrics(profiles, vectors, cases)
+                row = {"cases": len(cases), **{k: round(metrics[k], 4) for k in METRICS}}
+                report["rows"][f"{which} / {part} / {name}"] = row
+                print(f"{which:5s} {part:6s} {len(cases):5d}  {name:48s}  "
+                      f"R@50 {row['recall@50']:.4f}  NDCG@10 {row['ndcg@10']:.4f}", flush=True)
+    return report
+
+
 def cold_start(args) -> dict:
     return {str(models): unseen_item_slice(models, args.dataset, args.split)
             for models in args.models}
@@ -129,9 +168,14 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--json", default=None)
+    p = sub.add_parser("components")
+    p.add_argument("models")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    report = user_sides(args) if args.command == "user-sides" else cold_start(args)
+    report = {"user-sides": user_sides, "slice": cold_start,
+              "components": components}[args.command](args)
     if args.command == "slice":
         for models, part in report.items():
             print(f"{models} ({part['model_version']}): {part['cases']} of {part['all_cases']} "
