@@ -143,3 +143,19 @@ def test_bundle_serves_with_its_interest_model_and_refuses_to_lose_it(models_dir
     (bundle / INTEREST_FILE).unlink()
     with pytest.raises(BundleError):
         Recommender.load(bundle)
+
+
+def test_identity_penalty_is_zero_at_the_plain_mean_and_grows_with_the_map():
+    texts, vectors = _catalogue()
+    model, pooling = interest_model(texts, vectors, new_adapter(vectors.shape[1], 1), "cpu",
+                                    PROFILE_DECAY)
+    features = model[0].preprocess(history_strings([[3], [5]]), task="query")
+    labels = torch.tensor([3, 5])
+    plain = CatalogueSoftmaxLoss(model, [3, 5, 7])
+    held = CatalogueSoftmaxLoss(model, [3, 5, 7], pooling=pooling, identity_penalty=0.5)
+    assert abs(held([dict(features)], labels).item() - plain([dict(features)], labels).item()) < 1e-6
+    with torch.no_grad():
+        pooling.linear.weight.add_(0.1)
+    drift = 0.5 * (0.1 ** 2) * vectors.shape[1] ** 2
+    gap = held([dict(features)], labels).item() - plain([dict(features)], labels).item()
+    assert abs(gap - drift) < 1e-3

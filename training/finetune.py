@@ -57,6 +57,7 @@ class FinetuneConfig:
     # recent texts (needs the encoder at request time). None = pick for the mode.
     user_side: str | None = None
     interest_bias: bool = True               # "interest": a bias term in the query map
+    interest_identity_penalty: float = 0.0   # "interest": pull the query map towards identity
     history_items: int = 3                   # recent clicks the user side draws from
     max_length: int | None = None            # tokens per text while training (CPU 48, GPU 128)
     batch_size: int | None = None            # pairs per step (CPU 32, GPU 256)
@@ -370,7 +371,8 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         **({"router_mapping": {"anchor": "query"}} if interest else {}),
     )
     if interest:
-        loss = CatalogueSoftmaxLoss(model, columns["label"])
+        loss = CatalogueSoftmaxLoss(model, columns["label"], pooling=pooling,
+                                    identity_penalty=config.interest_identity_penalty)
     else:
         loss = MultipleNegativesRankingLoss(model)
     evaluations = max(1, config.evaluations)

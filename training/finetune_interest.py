@@ -131,9 +131,14 @@ class CatalogueSoftmaxLoss(nn.Module):
     base vectors.
     """
 
-    def __init__(self, model, target_rows: Sequence[int], scale: float = 20.0) -> None:
+    def __init__(self, model, target_rows: Sequence[int], scale: float = 20.0,
+                 pooling: InterestPooling | None = None, identity_penalty: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        # lambda * (|W - I|^2 + |b|^2): keeps the query map near the plain mean, which ranks
+        # never-clicked items better (docs/benchmarks.md, the components table)
+        self.pooling = pooling
+        self.identity_penalty = identity_penalty
         rows = torch.as_tensor(sorted(set(int(r) for r in target_rows)), dtype=torch.long)
         self.register_buffer("rows", rows, persistent=False)
         position = torch.full((int(rows.max()) + 1,), -1, dtype=torch.long)
@@ -148,8 +153,16 @@ class CatalogueSoftmaxLoss(nn.Module):
         competing = self.model({"input_ids": self.rows.to(device),
                                 "task": DOCUMENT})["sentence_embedding"]
         targets = self.position.to(device)[labels.to(device).long()]
-        return F.cross_entropy(self.scale * queries @ competing.T, targets)
+        loss = F.cross_entropy(self.scale * queries @ competing.T, targets)
+        if self.identity_penalty and self.pooling is not None:
+            linear = self.pooling.linear
+            drift = (linear.weight - torch.eye(linear.in_features, device=device)).pow(2).sum()
+            if linear.bias is not None:
+                drift = drift + linear.bias.pow(2).sum()
+            loss = loss + self.identity_penalty * drift
+        return loss
 
     def get_config_dict(self) -> dict:
         return {"scale": self.scale, "negatives": "every other item clicked in training",
+                "identity_penalty": self.identity_penalty,
                 "competing_items": int(self.rows.numel())}
