@@ -57,7 +57,7 @@ class FinetuneConfig:
     # recent texts (needs the encoder at request time). None = pick for the mode.
     user_side: str | None = None
     interest_bias: bool = True               # "interest": a bias term in the query map
-    interest_identity_penalty: float = 0.0   # "interest": pull the query map towards identity
+    interest_identity_penalty: float = 0.01  # "interest": pull the query map towards identity
     history_items: int = 3                   # recent clicks the user side draws from
     max_length: int | None = None            # tokens per text while training (CPU 48, GPU 128)
     batch_size: int | None = None            # pairs per step (CPU 32, GPU 256)
