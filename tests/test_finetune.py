@@ -144,7 +144,7 @@ def test_time_budget_and_step_schedule(tmp_path):
 def test_config_defaults_per_device():
     cpu_default = FinetuneConfig().for_device("cpu")
     assert cpu_default.mode == "adapter" and cpu_default.user_side == "interest"
-    assert not cpu_default.hard_negatives             # the whole catalogue is the negatives
+    assert not cpu_default.hard_negatives             # every other clicked item is a negative
     assert FinetuneConfig(user_side="profile").for_device("cpu").hard_negatives
     gpu = FinetuneConfig().for_device("cuda")
     assert gpu.mode == "transformer" and gpu.train_layers == 0 and gpu.max_pairs is None

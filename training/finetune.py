@@ -90,7 +90,7 @@ class FinetuneConfig:
             raise ValueError("the adapter mode reads cached item vectors: it needs user_side "
                              "'interest' or 'profile' (joined history texts have no cached vector)")
         if mode == "transformer" and user_side == "interest":
-            raise ValueError("user_side 'interest' scores the whole catalogue every step from "
+            raise ValueError("user_side 'interest' scores every clicked item each step from "
                              "cached vectors: it needs mode 'adapter'")
         adapter = mode == "adapter"
         return FinetuneConfig(**{

@@ -7,10 +7,10 @@ first), each read as its adapted item vector, pooled by `InterestPooling` (recen
 learned offsets, then a linear map) into a query vector. Both routes share the adapter, so the
 query reads exactly the item vectors the bundle will hold.
 
-The loss is a softmax over the whole catalogue (`CatalogueSoftmaxLoss`): with cached vectors
-every item's adapted vector costs one small matrix product, so each pair's negatives are all
-other items rather than the batch's. On amazon-scientific valid this beat in-batch negatives
-by far (docs/benchmarks.md).
+The loss is a softmax over every item clicked in training (`CatalogueSoftmaxLoss`): with cached
+vectors all their adapted vectors cost one small matrix product per step, so each pair's
+negatives are all other clicked items rather than the batch's. On amazon-scientific valid this
+beat in-batch negatives by far (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from recsys.interest import InterestModel
 from training.finetune_adapter import CachedVectors
 from training.finetune_data import INTEREST_POSITIONS
 
-QUERY, DOCUMENT = "query", "document"
+DOCUMENT = "document"   # the Router's item route ("query" is the user side)
 
 
 class AdaptedHistory(InputModule):
@@ -124,8 +124,8 @@ class CatalogueSoftmaxLoss(nn.Module):
 
     The competing items are `target_rows`, the items that are the next click of some training
     pair. An item nobody clicked in training would otherwise be a negative in every step and
-    never a positive, and the adapter and the query map would learn to push such items down:
-    exactly the new items that only text can recommend (cold start). The label is the
+    never a positive, a push against exactly the new items that only text can recommend. (On
+    amazon this alone did not win back the unseen-item slice: docs/benchmarks.md.) The label is the
     positive's item row (texts can repeat across items, so the row is not read back from the
     text). The competing items' document vectors are computed once per step from the cached
     base vectors.
@@ -135,8 +135,8 @@ class CatalogueSoftmaxLoss(nn.Module):
                  pooling: InterestPooling | None = None, identity_penalty: float = 0.0) -> None:
         super().__init__()
         self.model = model
-        # lambda * (|W - I|^2 + |b|^2): keeps the query map near the plain mean, which ranks
-        # never-clicked items better (docs/benchmarks.md, the components table)
+        # lambda * (|W - I|^2 + |b|^2) keeps the query map near the plain mean; on amazon valid
+        # 0.01 raised the pipeline's Recall@50 (it did not win back the unseen-item slice)
         self.pooling = pooling
         self.identity_penalty = identity_penalty
         rows = torch.as_tensor(sorted(set(int(r) for r in target_rows)), dtype=torch.long)
