@@ -124,9 +124,13 @@ class Recommender:
                               filters: Filters | None = None, *, now: float | None = None,
                               explain: bool = False) -> list[Recommendation]:
         """Recommendations for explicit histories (anonymous users); unknown item ids are skipped."""
-        rows = [History([self.item_rows[i] for i in h if i in self.item_rows]) for h in histories]
+        rows = [self.history_of(h) for h in histories]
         return self._recommend(rows, k, filters or Filters(), now=now, explain=explain,
                                user_ids=[None] * len(rows))
+
+    def history_of(self, item_ids: Sequence[str]) -> History:
+        """An anonymous history from item ids, oldest first; unknown ids are skipped."""
+        return History([self.item_rows[i] for i in item_ids if i in self.item_rows])
 
     def similar_items(self, item_id: str, k: int = 10) -> Recommendation:
         row = self.item_rows.get(item_id)

@@ -91,9 +91,8 @@ def recommend_jobs(jobs: Sequence[RecommendJob], recommender: Recommender, store
 
 def _history(recommender: Recommender, job: RecommendJob, store: EventStore,
              live_items: int) -> History:
-    if job.history is not None:  # unknown item ids are skipped, as recommend_for_history does
-        return History([recommender.item_rows[i] for i in job.history
-                        if i in recommender.item_rows])
+    if job.history is not None:
+        return recommender.history_of(job.history)
     recent, last = store.recent_items(job.user_id, live_items, live_since(recommender))
     return recommender.live_history(job.user_id, recent, last)
 
