@@ -137,7 +137,7 @@ def components(args) -> dict:
                 histories = [c.history for c in cases]
                 profiles = (user_profiles(histories, vectors) if model is None
                             else model.profiles(histories, vectors))
-                metrics = retrieval_metrics(profiles, vectors, cases)
+                metrics = retrieval_metrics(profiles, vectors, cases, model)
                 row = {"cases": len(cases), **{k: round(metrics[k], 4) for k in METRICS}}
                 report["rows"][f"{which} / {part} / {name}"] = row
                 print(f"{which:5s} {part:6s} {len(cases):5d}  {name:48s}  "

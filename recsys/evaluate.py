@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from features.state import BehaviourState
 from recsys.data.dataset import load_dataset
+from recsys.interest import semantic_scores
 from recsys.metrics import impression_metrics, rank_of, ranking_metrics
 from recsys.ranking import RankingContext
 from recsys.recommender import Recommender
@@ -107,7 +108,8 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
         candidates, rows = context.rows(requests)
         scores = recommender.ranker.predict(rows)
         scores_seen.add(scores, candidates.hits([c.targets for c in chunk]))
-        semantic = requests.profiles @ context.item_vectors.T
+        semantic = semantic_scores(requests.profiles, context.item_vectors,
+                                   [c.history for c in chunk], context.interest)
         covis = requests.covisitation_scores(state.covisitation)
         rows_of = candidates.slices(len(chunk))
         for j, case in enumerate(chunk):
@@ -193,7 +195,13 @@ def _impressions(recommender: Recommender, context: RankingContext,
             per_method["pipeline"].append(scores[mask])
             per_method["popularity"].append(state.clicks_[items])
             per_method["covisitation"].append(np.asarray(covis[j, items].todense()).ravel())
-            per_method["semantic"].append(context.item_vectors[items] @ requests.profiles[j])
+            semantic = context.item_vectors[items] @ requests.profiles[j]
+            if context.interest is not None:   # its learned repeat terms, as semantic_scores
+                _, seen, terms = context.interest.repeat_terms([case.history])
+                term_of = dict(zip(seen.tolist(), terms.tolist()))
+                semantic = semantic + np.array([term_of.get(int(i), 0.0) for i in items],
+                                               dtype=semantic.dtype)
+            per_method["semantic"].append(semantic)
     metrics = {name: impression_metrics(per_method[name], labels) for name in METHODS}
     per_case = {f"ndcg@{PER_CASE_K}": {
         name: [round(impression_metrics([s], [y], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)

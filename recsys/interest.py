@@ -7,6 +7,11 @@ last `positions` clicks counts (a learned offset on the fixed decay), and a line
 mean to the query vector that is searched in the item index. The map is what lets a query move
 *away* from the items a user already has towards what they click next, which a plain mean
 cannot do. It reads cached item vectors only, so a request costs one small matrix product.
+
+It also learns how likely a user is to click again an item they already clicked, by how recently
+(`repeat`, a term added to that item's score). A query built from a user's own items lies close
+to them, so without this term the items they already have fill the top of the list; with it,
+the data decides (rare repeats on a review log, common ones on groceries or music).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ class InterestModel:
     position_offsets: np.ndarray   # [positions] log-weight added to decay**k, k = 0 most recent
     weight: np.ndarray             # [d, d] query = weight @ mean + bias
     bias: np.ndarray               # [d]
+    # [positions] added to the score of an item whose most recent click is the k-th most recent;
+    # None (a bundle from before the term existed) = 0
+    repeat: np.ndarray | None = None
 
     @property
     def positions(self) -> int:
@@ -54,10 +62,35 @@ class InterestModel:
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         return np.divide(queries, norms, out=np.zeros_like(queries), where=norms > 0)
 
+    def repeat_terms(self, histories: Sequence[Sequence[int]]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(request, item, term) for each distinct item among a request's last `positions`
+        clicks, with the learned term of its most recent position."""
+        requests, items, positions = [], [], []
+        if self.repeat is not None:
+            for u, history in enumerate(histories):
+                latest: dict[int, int] = {}
+                for k, item in enumerate(list(history)[-self.positions:][::-1]):
+                    latest.setdefault(int(item), k)
+                requests.extend([u] * len(latest))
+                items.extend(latest)
+                positions.extend(latest.values())
+        terms = (self.repeat[np.asarray(positions, dtype=np.int64)] if positions
+                 else np.zeros(0, np.float32))
+        return (np.asarray(requests, dtype=np.int64), np.asarray(items, dtype=np.int64),
+                terms.astype(np.float32))
+
+    def add_repeat_terms(self, scores: np.ndarray, histories: Sequence[Sequence[int]]) -> None:
+        """Adds the repeat terms to `scores` [requests, items] in place."""
+        requests, items, terms = self.repeat_terms(histories)
+        scores[requests, items] += terms
+
     def save(self, path: Path) -> None:
         save_file({"position_offsets": self.position_offsets.astype(np.float32),
                    "weight": np.ascontiguousarray(self.weight, dtype=np.float32),
-                   "bias": self.bias.astype(np.float32)}, str(path),
+                   "bias": self.bias.astype(np.float32),
+                   "repeat": (np.zeros(self.positions, np.float32) if self.repeat is None
+                              else self.repeat.astype(np.float32))}, str(path),
                   metadata={"decay": json.dumps(self.decay)})
 
     @classmethod
@@ -67,10 +100,24 @@ class InterestModel:
         with safe_open(str(path), framework="numpy") as handle:
             decay = float(json.loads((handle.metadata() or {})["decay"]))
         tensors = load_file(str(path))
-        model = cls(decay, tensors["position_offsets"], tensors["weight"], tensors["bias"])
-        if model.weight.shape != (dim, dim) or model.bias.shape != (dim,):
+        model = cls(decay, tensors["position_offsets"], tensors["weight"], tensors["bias"],
+                    tensors.get("repeat"))
+        if (model.weight.shape != (dim, dim) or model.bias.shape != (dim,)
+                or (model.repeat is not None and model.repeat.shape != (model.positions,))):
             raise ValueError(f"{path}: interest model is for {model.weight.shape[1]}-d vectors, "
                              f"the item vectors are {dim}-d")
         if not (all(np.isfinite(t).all() for t in tensors.values()) and 0 < decay <= 1):
             raise ValueError(f"{path}: interest model has non-finite weights or a bad decay")
         return model
+
+
+def semantic_scores(profiles: np.ndarray, item_vectors: np.ndarray,
+                    histories: Sequence[Sequence[int]],
+                    interest: InterestModel | None) -> np.ndarray:
+    """Semantic retrieval's score of every item for each request [requests, items]: the
+    similarity to the user vector, plus the learned repeat terms where there is a learned side.
+    Evaluation and fine-tuning's selection both rank by this, so they judge one thing."""
+    scores = profiles @ item_vectors.T
+    if interest is not None:
+        interest.add_repeat_terms(scores, histories)
+    return scores

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from recsys.errors import BundleError
-from recsys.interest import INTEREST_FILE, InterestModel
+from recsys.interest import INTEREST_FILE, InterestModel, semantic_scores
 from recsys.retrieval import PROFILE_DECAY, user_profiles
 from training.finetune_adapter import new_adapter
 from training.finetune_data import anchor_texts, history_strings, Transition
@@ -100,10 +100,12 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     rng = np.random.default_rng(0)
     model = InterestModel(0.7, rng.standard_normal(20).astype(np.float32),
                           rng.standard_normal((8, 8)).astype(np.float32),
-                          rng.standard_normal(8).astype(np.float32))
+                          rng.standard_normal(8).astype(np.float32),
+                          rng.standard_normal(20).astype(np.float32))
     model.save(tmp_path / INTEREST_FILE)
     loaded = InterestModel.load(tmp_path / INTEREST_FILE, 8)
     assert loaded.decay == 0.7
+    np.testing.assert_array_equal(loaded.repeat, model.repeat)
     np.testing.assert_array_equal(loaded.weight, model.weight)
     np.testing.assert_array_equal(loaded.position_offsets, model.position_offsets)
     with pytest.raises(ValueError, match="8-d"):
@@ -159,3 +161,70 @@ def test_identity_penalty_is_zero_at_the_plain_mean_and_grows_with_the_map():
     drift = 0.5 * (0.1 ** 2) * vectors.shape[1] ** 2
     gap = held([dict(features)], labels).item() - plain([dict(features)], labels).item()
     assert abs(gap - drift) < 1e-3
+
+
+def test_repeat_terms_take_each_items_most_recent_position_in_the_window():
+    model = InterestModel(0.7, np.zeros(4, np.float32), np.eye(3, dtype=np.float32),
+                          np.zeros(3, np.float32), np.array([-1.0, -2.0, -3.0, -4.0], np.float32))
+    # most recent first: 9 (k=0), 2 (k=1), 9 again (k=2, ignored), 5 (k=3); 1 is outside the 4
+    requests, items, terms = model.repeat_terms([[1, 5, 9, 2, 9], [], [4]])
+    assert requests.tolist() == [0, 0, 0, 2]
+    assert items.tolist() == [9, 2, 5, 4]
+    assert terms.tolist() == [-1.0, -2.0, -4.0, -1.0]
+    scores = np.zeros((3, 10), np.float32)
+    model.add_repeat_terms(scores, [[1, 5, 9, 2, 9], [], [4]])
+    assert scores[0, 9] == -1.0 and scores[0, 1] == 0.0 and scores[2, 4] == -1.0
+    assert not scores[1].any()
+
+
+def test_semantic_scores_are_similarity_plus_the_learned_repeat_terms():
+    texts, vectors = _catalogue()
+    profiles = user_profiles(HISTORIES[:2], vectors)
+    plain = semantic_scores(profiles, vectors, HISTORIES[:2], None)
+    np.testing.assert_allclose(plain, profiles @ vectors.T)
+    learned = InterestModel(0.7, np.zeros(20, np.float32), np.eye(16, dtype=np.float32),
+                            np.zeros(16, np.float32), np.full(20, -5.0, np.float32))
+    scored = semantic_scores(profiles, vectors, HISTORIES[:2], learned)
+    # the user's own items, on top by similarity, fall below every other item
+    assert plain[1].argmax() in HISTORIES[1]
+    others = np.setdiff1d(np.arange(len(texts)), HISTORIES[1])
+    assert scored[1, HISTORIES[1]].max() < scored[1, others].min()
+
+
+def test_loss_adds_the_same_repeat_terms_the_exported_model_serves():
+    texts, vectors = _catalogue()
+    model, pooling = interest_model(texts, vectors, new_adapter(vectors.shape[1], 1), "cpu",
+                                    PROFILE_DECAY)
+    _perturb(model)
+    with torch.no_grad():
+        pooling.repeat.copy_(torch.linspace(-0.9, 0.4, pooling.repeat.numel()))
+    targets = [1, 3, 5, 7, 8]
+    loss = CatalogueSoftmaxLoss(model, targets, pooling=pooling)
+    histories = [[3, 5, 3], [8, 1, 7, 0], [2]]           # 0 and 2: never a next click
+    labels = torch.tensor([7, 5, 1])
+    features = model[0].preprocess(history_strings(histories), task="query")
+    value = loss([dict(features)], labels)
+    value.backward()
+    assert pooling.repeat.grad is not None and pooling.repeat.grad.abs().sum() > 0
+
+    exported = pooling.export()
+    items = model.encode(texts, task="document", normalize_embeddings=True)
+    queries = exported.profiles(histories, items)
+    scores = semantic_scores(queries, items, histories, exported)[:, targets]
+    expected = torch.nn.functional.cross_entropy(
+        20.0 * torch.from_numpy(scores), torch.tensor([targets.index(t) for t in (7, 5, 1)]))
+    assert abs(value.item() - expected.item()) < 1e-4
+    # and without the terms the loss differs, so the comparison above can fail
+    no_repeat = CatalogueSoftmaxLoss(model, targets)
+    assert abs(no_repeat([dict(features)], labels).item() - value.item()) > 1e-3
+
+
+def test_interest_file_without_repeat_terms_loads_as_none(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"position_offsets": np.zeros(20, np.float32), "weight": np.eye(4, dtype=np.float32),
+               "bias": np.zeros(4, np.float32)}, str(tmp_path / INTEREST_FILE),
+              metadata={"decay": "0.7"})
+    model = InterestModel.load(tmp_path / INTEREST_FILE, 4)
+    assert model.repeat is None
+    assert model.repeat_terms([[1, 2]])[0].size == 0

@@ -23,7 +23,7 @@ import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
 from recsys.encoder import Encoder, bf16_supported, pick_device
-from recsys.interest import INTEREST_FILE, InterestModel
+from recsys.interest import INTEREST_FILE, InterestModel, semantic_scores
 from recsys.metrics import ranking_metrics
 from recsys.retrieval import PROFILE_DECAY, user_profiles
 from recsys.splits import Case, Split
@@ -58,6 +58,7 @@ class FinetuneConfig:
     user_side: str | None = None
     interest_bias: bool = True               # "interest": a bias term in the query map
     interest_identity_penalty: float = 0.01  # "interest": pull the query map towards identity
+    interest_repeat: bool = True             # "interest": learn a score term for items clicked before
     history_items: int = 3                   # recent clicks the user side draws from
     max_length: int | None = None            # tokens per text while training (CPU 48, GPU 128)
     batch_size: int | None = None            # pairs per step (CPU 32, GPU 256)
@@ -126,12 +127,15 @@ class FinetuneResult:
 
 
 def retrieval_metrics(profiles: np.ndarray, item_vectors: np.ndarray,
-                      cases: Sequence[Case]) -> dict[str, float]:
-    """Semantic retrieval metrics: each case's targets ranked among every item, unmasked."""
+                      cases: Sequence[Case],
+                      interest: InterestModel | None = None) -> dict[str, float]:
+    """Semantic retrieval metrics: each case's targets ranked among every item, unmasked (by
+    `semantic_scores`, as `recsys evaluate` ranks them)."""
     ranks = []
     for start in range(0, len(cases), 1024):
         chunk = cases[start:start + 1024]
-        block = profiles[start:start + len(chunk)] @ item_vectors.T
+        block = semantic_scores(profiles[start:start + len(chunk)], item_vectors,
+                                [c.history for c in chunk], interest)
         for j, case in enumerate(chunk):
             ranks.append([float((block[j] > block[j, t]).sum() + 1) for t in case.targets])
     return ranking_metrics(ranks)
@@ -146,8 +150,10 @@ class RetrievalRecallEvaluator(BaseEvaluator):
     """
 
     def __init__(self, item_texts: Sequence[str], cases: Sequence[Case], *, user_side: str,
-                 history_items: int, batch_size: int = 64, name: str = "valid") -> None:
+                 history_items: int, batch_size: int = 64, name: str = "valid",
+                 pooling=None) -> None:
         super().__init__()
+        self.pooling = pooling      # "interest": its learned repeat terms score items too
         self.item_texts = list(item_texts)
         self.cases = [c for c in cases if c.history]
         self.user_side = user_side
@@ -176,7 +182,8 @@ class RetrievalRecallEvaluator(BaseEvaluator):
                                                                self.history_items))
         else:
             profiles = user_profiles(histories, vectors, PROFILE_DECAY)
-        return retrieval_metrics(profiles, vectors, self.cases)
+        learned = self.pooling.export() if interest and self.pooling is not None else None
+        return retrieval_metrics(profiles, vectors, self.cases, learned)
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict:
         metrics = {f"{self.name}_{k}": v for k, v in self.scores(model).items()}
@@ -326,7 +333,8 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         adapter = new_adapter(base_vectors.shape[1], config.adapter_layers)
         if interest:
             model, pooling = interest_model(item_texts, base_vectors, adapter, device,
-                                            PROFILE_DECAY, bias=config.interest_bias)
+                                            PROFILE_DECAY, bias=config.interest_bias,
+                                            repeat=config.interest_repeat)
         else:
             model = training_model(item_texts, base_vectors, adapter, device)
         trained = [*adapter, *([pooling] if pooling is not None else [])]
@@ -350,7 +358,8 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         valid = [valid[i] for i in np.sort(keep)]
     evaluator = RetrievalRecallEvaluator(item_texts, valid, user_side=config.user_side,
                                          history_items=config.history_items,
-                                         batch_size=max(64, config.batch_size))
+                                         batch_size=max(64, config.batch_size),
+                                         pooling=pooling)
     base_scores = evaluator(model, steps=0)
     base_score = base_scores[evaluator.primary_metric]
     log(f"base encoder: valid {SELECTION_METRIC} {base_score:.4f} "

@@ -74,10 +74,14 @@ class InterestPooling(nn.Module):
     offsets 0, identity map, so step 0 is the zero-shot profile. (A second map on the last click
     alone scored lower on amazon valid: docs/benchmarks.md.)"""
 
-    def __init__(self, dim: int, positions: int, decay: float, bias: bool = True) -> None:
+    def __init__(self, dim: int, positions: int, decay: float, bias: bool = True,
+                 repeat: bool = True) -> None:
         super().__init__()
         self.decay = decay
         self.offsets = nn.Parameter(torch.zeros(positions))
+        # added to the score of an item the user clicked k-th most recently (cosine units); read
+        # by the loss, not by forward: it scores items, not the query. Starts at 0 (zero-shot).
+        self.repeat = nn.Parameter(torch.zeros(positions)) if repeat else None
         # the bias is one direction added to every user's query: a learned popularity prior
         self.linear = nn.Linear(dim, dim, bias=bias)
         nn.init.eye_(self.linear.weight)
@@ -98,7 +102,9 @@ class InterestPooling(nn.Module):
                              weight=self.linear.weight.detach().cpu().numpy().copy(),
                              bias=(self.linear.bias.detach().cpu().numpy().copy()
                                    if self.linear.bias is not None
-                                   else np.zeros(self.linear.out_features, np.float32)))
+                                   else np.zeros(self.linear.out_features, np.float32)),
+                             repeat=(self.repeat.detach().cpu().numpy().copy()
+                                     if self.repeat is not None else None))
 
     def save(self, *args, **kwargs) -> None:
         raise RuntimeError("training-only module; the bundle stores an InterestModel instead")
@@ -106,13 +112,13 @@ class InterestPooling(nn.Module):
 
 def interest_model(texts: Sequence[str], vectors: np.ndarray, adapter: list[Dense],
                    device: str, decay: float, positions: int = INTEREST_POSITIONS,
-                   bias: bool = True):
+                   bias: bool = True, repeat: bool = True):
     """The two-route training model and its pooling module (to export the learned profile)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Router
 
     cached = CachedVectors(texts, vectors)
-    pooling = InterestPooling(vectors.shape[1], positions, decay, bias)
+    pooling = InterestPooling(vectors.shape[1], positions, decay, bias, repeat)
     router = Router.for_query_document(
         query_modules=[AdaptedHistory(cached, adapter, positions), pooling],
         document_modules=[cached, *adapter])
@@ -153,7 +159,11 @@ class CatalogueSoftmaxLoss(nn.Module):
         competing = self.model({"input_ids": self.rows.to(device),
                                 "task": DOCUMENT})["sentence_embedding"]
         targets = self.position.to(device)[labels.to(device).long()]
-        loss = F.cross_entropy(self.scale * queries @ competing.T, targets)
+        scores = queries @ competing.T
+        if self.pooling is not None and self.pooling.repeat is not None:
+            scores = scores + self._repeat_terms(query_features["input_ids"].to(device),
+                                                 scores.shape)
+        loss = F.cross_entropy(self.scale * scores, targets)
         if self.identity_penalty and self.pooling is not None:
             linear = self.pooling.linear
             drift = (linear.weight - torch.eye(linear.in_features, device=device)).pow(2).sum()
@@ -161,6 +171,22 @@ class CatalogueSoftmaxLoss(nn.Module):
                 drift = drift + linear.bias.pow(2).sum()
             loss = loss + self.identity_penalty * drift
         return loss
+
+    def _repeat_terms(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """[batch, competing] the learned repeat term of each query's recent items (the most
+        recent position of each distinct item; `InterestModel.repeat_terms` at serving)."""
+        positions = rows.shape[1]
+        earlier = torch.tril(torch.ones(positions, positions, dtype=torch.bool,
+                                        device=rows.device), diagonal=-1)
+        repeated = ((rows[:, :, None] == rows[:, None, :]) & earlier).any(dim=-1)
+        position = self.position.to(rows.device)
+        inside = (rows >= 0) & (rows < position.numel())   # later rows: never a next click
+        column = torch.where(inside, position[rows.clamp(0, position.numel() - 1)], -1)
+        keep = inside & ~repeated & (column >= 0)
+        query, k = torch.nonzero(keep, as_tuple=True)
+        terms = torch.zeros(shape, dtype=self.pooling.repeat.dtype, device=rows.device)
+        return terms.index_put((query, column[query, k]), self.pooling.repeat[k],
+                               accumulate=True)
 
     def get_config_dict(self) -> dict:
         return {"scale": self.scale, "negatives": "every other item clicked in training",

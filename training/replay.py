@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from features.state import POSITIVE_TYPES
+from recsys.interest import semantic_scores
 from recsys.metrics import rank_of, ranking_metrics
 from recsys.recommender import Recommender
 from recsys.splits import Case, epoch_seconds, with_item_rows
@@ -80,7 +81,8 @@ def evaluate_window(recommender: Recommender, events: pl.DataFrame, start: datet
                                     np.array([c.last_time for c in chunk]))
         candidates, rows = context.rows(requests)
         scores = recommender.ranker.predict(rows)
-        semantic = requests.profiles @ context.item_vectors.T
+        semantic = semantic_scores(requests.profiles, context.item_vectors,
+                                   [c.history for c in chunk], context.interest)
         rows_of = candidates.slices(len(chunk))
         for j, case in enumerate(chunk):
             if case.history:
