@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from recsys.index import set_search_threads
 from serving.auth import ADMIN, DATA, KeyChecker, RateLimiter
 from serving.batching import Coalescer
 from serving.errors import Overloaded, RateLimited
@@ -27,7 +28,11 @@ class ModelPool:
     past it a request gets 503 at once instead of queueing into a timeout."""
 
     def __init__(self, threads: int, max_pending: int) -> None:
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="model")
+        # OpenMP's thread count is per thread: set_search_threads(1) on the event loop's thread
+        # left these at one per core (faiss.omp_get_max_threads() gave 2 here), so every
+        # batched FAISS search started a team of OpenMP threads that then spin on the cores
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="model",
+                                           initializer=set_search_threads, initargs=(1,))
         self.max_pending = max_pending
         self.pending = 0  # touched only on the event loop
 
@@ -80,8 +85,9 @@ def _access(role: str):
     return check
 
 
-DataCaller = Annotated[str, Depends(_access(DATA))]
+check_data_caller = _access(DATA)  # also called directly by the recommendations fast path
+DataCaller = Annotated[str, Depends(check_data_caller)]
 AdminCaller = Annotated[str, Depends(_access(ADMIN))]
 
 __all__ = ["AdminCaller", "AppContext", "Ctx", "DataCaller", "ModelPool", "api_key_header",
-           "get_context"]
+           "check_data_caller", "get_context"]

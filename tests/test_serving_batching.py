@@ -160,3 +160,18 @@ def test_a_failing_batch_is_answered_one_job_at_a_time(recommender, monkeypatch)
     jobs = [RecommendJob(4, Filters(), False, user_id=u) for u in users]
     answers = recommend_jobs(jobs, recommender, FailingStore("nobody"), live_items=50)
     assert [[i["item_id"] for i in a["items"]] for a in answers] == expected
+
+
+def test_model_threads_search_with_one_openmp_thread():
+    """OpenMP's thread count is per thread: the pool sets it on each of its own threads (set
+    only on the event loop's thread, batched FAISS searches ran 2 spinning OpenMP threads)."""
+    import faiss
+
+    from serving.deps import ModelPool
+
+    pool = ModelPool(2, 8)
+    try:
+        counts = {pool.executor.submit(faiss.omp_get_max_threads).result() for _ in range(4)}
+    finally:
+        pool.close()
+    assert counts == {1}

@@ -1,0 +1,123 @@
+"""The fast path of GET /recommendations/{user_id} (serving.routes.recommendations.UserRoute)
+answers exactly as FastAPI's own path does: the same status, headers and bytes, the same
+metrics; and what it does not understand it leaves to FastAPI."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.main import create_app
+from serving.routes import recommendations
+from serving.routes.recommendations import plain_query
+from serving.settings import Settings
+from serving.testing import ADMIN_KEY, DATA_KEY, copy_models
+
+HEADERS = {"X-API-Key": DATA_KEY}
+
+
+def _settings(models, **overrides) -> Settings:
+    values = dict(models_dir=models, api_keys=[DATA_KEY], admin_key=ADMIN_KEY, poll_current_s=0,
+                  rate_limit_per_s=1000, rate_limit_burst=1000)
+    return Settings(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def models(models_dir, tmp_path_factory):
+    return copy_models(models_dir, tmp_path_factory.mktemp("fastpath") / "models")
+
+
+class Paths:
+    """Counts the requests the fast path answered, and can switch it off."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.fast = 0
+        self.enabled = True
+
+        def counted(raw: bytes):
+            args = plain_query(raw) if self.enabled else None
+            self.fast += args is not None
+            return args
+        monkeypatch.setattr(recommendations, "plain_query", counted)
+
+
+def _raw(response) -> tuple:
+    return response.status_code, response.headers.raw, response.content
+
+
+def _both(client, paths: Paths, url: str, headers=None) -> tuple[tuple, tuple]:
+    paths.enabled = True
+    fast = _raw(client.get(url, headers=headers))
+    paths.enabled = False
+    slow = _raw(client.get(url, headers=headers))
+    paths.enabled = True
+    return fast, slow
+
+
+def test_the_fast_path_answers_byte_for_byte_as_fastapi(models, monkeypatch):
+    paths = Paths(monkeypatch)
+    with TestClient(create_app(_settings(models)), headers=HEADERS) as client:
+        model = client.app.state.context.holder.current
+        users = sorted(model.users, key=lambda u: (-len(model.users[u].items), u))[:3]
+        queries = ["", "?k=5", "?k=100", "?k=1&explain=true", "?exclude_seen=false&k=7",
+                   "?diversity=mmr&k=4", "?diversity=category_cap", "?explain=false&k=3"]
+        fast_before = paths.fast
+        for user in users + ["someone-never-seen"]:
+            for query in queries:
+                fast, slow = _both(client, paths, f"/recommendations/{user}{query}")
+                assert fast == slow, (user, query)
+                assert fast[0] == 200
+        assert paths.fast - fast_before == 4 * len(queries)
+        for key, status in (("wrong-key-0123456789", 401), (ADMIN_KEY, 403)):
+            fast, slow = _both(client, paths, f"/recommendations/{users[0]}?k=5", {"X-API-Key": key})
+            assert fast == slow and fast[0] == status
+        metrics = client.get("/metrics").text
+        line = [m for m in metrics.splitlines() if m.startswith("recsys_request_seconds_count")
+                and 'route="/recommendations/{user_id}"' in m and 'status="200"' in m]
+        assert line and float(line[0].rsplit(" ", 1)[1]) == 2 * 4 * len(queries)
+
+
+def test_what_the_fast_path_does_not_understand_goes_to_fastapi(models, monkeypatch):
+    paths = Paths(monkeypatch)
+    with TestClient(create_app(_settings(models)), headers=HEADERS) as client:
+        user = sorted(client.app.state.context.holder.current.users)[0]
+        for query, status in (("?k=0", 422), ("?k=101", 422), ("?k=05", 200), ("?k=abc", 422),
+                              ("?k=5&k=6", 200), ("?exclude=item1", 200), ("?explain=True", 200),
+                              ("?explain=1", 200), ("?diversity=other", 422), ("?x=1", 200),
+                              ("?k=%35", 200), ("?k", 422), ("?k=5&", 200)):
+            before = paths.fast
+            fast, slow = _both(client, paths, f"/recommendations/{user}{query}")
+            assert fast == slow and fast[0] == status, query
+            assert paths.fast == before, query
+        fast, slow = _both(client, paths, f"/recommendations/{'u' * 201}")
+        assert fast == slow and fast[0] == 422
+        fast, slow = _both(client, paths, f"/recommendations/{user}", {"X-API-Key": ""})
+        assert fast == slow and fast[0] == 401
+
+
+def test_rate_limit_and_no_model_answer_as_fastapi(models, tmp_path, monkeypatch):
+    paths = Paths(monkeypatch)
+    answers = {}
+    for enabled in (True, False):
+        paths.enabled = enabled
+        limited = _settings(models, rate_limit_per_s=0.001, rate_limit_burst=2)
+        with TestClient(create_app(limited), headers=HEADERS) as client:
+            answers[enabled] = [_raw(client.get("/recommendations/someone?k=3"))
+                                for _ in range(3)]
+        empty = tmp_path / f"empty-{enabled}"
+        empty.mkdir()
+        with TestClient(create_app(_settings(empty)), headers=HEADERS) as client:
+            answers[enabled].append(_raw(client.get("/recommendations/someone?k=3")))
+    assert answers[True] == answers[False]
+    assert [a[0] for a in answers[True]] == [200, 200, 429, 200]
+    assert b'"model_version":"none"' in answers[True][3][2]
+
+
+def test_plain_query():
+    assert plain_query(b"") == {}
+    assert plain_query(b"k=10&explain=true&exclude_seen=false&diversity=mmr") == {
+        "k": 10, "explain": True, "exclude_seen": False, "diversity": "mmr"}
+    for raw in (b"k=0", b"k=1000", b"k=010", b"k=-1", b"k=1e1", b"k=%31", b"k=+1", b"k=5&k=5",
+                b"k", b"k=5&", b"&", b"explain=TRUE", b"exclude=a", b"categories=c",
+                b"diversity=", b"other=1"):
+        assert plain_query(raw) is None, raw
