@@ -11,7 +11,7 @@ sessions, a real HNSW index, behavioural state and a real LightGBM ranker traine
     also the whole in-process `recommend_histories` call;
   * a real server (`recsys serve`, subprocess, 127.0.0.1) loaded by a light asyncio HTTP/1.1
     client at concurrency 1, 8 and 32: p50/p99 latency and throughput, for each server setting
-    (processes, and how many waiting requests one engine call may answer);
+    (processes, how many waiting requests one engine call may answer, model threads);
   * events ingested per second with durability on (SQLite WAL, synchronous=FULL).
 The ceiling is 2 cores / bare cost; targets from issue 4 are printed beside the numbers.
 """
@@ -343,10 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="/tmp/serving-bench")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
-    parser.add_argument("--servers", nargs="+", default=["1:32", "1:1", "2:32"],
-                        help="server settings to measure side by side, as PROCESSES:BATCH_MAX "
-                             "(RECSYS_WORKERS and RECSYS_BATCH_MAX; batch max 1 = no "
-                             "coalescing)")
+    parser.add_argument("--servers", nargs="+",
+                        default=["1:32", "1:32:1", "1:1", "2:32", "2:32:1"],
+                        help="server settings to measure side by side, as "
+                             "PROCESSES:BATCH_MAX[:MODEL_THREADS] (RECSYS_WORKERS, "
+                             "RECSYS_BATCH_MAX, RECSYS_MODEL_THREADS, default one per core; "
+                             "batch max 1 = no coalescing)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     models = workdir / "models"
@@ -365,11 +367,13 @@ def main(argv: list[str] | None = None) -> int:
 
     levels, ingest = [], []
     for setting in args.servers:
-        workers, batch_max = (int(x) for x in setting.split(":"))
-        store = workdir / f"events-{int(time.time())}-{workers}-{batch_max}.sqlite"
+        workers, batch_max, *threads = (int(x) for x in setting.split(":"))
+        model_threads = threads[0] if threads else cores
+        store = workdir / f"events-{int(time.time())}-{workers}-{batch_max}-{model_threads}.sqlite"
         port = free_port()
         server = start_server(models, port, store, {"RECSYS_WORKERS": str(workers),
-                                                    "RECSYS_BATCH_MAX": str(batch_max)})
+                                                    "RECSYS_BATCH_MAX": str(batch_max),
+                                                    "RECSYS_MODEL_THREADS": str(model_threads)})
         if workers > 1:
             time.sleep(15)  # the other workers load their copy of the model
         try:
@@ -379,13 +383,15 @@ def main(argv: list[str] | None = None) -> int:
                                           concurrency, args.seconds))
                 served = result["answered"]
                 result.update(workers=workers, batch_max=batch_max,
+                              model_threads=model_threads,
                               load_average_1min_after=os.getloadavg()[0],
                               server_cpu_ms_per_request=1000 * (tree_cpu_s(server.pid)
                                                                 - server_cpu) / served,
                               client_cpu_ms_per_request=1000 * (time.process_time()
                                                                 - client_cpu) / served)
                 levels.append(result)
-                print(f"workers {workers}, batch max {batch_max:>2}, concurrency "
+                print(f"workers {workers}, batch max {batch_max:>2}, model threads "
+                      f"{model_threads}, concurrency "
                       f"{concurrency:>2}: p50 "
                       f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
                       f"{result['throughput_rps']:.0f} req/s, statuses {result['statuses']}, "
@@ -397,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = asyncio.run(load(port, event_requests(batch, f"w{workers}b{batch}"),
                                           concurrency, args.seconds / 2))
                 result.update(events_per_s=result["throughput_rps"] * batch, batch=batch,
-                              workers=workers, batch_max=batch_max)
+                              workers=workers, batch_max=batch_max, model_threads=model_threads)
                 ingest.append(result)
                 print(f"workers {workers}, events {batch}/request at concurrency "
                       f"{concurrency}: {result['events_per_s']:.0f} events/s (p50 "
@@ -417,11 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     best = max(level["throughput_rps"] for level in levels)
     targets = {
         "p99_at_8_ms": {"value": c8["p99_ms"], "target": "< 50", "met": c8["p99_ms"] < 50,
-                        "workers": c8["workers"], "batch_max": c8["batch_max"]},
+                        "workers": c8["workers"], "batch_max": c8["batch_max"],
+                        "model_threads": c8["model_threads"]},
         "throughput_share_of_ceiling": {"value": best / ceiling, "target": ">= 0.6",
                                         "met": best / ceiling >= 0.6,
                                         "workers": best_level["workers"],
                                         "batch_max": best_level["batch_max"],
+                                        "model_threads": best_level["model_threads"],
                                         "concurrency": best_level["concurrency"]},
         "server_overhead_ms": {"value": c1["p50_ms"] - bare["bare_ms_p50"], "target": "< 5",
                                "met": c1["p50_ms"] - bare["bare_ms_p50"] < 5},
