@@ -60,12 +60,14 @@ def retrieval_scores(model, texts, split: Split, user_side: str, history_items: 
     return out
 
 
-def vector_scores(vectors, profiles_of, split: Split, max_cases: int | None = None) -> dict:
+def vector_scores(vectors, profiles_of, split: Split, max_cases: int | None = None,
+                  interest=None) -> dict:
     """Semantic retrieval from item vectors and a user side over them (as the bundle serves)."""
     out = {}
     for which in ("valid", "test"):
         cases = _cases(split, which, max_cases)
-        metrics = retrieval_metrics(profiles_of([c.history for c in cases]), vectors, cases)
+        metrics = retrieval_metrics(profiles_of([c.history for c in cases]), vectors, cases,
+                                    interest)
         out[which] = {k: round(v, 4) for k, v in metrics.items()}
     return out
 
@@ -101,7 +103,7 @@ def user_sides(args) -> dict:
                 row = vector_scores(
                     vectors, (lambda h, v=vectors: user_profiles(h, v)) if interest is None
                     else (lambda h, v=vectors, m=interest: m.profiles(h, v)),
-                    split, args.max_cases)
+                    split, args.max_cases, interest)
             row["finetune"] = {k: result.report[k] for k in
                                ("steps", "epochs_done", "best_step", "stop_reason", "valid")}
             row["seconds"] = round(time.perf_counter() - started, 1)

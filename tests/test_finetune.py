@@ -247,6 +247,9 @@ def test_train_finetune_end_to_end(recbole_dataset, tmp_path, mode):
     recommender = Recommender.load(tmp_path / "models")
     rows, _ = recommender.index.search(stored[:3], 1)
     assert (recommender.context.interest is not None) is learned
+    if learned:   # the repeat terms were trained (they start at 0) and shipped
+        repeat = recommender.context.interest.repeat
+        assert repeat is not None and repeat.shape == (20,) and np.abs(repeat).max() > 0
     assert rows[:, 0].tolist() == [0, 1, 2]                              # index = these vectors
     assert not list((tmp_path / "models").glob(".finetune-*"))           # work dir cleaned up
 
