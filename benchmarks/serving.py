@@ -208,21 +208,25 @@ def bare_costs(models_dir: Path, n_requests: int = 300, seed: int = 1) -> dict:
 
 
 # -- server and load -----------------------------------------------------------------------------
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and its children (the workers):
-    what one request costs the server, whatever else the machine is running."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+def tree_processes(pid: int):
+    """(/proc entry, stat fields after the name) of a process and its children (the workers);
+    processes that end meanwhile are skipped."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue  # the process ended meanwhile
+            continue
         if int(entry.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+            yield entry, fields
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children (the workers):
+    what one request costs the server, whatever else the machine is running."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum((int(fields[11]) + int(fields[12])) / ticks for _, fields in tree_processes(pid))
 
 
 def free_port() -> int:
@@ -281,6 +285,21 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
     return status, await reader.readexactly(length)
+
+
+async def admin_reload(port: int) -> int:
+    """POST /admin/reload with the admin key; the response status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        body = b"{}"
+        writer.write((f"POST /admin/reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      f"X-API-Key: {ADMIN_KEY}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        await writer.drain()
+        status, _ = await _response(reader)
+        return status
+    finally:
+        writer.close()
 
 
 async def load(port: int, make_request, concurrency: int, seconds: float,

@@ -43,7 +43,7 @@ _spec = importlib.util.spec_from_file_location("serving_benchmark",
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
-from recsys.bundle import current_version, set_current  # noqa: E402
+from recsys.bundle import set_current  # noqa: E402
 from serving.testing import copy_bundle  # noqa: E402
 
 CONNECTIONS = 32        # keep-alive connections the open-loop load is spread over
@@ -56,13 +56,8 @@ P99_FLAT_RATIO = 1.5    # last third's median per-minute p99 against the first t
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (uvicorn's workers), MB."""
     total_kb = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry, _ in bench.tree_processes(pid):
         try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(entry.name) != pid and int(stat[1]) != pid:
-                continue
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total_kb += int(line.split()[1])
@@ -244,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     def swap(version: str) -> None:
         subprocess.run([sys.executable, "-m", "recsys.cli", "models", "promote", str(models),
                         version], check=True, cwd=ROOT, capture_output=True)
-        status = asyncio.run(_admin_reload(port))
+        status = asyncio.run(bench.admin_reload(port))
         if status != 200:
             raise RuntimeError(f"admin reload answered {status}")
 
@@ -314,20 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(report["met"].values())
     print(f"{'PASS' if ok else 'FAIL'}: {report['met']}")
     return 0 if ok else 1
-
-
-async def _admin_reload(port: int) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        body = b"{}"
-        writer.write((f"POST /admin/reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      f"X-API-Key: {bench.ADMIN_KEY}\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-        await writer.drain()
-        status, _ = await bench._response(reader)
-        return status
-    finally:
-        writer.close()
 
 
 if __name__ == "__main__":

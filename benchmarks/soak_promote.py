@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     def promote() -> None:
         subprocess.run([sys.executable, "-m", "recsys.cli", "models", "promote", str(models),
                         "v2"], check=True, cwd=ROOT, capture_output=True)
-        reader = asyncio.run(_admin_reload(port))
+        reader = asyncio.run(bench.admin_reload(port))
         if reader != 200:
             raise RuntimeError(f"admin reload answered {reader}")
 
@@ -132,20 +132,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['failed_requests']} failed, {report['old_version_after_swap']} from v1 after "
           f"the swap (done {report['swap_seconds']} s after the promote)")
     return 0 if ok else 1
-
-
-async def _admin_reload(port: int) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        body = b"{}"
-        writer.write((f"POST /admin/reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      f"X-API-Key: {bench.ADMIN_KEY}\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-        await writer.drain()
-        status, _ = await bench._response(reader)
-        return status
-    finally:
-        writer.close()
 
 
 if __name__ == "__main__":

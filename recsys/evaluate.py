@@ -187,6 +187,8 @@ def _impressions(recommender: Recommender, context: RankingContext,
         scores = recommender.ranker.predict(rows)
         scores_seen.add(scores, candidates.hits([c.targets for c in chunk]))
         covis = requests.covisitation_scores(state.covisitation)
+        semantic = semantic_scores(requests.profiles, context.item_vectors,
+                                   [c.history for c in chunk], context.interest)
         rows_of = candidates.slices(len(chunk))
         for j, case in enumerate(chunk):
             mask = rows_of[j]
@@ -195,13 +197,7 @@ def _impressions(recommender: Recommender, context: RankingContext,
             per_method["pipeline"].append(scores[mask])
             per_method["popularity"].append(state.clicks_[items])
             per_method["covisitation"].append(np.asarray(covis[j, items].todense()).ravel())
-            semantic = context.item_vectors[items] @ requests.profiles[j]
-            if context.interest is not None:   # its learned repeat terms, as semantic_scores
-                _, seen, terms = context.interest.repeat_terms([case.history])
-                term_of = dict(zip(seen.tolist(), terms.tolist()))
-                semantic = semantic + np.array([term_of.get(int(i), 0.0) for i in items],
-                                               dtype=semantic.dtype)
-            per_method["semantic"].append(semantic)
+            per_method["semantic"].append(semantic[j, items])
     metrics = {name: impression_metrics(per_method[name], labels) for name in METHODS}
     per_case = {f"ndcg@{PER_CASE_K}": {
         name: [round(impression_metrics([s], [y], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)

@@ -70,8 +70,8 @@ class UserRoute(APIRoute):
     dependency override is answered here with the same calls FastAPI would make: the same
     dependencies (context, key check, rate limit), the same endpoint, the same response
     serializer; errors raised on the way reach the same exception handlers. Any other request
-    takes FastAPI's path. tests/test_api.py checks both give the same status, headers and
-    bytes."""
+    takes FastAPI's path. tests/test_serving_fastpath.py checks both give the same status,
+    headers and bytes."""
 
     async def handle(self, scope, receive, send) -> None:
         args = plain_query(scope.get("query_string", b"")) if scope["method"] == "GET" else None
