@@ -53,17 +53,21 @@ RSS_LIMIT_MB = 50.0
 P99_FLAT_RATIO = 1.5    # last third's median per-minute p99 against the first third's
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn's workers), MB."""
-    total_kb = 0
+def tree_memory_mb(pid: int) -> dict[str, float]:
+    """Resident memory of a process and its children (uvicorn's workers), MB: the total and
+    its parts, anonymous (the heap: what a leak or the allocator keeps) and file-backed (mapped
+    files and libraries, which the kernel can drop)."""
+    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    total_kb = dict.fromkeys(fields.values(), 0)
     for entry, _ in bench.tree_processes(pid):
         try:
             for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
+                name = line.split(maxsplit=1)[0] if line else ""
+                if name in fields:
+                    total_kb[fields[name]] += int(line.split()[1])
         except (OSError, ValueError):
             continue  # the process ended meanwhile
-    return total_kb / 1024
+    return {k: kb / 1024 for k, kb in total_kb.items()}
 
 
 class Mix:
@@ -114,6 +118,7 @@ async def soak(port: int, mix: Mix, server_pid: int, rate: float, duration: floa
     records: list[tuple[float, float, int, bool, str]] = []
     failures: list[str] = []
     rss: list[tuple[float, float]] = []
+    rss_parts: list[tuple[float, dict[str, float]]] = []
     swaps: list[dict] = []
     sent = [0]
 
@@ -153,11 +158,16 @@ async def soak(port: int, mix: Mix, server_pid: int, rate: float, duration: floa
         finally:
             writer.close()
 
+    def sample() -> None:
+        now, memory = time.perf_counter() - started, tree_memory_mb(server_pid)
+        rss.append((now, memory["rss"]))
+        rss_parts.append((now, memory))
+
     async def sampler() -> None:
         while time.perf_counter() < stop_at:
-            rss.append((time.perf_counter() - started, tree_rss_mb(server_pid)))
+            sample()
             await asyncio.sleep(RSS_EVERY_S)
-        rss.append((time.perf_counter() - started, tree_rss_mb(server_pid)))
+        sample()
 
     async def swapper() -> None:
         for k in itertools.count(1):
@@ -178,7 +188,8 @@ async def soak(port: int, mix: Mix, server_pid: int, rate: float, duration: floa
 
     await asyncio.gather(pacer(), sampler(), swapper(),
                          *(connection() for _ in range(CONNECTIONS)))
-    return {"records": records, "failures": failures, "rss": rss, "swaps": swaps,
+    return {"records": records, "failures": failures, "rss": rss, "rss_parts": rss_parts,
+            "swaps": swaps,
             "due": sent[0]}
 
 
@@ -264,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     minutes = per_minute(records, rss, args.duration)
     baseline = next(m["rss_mb"] for m in minutes if m["rss_mb"] is not None)
     growth = rss[-1][1] - baseline
+    # the same growth split: the sample the first minute's RSS came from, against the last
+    parts = result["rss_parts"]
+    first = [m for t, m in parts if t <= 60 + RSS_EVERY_S / 2][-1]
+    parts_growth = {k: round(parts[-1][1][k] - first[k], 1) for k in first}
     p99s = [m["p99_ms"] for m in minutes if m["p99_ms"] is not None]
     third = max(1, len(p99s) // 3)
     p99_ratio = statistics.median(p99s[-third:]) / statistics.median(p99s[:third])
@@ -282,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
         "rss_after_first_minute_mb": baseline, "rss_end_mb": rss[-1][1],
         "rss_max_mb": max(mb for _, mb in rss), "rss_growth_mb": growth,
+        "rss_growth_by_part_mb": parts_growth,
         "p99_last_third_over_first_third": p99_ratio, "swaps": result["swaps"],
         "machine": {"cores": os.cpu_count(), "load_average_at_start": load_at_start,
                     "load_average_at_end": os.getloadavg()},
         "minutes": minutes, "rss_samples": [[round(t, 1), round(mb, 1)] for t, mb in rss],
+        "rss_part_samples": [[round(t, 1), {k: round(v, 1) for k, v in m.items()}]
+                             for t, m in parts],
     }
     report["met"] = {"no_failed_requests": failed == 0,
                      "all_requests_answered": answered == expected,
@@ -302,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms; swaps "
           f"{[(s['to'], s['seconds']) for s in result['swaps']]}; RSS {baseline:.0f} MB after "
           f"the first minute, {rss[-1][1]:.0f} MB at the end (growth {growth:+.1f} MB, max "
-          f"{report['rss_max_mb']:.0f} MB); p99 last third / first third {p99_ratio:.2f}")
+          f"{report['rss_max_mb']:.0f} MB; by part {parts_growth}); p99 last third / first third {p99_ratio:.2f}")
     from recsys.io import write_json
 
     write_json(report, args.json)
