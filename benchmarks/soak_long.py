@@ -117,8 +117,7 @@ async def soak(port: int, mix: Mix, server_pid: int, rate: float, duration: floa
     # (due s, done s, status, is_event, model_version) for every request
     records: list[tuple[float, float, int, bool, str]] = []
     failures: list[str] = []
-    rss: list[tuple[float, float]] = []
-    rss_parts: list[tuple[float, dict[str, float]]] = []
+    memory: list[tuple[float, dict[str, float]]] = []   # (seconds in, tree_memory_mb)
     swaps: list[dict] = []
     sent = [0]
 
@@ -159,9 +158,7 @@ async def soak(port: int, mix: Mix, server_pid: int, rate: float, duration: floa
             writer.close()
 
     def sample() -> None:
-        now, memory = time.perf_counter() - started, tree_memory_mb(server_pid)
-        rss.append((now, memory["rss"]))
-        rss_parts.append((now, memory))
+        memory.append((time.perf_counter() - started, tree_memory_mb(server_pid)))
 
     async def sampler() -> None:
         while time.perf_counter() < stop_at:
@@ -188,8 +185,7 @@ async def soak(port: int, mix: Mix, server_pid: int, rate: float, duration: floa
 
     await asyncio.gather(pacer(), sampler(), swapper(),
                          *(connection() for _ in range(CONNECTIONS)))
-    return {"records": records, "failures": failures, "rss": rss, "rss_parts": rss_parts,
-            "swaps": swaps,
+    return {"records": records, "failures": failures, "memory": memory, "swaps": swaps,
             "due": sent[0]}
 
 
@@ -271,14 +267,14 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
         set_current(models, "v1")
 
-    records, rss = result["records"], result["rss"]
+    records, memory = result["records"], result["memory"]
+    rss = [(t, parts["rss"]) for t, parts in memory]
     minutes = per_minute(records, rss, args.duration)
     baseline = next(m["rss_mb"] for m in minutes if m["rss_mb"] is not None)
     growth = rss[-1][1] - baseline
     # the same growth split: the sample the first minute's RSS came from, against the last
-    parts = result["rss_parts"]
-    first = [m for t, m in parts if t <= 60 + RSS_EVERY_S / 2][-1]
-    parts_growth = {k: round(parts[-1][1][k] - first[k], 1) for k in first}
+    first = [parts for t, parts in memory if t <= 60 + RSS_EVERY_S / 2][-1]
+    parts_growth = {k: round(memory[-1][1][k] - first[k], 1) for k in first}
     p99s = [m["p99_ms"] for m in minutes if m["p99_ms"] is not None]
     third = max(1, len(p99s) // 3)
     p99_ratio = statistics.median(p99s[-third:]) / statistics.median(p99s[:third])
@@ -302,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cores": os.cpu_count(), "load_average_at_start": load_at_start,
                     "load_average_at_end": os.getloadavg()},
         "minutes": minutes, "rss_samples": [[round(t, 1), round(mb, 1)] for t, mb in rss],
-        "rss_part_samples": [[round(t, 1), {k: round(v, 1) for k, v in m.items()}]
-                             for t, m in parts],
+        "rss_part_samples": [[round(t, 1), {k: round(v, 1) for k, v in parts.items()}]
+                             for t, parts in memory],
     }
     report["met"] = {"no_failed_requests": failed == 0,
                      "all_requests_answered": answered == expected,
@@ -320,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms; swaps "
           f"{[(s['to'], s['seconds']) for s in result['swaps']]}; RSS {baseline:.0f} MB after "
           f"the first minute, {rss[-1][1]:.0f} MB at the end (growth {growth:+.1f} MB, max "
-          f"{report['rss_max_mb']:.0f} MB; by part {parts_growth}); p99 last third / first third {p99_ratio:.2f}")
+          f"{report['rss_max_mb']:.0f} MB; by part {parts_growth}); p99 last third / first "
+          f"third {p99_ratio:.2f}")
     from recsys.io import write_json
 
     write_json(report, args.json)
