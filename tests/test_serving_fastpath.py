@@ -19,8 +19,11 @@ HEADERS = {"X-API-Key": DATA_KEY}
 
 
 def _settings(models, **overrides) -> Settings:
+    # a generous ranker deadline: on a busy machine a prediction past the default 200 ms turns
+    # one of the two answers compared into the degraded retrieval order, which is not a path
+    # difference (the deadline has its own tests in test_reliability.py)
     values = dict(models_dir=models, api_keys=[DATA_KEY], admin_key=ADMIN_KEY, poll_current_s=0,
-                  rate_limit_per_s=1000, rate_limit_burst=1000)
+                  rate_limit_per_s=1000, rate_limit_burst=1000, ranker_timeout_ms=5000)
     return Settings(**{**values, **overrides})
 
 
