@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from recsys.retrieval import RetrievalConfig
 
 if TYPE_CHECKING:
     from recsys.encoder import Encoder
-    from recsys.recommender import Recommender
+    from recsys.recommender import History, Recommender
 
 ITEM_FIELDS = ("item_id", "title", "category")
 
@@ -54,10 +55,63 @@ def users_table(histories: dict[str, list[int]], last_times: dict[str, float]) -
     })
 
 
+class UserHistories(Mapping[str, "History"]):
+    """The bundle's user histories, user id -> History, kept as arrays: one flat array of item
+    rows with an offset per user. A History is made when a user is looked up.
+
+    Why not a dict of Histories: that made one Python object per history item (330k item rows for
+    the 20k users of the 100k-item benchmark bundle, 450k small objects in all). Such objects live
+    in pymalloc's 1 MiB arenas, and an arena is handed back only when every object in it is gone;
+    objects made by requests while a bundle was loading stayed behind in its arenas, so each model
+    swap left memory pinned (docs/benchmarks.md, 30-minute soak).
+    """
+
+    def __init__(self, user_ids: list[str], offsets: np.ndarray, items: np.ndarray,
+                 last_times: np.ndarray) -> None:
+        if not (len(user_ids) + 1 == offsets.shape[0] == last_times.shape[0] + 1) \
+                or int(offsets[-1]) != items.shape[0]:
+            raise ValueError("user ids, offsets, items and last times do not line up")
+        self._position = {user: i for i, user in enumerate(user_ids)}
+        if len(self._position) != len(user_ids):
+            raise ValueError("user ids are not unique")
+        self._offsets = offsets
+        self._items = items
+        self._last_times = last_times
+
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame) -> "UserHistories":
+        """From the bundle's features/users.parquet (user_id, items: list of item rows, last_time)."""
+        lists = frame["items"]
+        lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
+        items = lists.explode().drop_nulls().to_numpy().astype(np.int64)
+        if items.shape[0] != int(lengths.sum()):
+            raise BundleError("a user history in features/users.parquet has a null item row")
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        last_times = frame["last_time"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        return cls(frame["user_id"].to_list(), offsets, items, last_times.astype(np.float64))
+
+    def __getitem__(self, user: str) -> "History":
+        from recsys.recommender import History
+
+        i = self._position[user]
+        rows = self._items[self._offsets[i]:self._offsets[i + 1]].tolist()
+        return History(rows, float(self._last_times[i]))
+
+    def get(self, user, default=None):
+        return self[user] if user in self._position else default
+
+    def __contains__(self, user: object) -> bool:
+        return user in self._position
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._position)
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+
 def read_bundle(cls: type["Recommender"], bundle: Path, manifest: dict[str, Any], *,
                 threads: int = 0) -> "Recommender":
-    from recsys.recommender import History
-
     try:
         items = pl.read_parquet(bundle / "items.parquet")
         vectors = load_file(str(bundle / "item_vectors.safetensors"))["vectors"]
@@ -66,7 +120,7 @@ def read_bundle(cls: type["Recommender"], bundle: Path, manifest: dict[str, Any]
             json.loads((bundle / "features" / "state.json").read_text()),
             pl.read_parquet(bundle / "features" / "items.parquet"),
             pl.read_parquet(bundle / "features" / "covisitation.parquet"))
-        users_frame = pl.read_parquet(bundle / "features" / "users.parquet")
+        users = UserHistories.from_frame(pl.read_parquet(bundle / "features" / "users.parquet"))
         ranker = Ranker.load(bundle / "ranker.txt", manifest.get("features", list(FEATURES)),
                              threads=threads)
         # listed in the sealed file list: a bundle trained with it cannot silently lose it
@@ -85,10 +139,6 @@ def read_bundle(cls: type["Recommender"], bundle: Path, manifest: dict[str, Any]
     if vectors.shape[1] != index.dim or (expected_dim and vectors.shape[1] != expected_dim):
         raise BundleError(f"{bundle}: vector dimension mismatch (vectors {vectors.shape[1]}, "
                           f"index {index.dim}, manifest {expected_dim})")
-    users: dict[str, History] = {
-        user: History(list(rows), float(last) if last is not None else float("nan"))
-        for user, rows, last in users_frame.iter_rows()
-    }
     retrieval = RetrievalConfig(**manifest.get("config", {}).get("retrieval", {}))
     return cls(version=manifest["version"], manifest=manifest, item_table=items,
                item_vectors=vectors, index=index, state=state, ranker=ranker, users=users,
