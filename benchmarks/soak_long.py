@@ -275,6 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     # the same growth split: the sample the first minute's RSS came from, against the last
     first = [parts for t, parts in memory if t <= 60 + RSS_EVERY_S / 2][-1]
     parts_growth = {k: round(memory[-1][1][k] - first[k], 1) for k in first}
+    # RSS step of each swap: the last sample before it was asked against the last one before the
+    # next swap (or the end), so a step is what the swap left behind once the server settled
+    for k, done in enumerate(result["swaps"]):
+        until = (result["swaps"][k + 1]["asked_at_s"] if k + 1 < len(result["swaps"])
+                 else float("inf"))
+        before = [mb for t, mb in rss if t < done["asked_at_s"]]
+        after = [mb for t, mb in rss if done["asked_at_s"] + done["seconds"] < t < until]
+        if before and after:
+            done["rss_step_mb"] = round(after[-1] - before[-1], 1)
     p99s = [m["p99_ms"] for m in minutes if m["p99_ms"] is not None]
     third = max(1, len(p99s) // 3)
     p99_ratio = statistics.median(p99s[-third:]) / statistics.median(p99s[:third])
@@ -314,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['rss_max_mb']:.0f} | {','.join(m['versions'])} |")
     print(f"\n{answered} of {expected} requests answered, {failed} failed; p50 "
           f"{report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms; swaps "
-          f"{[(s['to'], s['seconds']) for s in result['swaps']]}; RSS {baseline:.0f} MB after "
+          f"{[(s['to'], s['seconds']) for s in result['swaps']]}; RSS steps at swaps "
+          f"{[s.get('rss_step_mb') for s in result['swaps']]} MB; RSS {baseline:.0f} MB after "
           f"the first minute, {rss[-1][1]:.0f} MB at the end (growth {growth:+.1f} MB, max "
           f"{report['rss_max_mb']:.0f} MB; by part {parts_growth}); p99 last third / first "
           f"third {p99_ratio:.2f}")
