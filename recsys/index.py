@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
+from features.ragged import PairSet, flatten, owners
 from recsys.errors import BundleError
 
 KINDS = ("auto", "flat", "hnsw", "ivf")
@@ -104,32 +105,39 @@ class ItemIndex:
         scores_out = np.full((m, k), -np.inf, dtype=np.float32)
         if k <= 0 or m == 0:
             return rows_out, scores_out
-        excluded = [set() for _ in range(m)] if exclude is None else [
-            set(int(r) for r in e) for e in exclude]
-        if len(excluded) != m:
-            raise ValueError(f"exclude has {len(excluded)} entries for {m} queries")
+        if exclude is not None and len(exclude) != m:
+            raise ValueError(f"exclude has {len(exclude)} entries for {m} queries")
+        # each query's excluded rows as (query, row) pairs: the hits of the whole batch are
+        # filtered with a few array operations, not a Python loop over every hit
+        excluded, offsets = flatten(exclude) if exclude is not None else \
+            (np.zeros(0, np.int64), np.zeros(m + 1, np.int64))
+        skipped = PairSet(owners(offsets), excluded, index.ntotal)
+        n_skipped = np.bincount(skipped.keys // skipped.width, minlength=m)
 
         pending = np.arange(m)
-        fetch = k + max((len(e) for e in excluded), default=0)
+        fetch = k + int(n_skipped.max(initial=0))
         while pending.size:
             fetch = int(min(fetch, index.ntotal))
             scores, rows = index.search(queries[pending], fetch)
-            still = []
-            for q, query_scores, query_rows in zip(pending, scores, rows):
-                keep = [(r, s) for r, s in zip(query_rows, query_scores)
-                        if r >= 0 and r not in excluded[q]]
-                if len(keep) < k and fetch >= index.ntotal:
-                    # an approximate index can miss items even when asked for all of them:
-                    # finish exactly over the eligible rows, so heavy filters still get k
-                    keep = self._exact(queries[q], excluded[q], k)
-                enough = len(keep) >= k or fetch >= index.ntotal
-                if enough:
-                    keep = keep[:k]
-                    rows_out[q, :len(keep)] = [r for r, _ in keep]
-                    scores_out[q, :len(keep)] = [s for _, s in keep]
-                else:
-                    still.append(q)
-            pending = np.asarray(still, dtype=np.int64)
+            keep = (rows >= 0) & ~skipped.contains(pending[:, None], rows)
+            found = keep.sum(axis=1)
+            last_try = fetch >= index.ntotal
+            done = (found >= k) | last_try
+            position = np.cumsum(keep, axis=1) - 1
+            at, col = np.nonzero(keep & (position < k) & done[:, None])
+            rows_out[pending[at], position[at, col]] = rows[at, col]
+            scores_out[pending[at], position[at, col]] = scores[at, col]
+            if last_try:
+                # an approximate index can miss items even when asked for all of them:
+                # finish exactly over the eligible rows, so heavy filters still get k
+                for q in pending[found < k]:
+                    own = excluded[offsets[q]:offsets[q + 1]]
+                    hits = self._exact(queries[q], set(own[(own >= 0) & (own < index.ntotal)]
+                                                       .tolist()), k)
+                    rows_out[q], scores_out[q] = -1, -np.inf
+                    rows_out[q, :len(hits)] = [r for r, _ in hits]
+                    scores_out[q, :len(hits)] = [s for _, s in hits]
+            pending = pending[~done]
             # approximate indexes may return fewer than asked: widen and try again
             fetch *= 2
         return rows_out, scores_out

@@ -1,6 +1,7 @@
 """The vectorised candidate and feature paths against the straightforward per-request loops they
 replaced (kept below as the reference), on randomised inputs: every candidate row, its order,
-every source rank and every feature value must be bit-identical.
+every source rank and every feature value must be bit-identical (the three similarity features:
+equal to float32 rounding, as they come from one matrix product per request).
 
 The references are the code as it was before vectorisation: a Python dict merge of the sources,
 scipy's sparse product for co-visitation, per-request dicts for history and category counts.
@@ -23,6 +24,7 @@ from recsys.index import ItemIndex
 from recsys.retrieval import RetrievalConfig, retrieve, source_ranks, user_profiles
 
 N_ITEMS = 400
+SIMILARITIES = ("sem_score", "sim_last", "sim_max_recent")
 N_CATEGORIES = 7
 
 
@@ -134,9 +136,14 @@ def reference_source_ranks(histories, profiles, item_lists, item_vectors, state)
                       pop_rank=cat(pop_rank, np.float32))
 
 
-def reference_per_request_features(histories, req, item, item_vectors, item_categories):
-    """sim_max_recent, in_history, cat_share and cat_last with a loop and dicts per request."""
+def reference_per_request_features(histories, profiles, req, item, item_vectors,
+                                   item_categories):
+    """The similarities, in_history, cat_share and cat_last with a loop and dicts per request."""
     vectors = item_vectors[item]
+    sem = np.einsum("ij,ij->i", profiles[req], vectors)
+    last_items = np.array([h[-1] if len(h) else -1 for h in histories], dtype=np.int64)[req]
+    sim_last = np.where(last_items >= 0, np.einsum(
+        "ij,ij->i", item_vectors[np.maximum(last_items, 0)], vectors), 0.0).astype(np.float32)
     best = np.zeros(len(req), dtype=np.float32)
     counts: dict[tuple[int, int], int] = {}
     shares: list[dict[int, float]] = []
@@ -156,6 +163,8 @@ def reference_per_request_features(histories, req, item, item_vectors, item_cate
             last_category[u] = cats[-1]
     cand_cats = item_categories[item]
     return {
+        "sem_score": sem,
+        "sim_last": sim_last,
         "sim_max_recent": best,
         "in_history": np.array([counts.get((int(r), int(i)), 0) for r, i in zip(req, item)],
                                dtype=np.float32),
@@ -163,6 +172,32 @@ def reference_per_request_features(histories, req, item, item_vectors, item_cate
                               dtype=np.float32),
         "cat_last": ((cand_cats >= 0) & (cand_cats == last_category[req])).astype(np.float32),
     }
+
+
+def reference_search(index: ItemIndex, queries, k, exclude):
+    """ItemIndex.search as a loop over every hit with a set per query."""
+    faiss_index = index.index_
+    m, k = queries.shape[0], int(min(k, faiss_index.ntotal))
+    rows_out = np.full((m, k), -1, dtype=np.int64)
+    scores_out = np.full((m, k), -np.inf, dtype=np.float32)
+    excluded = [set(int(r) for r in e) for e in exclude]
+    pending, fetch = np.arange(m), k + max((len(e) for e in excluded), default=0)
+    while pending.size:
+        fetch = int(min(fetch, faiss_index.ntotal))
+        scores, rows = faiss_index.search(queries[pending], fetch)
+        still = []
+        for q, query_scores, query_rows in zip(pending, scores, rows):
+            keep = [(r, s) for r, s in zip(query_rows, query_scores)
+                    if r >= 0 and r not in excluded[q]]
+            if len(keep) < k and fetch >= faiss_index.ntotal:
+                keep = index._exact(queries[q], excluded[q], k)
+            if len(keep) >= k or fetch >= faiss_index.ntotal:
+                rows_out[q, :len(keep[:k])] = [r for r, _ in keep[:k]]
+                scores_out[q, :len(keep[:k])] = [s for _, s in keep[:k]]
+            else:
+                still.append(q)
+        pending, fetch = np.asarray(still, dtype=np.int64), fetch * 2
+    return rows_out, scores_out
 
 
 # -- randomised world -------------------------------------------------------------------------
@@ -277,8 +312,8 @@ def test_feature_values_match_the_per_request_loops(seed):
                           RetrievalConfig(n_semantic=30, n_covisitation=20, n_popular=10))
     frame = candidate_features(requests, candidates, state, vectors, categories)
     assert frame.columns == list(FEATURES)
-    want = reference_per_request_features(histories, candidates.request, candidates.item,
-                                          vectors, categories)
+    want = reference_per_request_features(histories, requests.profiles, candidates.request,
+                                          candidates.item, vectors, categories)
     reference = reference_covisitation(state.covisitation, histories)
     want["covis_score"] = np.asarray(reference[candidates.request, candidates.item],
                                      np.float32).ravel()
@@ -286,7 +321,14 @@ def test_feature_values_match_the_per_request_loops(seed):
     want["covis_last"] = np.asarray(last[candidates.request, candidates.item],
                                     np.float32).ravel()
     for name, values in want.items():
-        np.testing.assert_array_equal(frame[name].to_numpy(), values, err_msg=name)
+        if name in SIMILARITIES:
+            # one product per request against [profile, recent items] sums in BLAS's order,
+            # not einsum's: equal to float32 rounding, not bit for bit (offline and online
+            # share this one path, and tests/test_features_equality.py holds them bit-equal)
+            np.testing.assert_allclose(frame[name].to_numpy(), values, rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(frame[name].to_numpy(), values, err_msg=name)
     # the same rows scored for a shuffled batch order carry the same values
     flipped = Requests(histories=histories[::-1], profiles=requests.profiles[::-1].copy(),
                        times=requests.times, last_event_times=requests.last_event_times)
@@ -294,3 +336,23 @@ def test_feature_values_match_the_per_request_loops(seed):
     np.testing.assert_array_equal(
         candidate_features(flipped, back, state, vectors, categories).to_numpy(),
         frame.to_numpy())
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_index_search_filters_exclusions_as_the_per_hit_loop(kind):
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((N_ITEMS, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = ItemIndex(kind, hnsw_m=8, ef_construction=20, ef_search=16).fit(vectors)
+    for trial in range(30):
+        m = int(rng.integers(1, 25))
+        queries = rng.standard_normal((m, 16)).astype(np.float32)
+        # every fifth trial excludes most of the catalogue: the widening and the exact finish
+        most = trial % 5 == 0
+        exclude = [set(rng.integers(0, N_ITEMS, int(rng.integers(0, N_ITEMS if most else 30)))
+                       .tolist()) for _ in range(m)]
+        for k in (1, 10, 60, N_ITEMS):
+            rows, scores = index.search(queries, k, exclude)
+            want_rows, want_scores = reference_search(index, queries, k, exclude)
+            np.testing.assert_array_equal(rows, want_rows)
+            np.testing.assert_array_equal(scores, want_scores)
