@@ -112,10 +112,9 @@ class ItemIndex:
         excluded, offsets = flatten(exclude) if exclude is not None else \
             (np.zeros(0, np.int64), np.zeros(m + 1, np.int64))
         skipped = PairSet(owners(offsets), excluded, index.ntotal)
-        n_skipped = np.bincount(skipped.keys // skipped.width, minlength=m)
 
         pending = np.arange(m)
-        fetch = k + int(n_skipped.max(initial=0))
+        fetch = k + skipped.max_per_owner()
         while pending.size:
             fetch = int(min(fetch, index.ntotal))
             scores, rows = index.search(queries[pending], fetch)
