@@ -96,6 +96,22 @@ class Candidates:
 def candidate_features(requests: Requests, candidates: Candidates, state: BehaviourState,
                        item_vectors: np.ndarray, item_categories: np.ndarray) -> pl.DataFrame:
     """One feature row per candidate, columns `FEATURES`, float32."""
+    return feature_frame(feature_matrix(requests, candidates, state, item_vectors,
+                                        item_categories))
+
+
+def feature_frame(block: np.ndarray) -> pl.DataFrame:
+    """The rows of `feature_matrix` as a frame with the `FEATURES` columns (no copy)."""
+    return pl.from_numpy(block, schema=list(FEATURES), orient="row")
+
+
+def feature_matrix(requests: Requests, candidates: Candidates, state: BehaviourState,
+                   item_vectors: np.ndarray, item_categories: np.ndarray) -> np.ndarray:
+    """The feature rows as one float32 block [candidates, FEATURES], column-major.
+
+    The serving path hands this block to the ranker as it is: wrapping it in a polars frame
+    (`candidate_features`) costs about 0.4 ms a call on a 2-core machine, a tenth of a lone
+    request's engine time, for nothing the ranker needs."""
     req, item = candidates.request.astype(np.int64), candidates.item.astype(np.int64)
     history_items, offsets = requests.flat_histories()
     lengths = list_lengths(offsets)
@@ -145,7 +161,7 @@ def candidate_features(requests: Requests, candidates: Candidates, state: Behavi
     block = np.empty((len(item), len(FEATURES)), dtype=np.float32, order="F")
     for j, name in enumerate(FEATURES):
         block[:, j] = columns[name]
-    return pl.from_numpy(block, schema=list(FEATURES), orient="row")
+    return block
 
 
 def _similarities(profiles, history_items, offsets, req, item, item_vectors):

@@ -9,6 +9,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
+from features.build import FEATURES
 from recsys.errors import BundleError
 
 
@@ -24,13 +25,22 @@ class Ranker:
             raise BundleError(f"ranker was trained on features {model_features}, "
                               f"the bundle declares {self.features}")
 
-    def matrix(self, rows: pl.DataFrame) -> np.ndarray:
+    def matrix(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
+        """The model's input: `rows` as a frame with (at least) the model's features, or as the
+        block of `features.build.feature_matrix` (columns `FEATURES`, in that order)."""
+        if isinstance(rows, np.ndarray):
+            if rows.ndim != 2 or rows.shape[1] != len(FEATURES):
+                raise ValueError(f"feature rows have shape {rows.shape}, expected "
+                                 f"[n, {len(FEATURES)}] in FEATURES order")
+            if self.features != list(FEATURES):
+                rows = rows[:, [FEATURES.index(name) for name in self.features]]
+            return rows.astype(np.float32, copy=False)
         # a frame already in model column order is read as is: `select` costs ~0.1 ms a call
         frame = rows if rows.columns == self.features else rows.select(self.features)
         return frame.to_numpy().astype(np.float32, copy=False)
 
-    def predict(self, rows: pl.DataFrame) -> np.ndarray:
-        if rows.height == 0:
+    def predict(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
             return np.zeros(0, dtype=np.float32)
         return self.booster.predict(self.matrix(rows), num_threads=self.threads).astype(np.float32)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from features.build import Candidates, Requests, candidate_features
+from features.build import Candidates, Requests, feature_frame, feature_matrix
 from features.state import BehaviourState
 from recsys.index import ItemIndex
 from recsys.interest import InterestModel
@@ -40,8 +40,11 @@ class RankingContext:
 
     def rows(self, requests: Requests, exclude: Sequence[set[int]] | None = None,
              allowed: np.ndarray | None = None,
-             given: Sequence[Sequence[int]] | None = None) -> tuple[Candidates, pl.DataFrame]:
-        """Candidates (retrieved, or the `given` item lists) and their feature rows."""
+             given: Sequence[Sequence[int]] | None = None,
+             as_frame: bool = True) -> tuple[Candidates, pl.DataFrame | np.ndarray]:
+        """Candidates (retrieved, or the `given` item lists) and their feature rows: a frame
+        with the `FEATURES` columns, or with `as_frame=False` the bare float32 block in that
+        column order (what the ranker reads; serving skips the frame)."""
         covis_scores = requests.covisitation_scores(self.state.covisitation)
         if given is None:
             candidates = retrieve(requests.histories, requests.profiles, self.index, self.state,
@@ -50,6 +53,6 @@ class RankingContext:
         else:
             candidates = source_ranks(requests.histories, requests.profiles, given,
                                       self.item_vectors, self.state, covis_scores=covis_scores)
-        features = candidate_features(requests, candidates, self.state, self.item_vectors,
-                                      self.item_categories)
-        return candidates, features
+        block = feature_matrix(requests, candidates, self.state, self.item_vectors,
+                               self.item_categories)
+        return candidates, feature_frame(block) if as_frame else block

@@ -254,7 +254,8 @@ class Recommender:
              allowed: np.ndarray | None = None, given: Sequence[Sequence[int]] | None = None,
              keep_features: bool = False) -> RankedBatch:
         """Retrieve (or take the `given` item lists), build features, score with the ranker."""
-        candidates, rows = self.context.rows(requests, exclude, allowed, given)
+        candidates, rows = self.context.rows(requests, exclude, allowed, given,
+                                             as_frame=keep_features)
         try:
             scores = self.ranker.predict(rows)
             degraded = False

@@ -103,3 +103,41 @@ def test_default_live_request_excludes_seen_but_keeps_feature_values(recommender
         np.testing.assert_array_equal(np.asarray(unseen.features.row(r), np.float32),
                                       np.asarray(everything.features.row(position[int(item)]),
                                                  np.float32))
+
+
+def test_serving_block_scores_equal_frame_scores(recommender):
+    """Serving hands the ranker the bare feature block (no polars frame); explanations,
+    training and evaluation use the frame. Both must score every row the same, bit for bit."""
+    users = sorted(recommender.users)[:N_USERS]
+    batch = recommender.request_batch([recommender.users[u] for u in users])
+    served = recommender.rank(batch)                      # the block path
+    framed = recommender.rank(batch, keep_features=True)  # the frame path
+    assert served.features is None and len(served.candidates) > 0
+    np.testing.assert_array_equal(served.candidates.item, framed.candidates.item)
+    np.testing.assert_array_equal(served.scores, framed.scores)
+    _, block = recommender.context.rows(batch, as_frame=False)
+    assert block.shape == (len(framed.candidates), len(FEATURES))
+    np.testing.assert_array_equal(block, framed.features.to_numpy())
+
+
+def test_ranker_reads_the_block_in_its_own_feature_order(recommender):
+    """A ranker trained on a subset of the features, in another order (an ablation), picks its
+    columns out of the block by name, as `select` does on the frame."""
+    import lightgbm as lgb
+
+    from recsys.ranker import Ranker
+
+    users = sorted(recommender.users)[:N_USERS]
+    batch = recommender.request_batch([recommender.users[u] for u in users])
+    _, frame = recommender.context.rows(batch)
+    _, block = recommender.context.rows(batch, as_frame=False)
+    subset = [name for name in reversed(FEATURES) if name != "n_sources"]
+    train = frame.select(subset).to_numpy()
+    labels = (np.arange(len(train)) % 3 == 0).astype(float)
+    booster = lgb.train({"objective": "binary", "verbose": -1, "min_data_in_leaf": 1},
+                        lgb.Dataset(train, labels, feature_name=subset), num_boost_round=3)
+    ranker = Ranker(booster, subset, threads=1)
+    np.testing.assert_array_equal(ranker.matrix(block), train)
+    np.testing.assert_array_equal(ranker.predict(block), ranker.predict(frame))
+    with pytest.raises(ValueError, match="expected"):
+        ranker.matrix(block[:, :5])

@@ -193,7 +193,7 @@ class RaisingRanker:
 class SleepingRanker(RaisingRanker):
     def predict(self, rows):
         time.sleep(2.0)
-        return np.zeros(rows.height, dtype=np.float32)
+        return np.zeros(len(rows), dtype=np.float32)
 
 
 @pytest.mark.parametrize("stub", [RaisingRanker, SleepingRanker])
