@@ -75,9 +75,13 @@ class ModelHolder:
         self.on_refused = on_refused or (lambda version: None)
         self._current: Recommender | None = None
         self._items_seq = 0                     # the last cold-start item change in _current
-        self._load_lock = threading.Lock()      # one load at a time
         self._swap_lock = threading.Lock()      # serialises swaps (reload, item changes)
         self._ranker_pool = ThreadPoolExecutor(max(2, threads), thread_name_prefix="ranker")
+        # Every load runs on this one long-lived thread, so loads never overlap. They used to
+        # run on the thread that asked (the admin route's worker threads end after 10 s idle),
+        # and each swap then left some of the freed model's memory behind in the server
+        # (RSS steps at swaps: docs/benchmarks.md, 30-minute soak).
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self._encoders: dict[str, object] = {}
         self.refused: dict[str, str] = {}       # version -> why it was refused
         self.last_error: str | None = None
@@ -105,40 +109,42 @@ class ModelHolder:
 
         With `promote`, CURRENT is pointed at it once it has loaded, so a poll never undoes it.
         """
+        return self._loader.submit(self._reload, version, promote).result()
+
+    def _reload(self, version: str | None, promote: bool) -> Recommender:
         if self.models_dir is None:
             raise NotFoundError("the server has no models directory")
-        with self._load_lock:
-            version = check_version_name(version or current_version(self.models_dir))
-            bundle = self.models_dir / version
-            if not bundle.is_dir():
-                raise NotFoundError(f"no model version {version} in {self.models_dir}")
-            started = time.perf_counter()
-            try:
-                read_manifest(bundle, verify=True)  # checksums of every file first
-                loaded = self.loader(bundle, verify=False, threads=self.threads)
-                prepared = self._prepare(loaded)
-                self._warm(prepared)
-                with self._swap_lock:
-                    # cold-start items, read under the lock so none added meanwhile is missed
-                    prepared, items_seq = self._apply_stored_items(prepared)
-                    if promote:
-                        set_current(self.models_dir, version)
-                    self._current, self._items_seq = prepared, items_seq
-            except Exception as exc:  # any failure refuses the bundle; the old keeps serving
-                reason = str(exc) if isinstance(exc, RecsysError) else \
-                    f"{type(exc).__name__}: {exc}"
-                self.refused[version] = reason
-                log.error("model %s refused: %s", version, reason)
-                self.on_refused(version)
-                raise BundleError(f"model {version} refused: {reason}") from exc
-            self.refused.pop(version, None)
-            self.last_error = None
-            log.info("serving model %s (loaded in %.2fs)", version, time.perf_counter() - started)
-            self.on_change(version)
-            release = threading.Timer(RELEASE_AFTER_SWAP_S, return_freed_memory)
-            release.daemon = True
-            release.start()
-            return prepared
+        version = check_version_name(version or current_version(self.models_dir))
+        bundle = self.models_dir / version
+        if not bundle.is_dir():
+            raise NotFoundError(f"no model version {version} in {self.models_dir}")
+        started = time.perf_counter()
+        try:
+            read_manifest(bundle, verify=True)  # checksums of every file first
+            loaded = self.loader(bundle, verify=False, threads=self.threads)
+            prepared = self._prepare(loaded)
+            self._warm(prepared)
+            with self._swap_lock:
+                # cold-start items, read under the lock so none added meanwhile is missed
+                prepared, items_seq = self._apply_stored_items(prepared)
+                if promote:
+                    set_current(self.models_dir, version)
+                self._current, self._items_seq = prepared, items_seq
+        except Exception as exc:  # any failure refuses the bundle; the old keeps serving
+            reason = str(exc) if isinstance(exc, RecsysError) else \
+                f"{type(exc).__name__}: {exc}"
+            self.refused[version] = reason
+            log.error("model %s refused: %s", version, reason)
+            self.on_refused(version)
+            raise BundleError(f"model {version} refused: {reason}") from exc
+        self.refused.pop(version, None)
+        self.last_error = None
+        log.info("serving model %s (loaded in %.2fs)", version, time.perf_counter() - started)
+        self.on_change(version)
+        release = threading.Timer(RELEASE_AFTER_SWAP_S, return_freed_memory)
+        release.daemon = True
+        release.start()
+        return prepared
 
     def _prepare(self, recommender: Recommender) -> Recommender:
         if self.ranker_timeout_s:
@@ -246,6 +252,7 @@ class ModelHolder:
         if self._poller is not None:
             self._poller.join(timeout=5)
         self._ranker_pool.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)
 
 
 __all__ = ["DeadlineRanker", "ModelHolder"]
