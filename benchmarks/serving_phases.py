@@ -22,7 +22,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 import numpy as np  # noqa: E402
 
-from features.build import candidate_features  # noqa: E402
+from features.build import feature_matrix  # noqa: E402
 from recsys.index import set_search_threads  # noqa: E402
 from recsys.recommender import Filters, RankedBatch, Recommender  # noqa: E402
 from recsys.retrieval import retrieve  # noqa: E402
@@ -31,7 +31,7 @@ from serving import service  # noqa: E402
 PHASES = ("filters, exclusion sets", "user profiles", "co-visitation scores",
           "FAISS search (as the batch asks it)",
           "retrieval around FAISS (sources, merge, exclusion filter)",
-          "feature rows (numpy + polars frame)", "LightGBM predict", "top-k per user",
+          "feature rows (numpy block)", "LightGBM predict", "top-k per user",
           "response bodies")
 
 
@@ -58,8 +58,8 @@ def phases(recommender: Recommender, users: list[str], batch: int) -> dict[str, 
                               context.retrieval, exclude=exclude, allowed=allowed,
                               covis_scores=covis)
         t.append(clock())
-        rows = candidate_features(requests, candidates, context.state, context.item_vectors,
-                                  context.item_categories)
+        rows = feature_matrix(requests, candidates, context.state, context.item_vectors,
+                              context.item_categories)  # the block, as serving hands it on
         t.append(clock())
         scores = recommender.ranker.predict(rows)
         t.append(clock())
