@@ -61,9 +61,10 @@ class UserHistories(Mapping[str, "History"]):
 
     Why not a dict of Histories: that made one Python object per history item (330k item rows for
     the 20k users of the 100k-item benchmark bundle, 450k small objects in all). Such objects live
-    in pymalloc's 1 MiB arenas, and an arena is handed back only when every object in it is gone;
-    objects made by requests while a bundle was loading stayed behind in its arenas, so each model
-    swap left memory pinned (docs/benchmarks.md, 30-minute soak).
+    in pymalloc's 1 MiB arenas, and an arena is handed back only when every object in it is gone,
+    so objects made by requests while a bundle was loading could pin the old bundle's arenas after
+    a swap. (Most of what swaps left behind turned out to be native memory, mended elsewhere:
+    docs/benchmarks.md, 30-minute soak.)
     """
 
     def __init__(self, user_ids: list[str], offsets: np.ndarray, items: np.ndarray,

@@ -24,6 +24,11 @@ class Ranker:
         if model_features != self.features:
             raise BundleError(f"ranker was trained on features {model_features}, "
                               f"the bundle declares {self.features}")
+        # where the model's columns sit in a `feature_matrix` block; None when the model uses
+        # features recsys does not build (rankers trained on other frames read frames only)
+        self._block_columns = [FEATURES.index(name) for name in self.features] \
+            if set(self.features) <= set(FEATURES) else None
+        self._block_in_order = self.features == list(FEATURES)
 
     def matrix(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
         """The model's input: `rows` as a frame with (at least) the model's features, or as the
@@ -32,8 +37,11 @@ class Ranker:
             if rows.ndim != 2 or rows.shape[1] != len(FEATURES):
                 raise ValueError(f"feature rows have shape {rows.shape}, expected "
                                  f"[n, {len(FEATURES)}] in FEATURES order")
-            if self.features != list(FEATURES):
-                rows = rows[:, [FEATURES.index(name) for name in self.features]]
+            if self._block_columns is None:
+                raise ValueError(f"this ranker uses features outside FEATURES ({self.features}):"
+                                 " pass a frame")
+            if not self._block_in_order:
+                rows = rows[:, self._block_columns]
             return rows.astype(np.float32, copy=False)
         # a frame already in model column order is read as is: `select` costs ~0.1 ms a call
         frame = rows if rows.columns == self.features else rows.select(self.features)
