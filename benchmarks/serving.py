@@ -11,7 +11,8 @@ sessions, a real HNSW index, behavioural state and a real LightGBM ranker traine
     also the whole in-process `recommend_histories` call;
   * a real server (`recsys serve`, subprocess, 127.0.0.1) loaded by a light asyncio HTTP/1.1
     client at concurrency 1, 8 and 32: p50/p99 latency and throughput, for each server setting
-    (processes, how many waiting requests one engine call may answer, model threads);
+    (processes, how many waiting requests one engine call may answer, model threads; a
+    trailing `:lgb` serves with LightGBM's predict instead of the compiled trees);
   * events ingested per second with durability on (SQLite WAL, synchronous=FULL).
 The ceiling is 2 cores / bare cost; targets from issue 4 are printed beside the numbers.
 """
@@ -158,7 +159,8 @@ def build_catalogue(models_dir: Path, *, n_items: int = 100_000, dim: int = 384,
 # -- bare cost -----------------------------------------------------------------------------------
 def bare_costs(models_dir: Path, n_requests: int = 300, seed: int = 1) -> dict:
     """Per request: one FAISS search + one LightGBM prediction (single thread), and the whole
-    in-process recommendation, for the same users the load test asks for."""
+    in-process recommendation, for the same users the load test asks for; also the prediction
+    through the compiled trees the server uses by default (recsys.compiled_trees)."""
     from recsys.index import set_search_threads
     from recsys.recommender import Recommender
     from recsys.retrieval import user_profiles
@@ -170,7 +172,8 @@ def bare_costs(models_dir: Path, n_requests: int = 300, seed: int = 1) -> dict:
     picked = [users[i] for i in rng.choice(len(users), n_requests, replace=False)]
     faiss_index = recommender.index.index_
     booster = recommender.ranker.booster
-    faiss_s, lgbm_s, engine_s, candidates = [], [], [], []
+    trees = recommender.ranker.with_compiled_trees().trees
+    faiss_s, lgbm_s, compiled_s, engine_s, candidates = [], [], [], [], []
     for user in picked:
         history = recommender.users[user]
         profile = user_profiles([history.items], recommender.item_vectors)
@@ -186,10 +189,14 @@ def bare_costs(models_dir: Path, n_requests: int = 300, seed: int = 1) -> dict:
         t2 = time.perf_counter()
         recommender.recommend_histories([history], 10, user_ids=[user])
         t3 = time.perf_counter()
+        trees.predict(matrix)
+        t4 = time.perf_counter()
         faiss_s.append(t1 - t0)
         lgbm_s.append(t2 - t1)
         engine_s.append(t3 - t2)
+        compiled_s.append(t4 - t3)
     bare = [f + g for f, g in zip(faiss_s, lgbm_s)]
+    bare_compiled = [f + g for f, g in zip(faiss_s, compiled_s)]
     # the same users 8 to a call, as the server's coalescing hands them to the engine
     batch_s = []
     for start in range(0, n_requests - 7, 8):
@@ -203,6 +210,8 @@ def bare_costs(models_dir: Path, n_requests: int = 300, seed: int = 1) -> dict:
             "faiss_ms_p50": 1000 * statistics.median(faiss_s),
             "lightgbm_ms_p50": 1000 * statistics.median(lgbm_s),
             "bare_ms_p50": 1000 * statistics.median(bare),
+            "compiled_trees_ms_p50": 1000 * statistics.median(compiled_s),
+            "bare_compiled_ms_p50": 1000 * statistics.median(bare_compiled),
             "engine_ms_p50": 1000 * statistics.median(engine_s),
             "users": picked}
 
@@ -365,9 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", nargs="+",
                         default=["1:32", "1:32:1", "1:1", "2:32", "2:32:1"],
                         help="server settings to measure side by side, as "
-                             "PROCESSES:BATCH_MAX[:MODEL_THREADS] (RECSYS_WORKERS, "
+                             "PROCESSES:BATCH_MAX[:MODEL_THREADS][:lgb] (RECSYS_WORKERS, "
                              "RECSYS_BATCH_MAX, RECSYS_MODEL_THREADS, default one per core; "
-                             "batch max 1 = no coalescing)")
+                             "batch max 1 = no coalescing; lgb: LightGBM's predict instead of "
+                             "the compiled trees)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     models = workdir / "models"
@@ -377,8 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     bare = bare_costs(models)
     cores = os.cpu_count() or 1
     ceiling = cores / (bare["bare_ms_p50"] / 1000)
+    # the server predicts through compiled trees: the stricter ceiling counts that cost instead
+    ceiling_compiled = cores / (bare["bare_compiled_ms_p50"] / 1000)
     print(f"bare cost: FAISS {bare['faiss_ms_p50']:.2f} ms + LightGBM "
-          f"{bare['lightgbm_ms_p50']:.2f} ms = {bare['bare_ms_p50']:.2f} ms "
+          f"{bare['lightgbm_ms_p50']:.2f} ms = {bare['bare_ms_p50']:.2f} ms; with compiled "
+          f"trees {bare['compiled_trees_ms_p50']:.3f} ms instead, "
+          f"{bare['bare_compiled_ms_p50']:.2f} ms (ceiling {ceiling_compiled:.0f} req/s); "
           f"({bare['candidates_median']:.0f} candidates); whole in-process recommendation "
           f"{bare['engine_ms_p50']:.2f} ms, 8 users per call "
           f"{bare['engine_batch8_ms_per_request_p50']:.2f} ms per user; ceiling "
@@ -386,13 +400,16 @@ def main(argv: list[str] | None = None) -> int:
 
     levels, ingest = [], []
     for setting in args.servers:
-        workers, batch_max, *threads = (int(x) for x in setting.split(":"))
+        parts = setting.split(":")
+        compiled = parts[-1] != "lgb"   # a trailing ":lgb": the server uses LightGBM's predict
+        workers, batch_max, *threads = (int(x) for x in parts if x != "lgb")
         model_threads = threads[0] if threads else cores
         store = workdir / f"events-{int(time.time())}-{workers}-{batch_max}-{model_threads}.sqlite"
         port = free_port()
         server = start_server(models, port, store, {"RECSYS_WORKERS": str(workers),
                                                     "RECSYS_BATCH_MAX": str(batch_max),
-                                                    "RECSYS_MODEL_THREADS": str(model_threads)})
+                                                    "RECSYS_MODEL_THREADS": str(model_threads),
+                                                    "RECSYS_COMPILED_RANKER": str(compiled)})
         if workers > 1:
             time.sleep(15)  # the other workers load their copy of the model
         try:
@@ -402,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                                           concurrency, args.seconds))
                 served = result["answered"]
                 result.update(workers=workers, batch_max=batch_max,
-                              model_threads=model_threads,
+                              model_threads=model_threads, compiled_ranker=compiled,
                               load_average_1min_after=os.getloadavg()[0],
                               server_cpu_ms_per_request=1000 * (tree_cpu_s(server.pid)
                                                                 - server_cpu) / served,
@@ -410,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 - client_cpu) / served)
                 levels.append(result)
                 print(f"workers {workers}, batch max {batch_max:>2}, model threads "
-                      f"{model_threads}, concurrency "
+                      f"{model_threads}, {'compiled trees' if compiled else 'LightGBM'}, "
+                      f"concurrency "
                       f"{concurrency:>2}: p50 "
                       f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
                       f"{result['throughput_rps']:.0f} req/s, statuses {result['statuses']}, "
@@ -449,7 +467,13 @@ def main(argv: list[str] | None = None) -> int:
                                         "workers": best_level["workers"],
                                         "batch_max": best_level["batch_max"],
                                         "model_threads": best_level["model_threads"],
+                                        "compiled_ranker": best_level["compiled_ranker"],
                                         "concurrency": best_level["concurrency"]},
+        # not the issue's target, which counts LightGBM's predict: the same throughput against
+        # the ceiling of the work the server actually does per request
+        "throughput_share_of_compiled_ceiling": {"value": best / ceiling_compiled,
+                                                 "target": ">= 0.6",
+                                                 "met": best / ceiling_compiled >= 0.6},
         "server_overhead_ms": {"value": c1["p50_ms"] - bare["bare_ms_p50"], "target": "< 5",
                                "met": c1["p50_ms"] - bare["bare_ms_p50"] < 5},
     }
@@ -459,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": {"cores": cores, "load_average_at_start": load_at_start,
                           "load_average_at_end": os.getloadavg()},
               "catalogue_items": 100_000, "bare": {k: v for k, v in bare.items() if k != "users"},
-              "ceiling_rps": ceiling, "recommendations": levels, "events": ingest,
+              "ceiling_rps": ceiling, "ceiling_compiled_rps": ceiling_compiled,
+              "recommendations": levels, "events": ingest,
               "targets": targets, "seconds_per_level": args.seconds}
     from recsys.io import write_json
 

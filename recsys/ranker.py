@@ -10,16 +10,24 @@ import numpy as np
 import polars as pl
 
 from features.build import FEATURES
+from recsys.compiled_trees import CompiledTrees, compile_trees
 from recsys.errors import BundleError
 
 
 class Ranker:
-    """Scores feature rows; higher is better. Wraps a LightGBM booster (text format, no pickle)."""
+    """Scores feature rows; higher is better. Wraps a LightGBM booster (text format, no pickle).
 
-    def __init__(self, booster: lgb.Booster, features: list[str], *, threads: int = 0) -> None:
+    `with_compiled_trees()` gives the same ranker predicting through the trees compiled to
+    machine code (recsys.compiled_trees), ~10x faster on one request's rows and checked to give
+    LightGBM's scores; SHAP contributions always come from LightGBM.
+    """
+
+    def __init__(self, booster: lgb.Booster, features: list[str], *, threads: int = 0,
+                 trees: CompiledTrees | None = None) -> None:
         self.booster = booster
         self.features = list(features)
         self.threads = threads
+        self.trees = trees
         model_features = booster.feature_name()
         if model_features != self.features:
             raise BundleError(f"ranker was trained on features {model_features}, "
@@ -47,10 +55,25 @@ class Ranker:
         frame = rows if rows.columns == self.features else rows.select(self.features)
         return frame.to_numpy().astype(np.float32, copy=False)
 
+    @property
+    def compiled(self) -> bool:
+        return self.trees is not None
+
+    def with_compiled_trees(self) -> "Ranker":
+        """This ranker predicting through compiled trees; raises CompiledTreesError (lleaves
+        missing, failing, or disagreeing with LightGBM), and then this ranker still works."""
+        if self.trees is not None:
+            return self
+        return Ranker(self.booster, self.features, threads=self.threads,
+                      trees=compile_trees(self.booster))
+
     def predict(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
         if len(rows) == 0:
             return np.zeros(0, dtype=np.float32)
-        return self.booster.predict(self.matrix(rows), num_threads=self.threads).astype(np.float32)
+        matrix = self.matrix(rows)
+        scores = self.trees.predict(matrix, self.threads) if self.trees is not None else \
+            self.booster.predict(matrix, num_threads=self.threads)
+        return scores.astype(np.float32)
 
     def contributions(self, rows: pl.DataFrame) -> np.ndarray:
         """Per-feature contributions (SHAP values) [n, n_features + 1]; the last column is the bias."""

@@ -60,8 +60,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             event_store = SqliteEventStore(store_path)  # EventStoreError stops the start
         holder = ModelHolder(settings.models_dir, store=event_store, threads=1,
                              ranker_timeout_s=settings.ranker_timeout_ms / 1000.0,
-                             loader=loader, on_change=metrics.model_loaded,
-                             on_refused=metrics.model_refused)
+                             compiled_ranker=settings.compiled_ranker, loader=loader,
+                             on_change=metrics.model_loaded, on_refused=metrics.model_refused)
         holder.load_current()
         holder.start_polling(settings.poll_current_s)
         pool = ModelPool(settings.model_threads, settings.max_pending)

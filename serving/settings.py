@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     model_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     max_pending: int = Field(64, ge=1)
     ranker_timeout_ms: float = Field(200.0, gt=0)   # past it: retrieval order, marked degraded
+    # Predict through the ranker's trees compiled to machine code (lleaves; checked against
+    # LightGBM's scores at load, which stays in use if they disagree): ~10x cheaper per request.
+    compiled_ranker: bool = True
     # Recommendation requests that wait for a model thread are answered together, at most this
     # many per engine call (1: every request alone). See serving/batching.py.
     batch_max: int = Field(32, ge=1, le=1000)
