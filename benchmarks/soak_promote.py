@@ -6,7 +6,8 @@ every response after it from the new one.
                                       [--json benchmarks/results/soak_promote.json]
 
 Uses the 100k-item bundle of benchmarks/serving.py (built there on first use) as v1 and a copy
-of it as v2; promotes with the CLI (`recsys models promote`) plus POST /admin/reload, then
+of it with every leaf value of its ranker scaled by 1.0001 as v3 (the same order of items, but
+a model of its own, so the server compiles its trees during the swap, under load); promotes with the CLI (`recsys models promote`) plus POST /admin/reload, then
 rolls back so the next run starts from v1 again.
 """
 
@@ -34,6 +35,25 @@ from recsys.bundle import current_version, set_current  # noqa: E402
 from serving.testing import copy_bundle  # noqa: E402
 
 CLIENTS = 16
+NEW = "v3"
+
+
+def scale_leaves(bundle: Path) -> None:
+    """Every leaf value of the bundle's ranker times 1.0001: the same ranking, another model
+    (rewritten through LightGBM, so the file stays well formed)."""
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_file=str(bundle / "ranker.txt"))
+    for tree in booster.dump_model()["tree_info"]:
+        stack = [tree["tree_structure"]]
+        while stack:
+            node = stack.pop()
+            if "leaf_index" in node:
+                booster.set_leaf_output(tree["tree_index"], node["leaf_index"],
+                                        node["leaf_value"] * 1.0001)
+            else:
+                stack.extend((node["left_child"], node["right_child"]))
+    booster.save_model(str(bundle / "ranker.txt"))
 
 
 async def soak(port: int, users: list[str], seconds: float, promote_at: float, promote) -> dict:
@@ -74,8 +94,8 @@ async def soak(port: int, users: list[str], seconds: float, promote_at: float, p
     await asyncio.gather(promoter(), *(client(c) for c in range(CLIENTS)))
     done = swap["done"]
     failed = [r for r in records if r[2] != 200]
-    stale = [r for r in records if r[0] >= done and r[3] != "v2"]
-    new_before = [r for r in records if r[1] < swap["asked"] and r[3] == "v2"]
+    stale = [r for r in records if r[0] >= done and r[3] != NEW]
+    new_before = [r for r in records if r[1] < swap["asked"] and r[3] == NEW]
     return {"clients": CLIENTS, "seconds": seconds, "requests": len(records),
             "failed_requests": len(failed) + len(failures), "failure_samples": failures[:5],
             "responses_by_version": {v: sum(1 for r in records if r[3] == v)
@@ -97,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     models = workdir / "models"
     bench.build_catalogue(models)
-    if not (models / "v2" / "manifest.json").exists():
-        copy_bundle(models, "v1", "v2")
+    if not (models / NEW / "manifest.json").exists():
+        copy_bundle(models, "v1", NEW, change=scale_leaves)
     set_current(models, "v1")
     from recsys.recommender import Recommender
 
@@ -108,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def promote() -> None:
         subprocess.run([sys.executable, "-m", "recsys.cli", "models", "promote", str(models),
-                        "v2"], check=True, cwd=ROOT, capture_output=True)
+                        NEW], check=True, cwd=ROOT, capture_output=True)
         reader = asyncio.run(bench.admin_reload(port))
         if reader != 200:
             raise RuntimeError(f"admin reload answered {reader}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import lightgbm as lgb
@@ -86,10 +87,32 @@ class Ranker:
     def load(cls, path: str | os.PathLike[str], features: list[str], *, threads: int = 0) -> "Ranker":
         path = Path(path)
         # LightGBM aborts the whole process on some truncated model files: check the end marker
-        if b"end of trees" not in path.read_bytes():
+        data = path.read_bytes()
+        if b"end of trees" not in data:
             raise BundleError(f"{path}: not a complete LightGBM model (truncated: no 'end of trees')")
+        check_tree_sizes(data, path)
         try:
             booster = lgb.Booster(model_file=str(path))
         except lgb.basic.LightGBMError as exc:
             raise BundleError(f"{path}: not a readable LightGBM model ({exc})") from exc
         return cls(booster, features, threads=threads)
+
+
+def check_tree_sizes(data: bytes, path: Path) -> None:
+    """LightGBM cuts the model text into trees by its `tree_sizes` header and parses them on
+    several threads, where a parse error ends the whole process ("terminate called without an
+    active exception": measured, a bundle whose ranker.txt was edited by hand killed the
+    server during a reload). So the cuts are checked here first: every one must start a tree,
+    in order, and the last must end where the trees end."""
+    header = re.search(rb"^tree_sizes=([0-9 ]*)$", data, re.MULTILINE)
+    if header is None:
+        return  # without it LightGBM parses one tree after another and raises on errors
+    position = data.find(b"Tree=", header.end())
+    for i, size in enumerate(int(size) for size in header.group(1).split()):
+        if position < 0 or not data.startswith(b"Tree=%d\n" % i, position):
+            raise BundleError(f"{path}: LightGBM model whose tree_sizes do not match its trees "
+                              f"(tree {i}): the file was edited or is corrupt")
+        position += size
+    if position < 0 or not data.startswith(b"end of trees", position):
+        raise BundleError(f"{path}: LightGBM model whose tree_sizes do not match its trees "
+                          "(they do not end where the trees end)")

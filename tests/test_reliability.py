@@ -72,8 +72,16 @@ def _flip_byte(path):
     (path / "items.parquet").write_bytes(bytes(data))
 
 
+def _edit_leaf_values(path):
+    # longer leaf values: the trees no longer have the byte sizes the tree_sizes header gives,
+    # which made LightGBM end the whole server process while it loaded them
+    text = (path / "ranker.txt").read_text()
+    (path / "ranker.txt").write_text(text.replace("leaf_value=", "leaf_value=0.0000 ", 1))
+
+
 BROKEN = {  # name: (change, reseal the manifest?, what the refusal must say)
     "truncated-ranker": (_truncate_ranker, True, "LightGBM"),
+    "edited-ranker": (_edit_leaf_values, True, "tree_sizes do not match its trees"),
     "wrong-dim": (_wrong_dim, True, "dimension mismatch"),
     "checksum": (_flip_byte, False, "checksum mismatch for items.parquet"),
     "missing-file": (lambda p: (p / "index.faiss").unlink(), False, "missing file index.faiss"),
