@@ -454,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
 
     # targets: latency at c=1 from one worker; p99 at c=8 and throughput from the best setting
-    c1 = min((lv for lv in levels if lv["concurrency"] == 1), key=lambda lv: lv["workers"])
+    # (the server's default first: one process, compiled trees)
+    c1 = min((lv for lv in levels if lv["concurrency"] == 1),
+             key=lambda lv: (lv["workers"], not lv["compiled_ranker"]))
     c8 = min((lv for lv in levels if lv["concurrency"] == 8), key=lambda lv: lv["p99_ms"])
     best_level = max(levels, key=lambda lv: lv["throughput_rps"])
     best = max(level["throughput_rps"] for level in levels)
