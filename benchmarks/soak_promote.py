@@ -7,8 +7,9 @@ every response after it from the new one.
 
 Uses the 100k-item bundle of benchmarks/serving.py (built there on first use) as v1 and a copy
 of it with every leaf value of its ranker scaled by 1.0001 as v3 (the same order of items, but
-a model of its own, so the server compiles its trees during the swap, under load); promotes with the CLI (`recsys models promote`) plus POST /admin/reload, then
-rolls back so the next run starts from v1 again.
+a model of its own, so the server compiles its trees during the swap, under load); promotes
+with the CLI (`recsys models promote`) plus POST /admin/reload, then rolls back so the next run
+starts from v1 again.
 """
 
 from __future__ import annotations

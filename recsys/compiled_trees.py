@@ -45,9 +45,8 @@ class CompiledTrees:
     LightGBM's. The call releases the GIL, like LightGBM's.
     """
 
-    def __init__(self, model, n_features: int, compile_s: float) -> None:
+    def __init__(self, model, compile_s: float) -> None:
         self._model = model
-        self.n_features = n_features
         self.compile_s = compile_s
 
     def predict(self, rows: np.ndarray, threads: int = 1) -> np.ndarray:
@@ -91,7 +90,7 @@ def compile_trees(booster: lgb.Booster) -> CompiledTrees:
     except Exception as exc:  # an LLVM or parser failure: LightGBM's predict still works
         raise CompiledTreesError(f"lleaves could not compile the ranker's trees "
                                  f"({type(exc).__name__}: {exc})") from exc
-    compiled = CompiledTrees(model, booster.num_feature(), time.perf_counter() - started)
+    compiled = CompiledTrees(model, time.perf_counter() - started)
     check_agreement(compiled, booster)
     with _cache_lock:
         _cache[key] = compiled

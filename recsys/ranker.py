@@ -91,9 +91,9 @@ class Ranker:
         if b"end of trees" not in data:
             raise BundleError(f"{path}: not a complete LightGBM model (truncated: no 'end of trees')")
         check_tree_sizes(data, path)
-        try:
-            booster = lgb.Booster(model_file=str(path))
-        except lgb.basic.LightGBMError as exc:
+        try:  # from the bytes already read: the file is read once
+            booster = lgb.Booster(model_str=data.decode())
+        except (lgb.basic.LightGBMError, UnicodeDecodeError) as exc:
             raise BundleError(f"{path}: not a readable LightGBM model ({exc})") from exc
         return cls(booster, features, threads=threads)
 

@@ -66,7 +66,8 @@ class DeadlineRanker:
 class ModelHolder:
     def __init__(self, models_dir: Path | None, *, store: EventStore | None = None,
                  threads: int = 1, ranker_timeout_s: float | None = 0.2,
-                 compiled_ranker: bool = False, loader: Loader | None = None, on_change: Callable[[str | None], None] = None,
+                 compiled_ranker: bool = False, loader: Loader | None = None,
+                 on_change: Callable[[str | None], None] = None,
                  on_refused: Callable[[str], None] = None) -> None:
         self.models_dir = None if models_dir is None else Path(models_dir)
         self.store = store
