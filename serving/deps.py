@@ -70,24 +70,35 @@ async def get_context(request: Request) -> AppContext:
 Ctx = Annotated[AppContext, Depends(get_context)]
 
 
+def authorize(ctx: AppContext, api_key: str | None, role: str, client_host: str | None) -> str:
+    """The caller's key id for `role`, after the key check and the rate limit (AuthError,
+    RateLimited). Keyless callers of open data routes share a bucket per client address."""
+    caller = ctx.keys.check(api_key, role)
+    bucket = caller if caller != "anonymous" else f"ip:{client_host or '?'}"
+    wait = ctx.limiter.acquire(f"{role}:{bucket}")
+    if wait > 0:
+        ctx.metrics.rate_limited.inc()
+        raise RateLimited(wait, caller)
+    return caller
+
+
 def _access(role: str):
     async def check(request: Request, ctx: Ctx,
               api_key: Annotated[str | None, Security(api_key_header)] = None) -> str:
-        caller = ctx.keys.check(api_key, role)
-        bucket = caller if caller != "anonymous" else \
-            f"ip:{request.client.host if request.client else '?'}"
-        wait = ctx.limiter.acquire(f"{role}:{bucket}")
+        try:
+            caller = authorize(ctx, api_key, role,
+                               request.client.host if request.client else None)
+        except RateLimited as exc:
+            request.state.caller = exc.caller  # the access log names who was limited
+            raise
         request.state.caller = caller
-        if wait > 0:
-            ctx.metrics.rate_limited.inc()
-            raise RateLimited(wait)
         return caller
     return check
 
 
-check_data_caller = _access(DATA)  # also called directly by the recommendations fast path
+check_data_caller = _access(DATA)
 DataCaller = Annotated[str, Depends(check_data_caller)]
 AdminCaller = Annotated[str, Depends(_access(ADMIN))]
 
 __all__ = ["AdminCaller", "AppContext", "Ctx", "DataCaller", "ModelPool", "api_key_header",
-           "check_data_caller", "get_context"]
+           "authorize", "check_data_caller", "get_context"]

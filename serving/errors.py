@@ -21,9 +21,10 @@ class Overloaded(RecsysError):
 
 
 class RateLimited(RecsysError):
-    def __init__(self, wait_s: float) -> None:
+    def __init__(self, wait_s: float, caller: str = "-") -> None:
         super().__init__(f"rate limit exceeded: retry in {wait_s:.2f}s")
         self.wait_s = wait_s
+        self.caller = caller
 
 
 class NoModel(RecsysError):

@@ -38,6 +38,17 @@ Every recommendation response names the `model_version` that produced it and its
 open."""
 
 
+class RecsysAPI(FastAPI):
+    """FastAPI, with the recommendations fast path (serving.routes.recommendations.fast_path)
+    tried before its middleware stack."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and await recommendations.fast_path(self, scope, receive,
+                                                                       send):
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, loader: Loader | None = None,
                store: EventStore | None = None) -> FastAPI:
     """The app. `loader` replaces `Recommender.load` and `store` the SQLite store (tests)."""
@@ -85,7 +96,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             if scratch is not None:
                 scratch.cleanup()
 
-    app = FastAPI(title="recsys", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = RecsysAPI(title="recsys", version="1", description=DESCRIPTION, lifespan=lifespan)
     for router in (recommendations.router, items.router, events.router, health.router,
                    admin.router):
         app.include_router(router)

@@ -42,15 +42,20 @@ class ServingMiddleware:
             else:
                 replay = _replay(body, receive) if body is not None else receive
                 await self.app(scope, replay, send_tracking)
-        elapsed = time.perf_counter() - started
         route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
-        self.metrics.request_seconds.labels(route=template, method=scope["method"],
-                                            status=str(status["code"])).observe(elapsed)
-        state = scope.get("state") or {}
-        access_log.info("request", extra={
-            "method": scope["method"], "route": template, "status": status["code"],
-            "ms": round(elapsed * 1000, 2), "caller": state.get("caller", "-")})
+        record(self.metrics, scope["method"], getattr(route, "path", None) or "unmatched",
+               status["code"], time.perf_counter() - started,
+               (scope.get("state") or {}).get("caller", "-"))
+
+
+def record(metrics: Metrics, method: str, route: str, status: int, elapsed_s: float,
+           caller: str) -> None:
+    """A request's latency metric and access log line (here and on the recommendations fast
+    path, serving.routes.recommendations.fast_path)."""
+    metrics.request_seconds.labels(route=route, method=method, status=str(status)) \
+        .observe(elapsed_s)
+    access_log.info("request", extra={"method": method, "route": route, "status": status,
+                                      "ms": round(elapsed_s * 1000, 2), "caller": caller})
 
 
 def _content_length(scope) -> int | None:
@@ -98,4 +103,4 @@ async def _too_large(send, limit: int) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-__all__ = ["ServingMiddleware"]
+__all__ = ["ServingMiddleware", "record"]

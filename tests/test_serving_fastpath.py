@@ -1,9 +1,10 @@
-"""The fast path of GET /recommendations/{user_id} (serving.routes.recommendations.UserRoute)
+"""The fast path of GET /recommendations/{user_id} (serving.routes.recommendations.fast_path)
 answers exactly as FastAPI's own path does: the same status, headers and bytes, the same
 metrics; and what it does not understand it leaves to FastAPI."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -98,6 +99,39 @@ def test_what_the_fast_path_does_not_understand_goes_to_fastapi(models, monkeypa
         assert fast == slow and fast[0] == 422
         fast, slow = _both(client, paths, f"/recommendations/{user}", {"X-API-Key": ""})
         assert fast == slow and fast[0] == 401
+
+
+def test_a_get_with_an_empty_body_is_fast_and_one_with_a_body_is_not(models, monkeypatch):
+    # clients that send "Content-Length: 0" on a GET (the benchmark's does) take the fast path
+    paths = Paths(monkeypatch)
+    with TestClient(create_app(_settings(models)), headers=HEADERS) as client:
+        user = sorted(client.app.state.context.holder.current.users)[0]
+        url = f"/recommendations/{user}?k=5"
+        before = paths.fast
+        fast, slow = _both(client, paths, url, {"Content-Length": "0"})
+        assert fast == slow and fast[0] == 200 and paths.fast == before + 1
+        before = paths.fast
+        answer = client.request("GET", url, content=b"{}")
+        assert answer.status_code == 200 and paths.fast == before
+
+
+def test_the_fast_path_logs_each_request_as_the_middleware_does(models, monkeypatch, caplog):
+    paths = Paths(monkeypatch)
+    with TestClient(create_app(_settings(models)), headers=HEADERS) as client:
+        user = sorted(client.app.state.context.holder.current.users)[0]
+        lines = {}
+        for enabled in (True, False):
+            paths.enabled = enabled
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="recsys.access"):
+                for key in (DATA_KEY, "wrong-key-0123456789"):
+                    client.get(f"/recommendations/{user}?k=5", headers={"X-API-Key": key})
+            lines[enabled] = [(r.method, r.route, r.status, r.caller) for r in caplog.records
+                              if r.name == "recsys.access"]
+        assert lines[True] == lines[False]
+        assert [line[2] for line in lines[True]] == [200, 401]
+        assert lines[True][0][1] == "/recommendations/{user_id}"
+        assert lines[True][0][3].startswith("key-") and lines[True][1][3] == "-"
 
 
 def test_rate_limit_and_no_model_answer_as_fastapi(models, tmp_path, monkeypatch):

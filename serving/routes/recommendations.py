@@ -1,11 +1,13 @@
 """Recommendations for a known user (live history included) or an anonymous history.
 
 Both go through the coalescer (serving.batching): requests waiting for the model share one
-engine call. `GET /recommendations/{user_id}` with a plain query string skips FastAPI's
-per-request parameter solving (`UserRoute`); everything else takes FastAPI's own path."""
+engine call. `GET /recommendations/{user_id}` with a plain query string is answered by
+`fast_path`, in front of FastAPI's middleware stack (serving.main.RecsysAPI); everything else
+takes FastAPI's own path."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
@@ -13,7 +15,10 @@ from fastapi.routing import APIRoute, serialize_response
 from starlette.responses import Response
 
 from serving import service
-from serving.deps import Ctx, DataCaller, check_data_caller, get_context
+from serving.auth import DATA
+from serving.deps import Ctx, DataCaller, authorize
+from serving.errors import RateLimited
+from serving.middleware import record
 from serving.schemas import (MAX_ID, MAX_K, MAX_LIST, Diversity, ErrorResponse, HistoryRequest,
                              RecommendationResponse)
 
@@ -61,40 +66,82 @@ def plain_query(raw: bytes) -> dict | None:
     return args
 
 
-class UserRoute(APIRoute):
-    """The route of `recommend_for_user`, with a fast path for its common form.
+ROUTE = "/recommendations/{user_id}"
+_PREFIX = "/recommendations/"
 
-    FastAPI solves the eight parameters and two dependencies of this route anew on every
-    request, which measured about 0.2 ms of CPU, more than the rest of the HTTP layer. A request
-    whose query string `plain_query` understands, that carries an X-API-Key header and meets no
-    dependency override is answered here with the same calls FastAPI would make: the same
-    dependencies (context, key check, rate limit), the same endpoint, the same response
-    serializer; errors raised on the way reach the same exception handlers. Any other request
-    takes FastAPI's path. tests/test_serving_fastpath.py checks both give the same status,
-    headers and bytes."""
 
-    async def handle(self, scope, receive, send) -> None:
-        args = plain_query(scope.get("query_string", b"")) if scope["method"] == "GET" else None
-        user_id = scope.get("path_params", {}).get("user_id")
-        api_key = _header(scope, b"x-api-key")
-        app = scope.get("app")
-        if (args is None or not user_id or len(user_id) > MAX_ID or not api_key
-                or getattr(app, "dependency_overrides", None)):
-            await super().handle(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        ctx = await get_context(request)
-        caller = await check_data_caller(request, ctx, api_key)
+async def fast_path(app, scope, receive, send) -> bool:
+    """Answer `GET /recommendations/{user_id}` in its common form here, before FastAPI's
+    stack; False (nothing sent) for any other request, which the app then serves as always.
+
+    Every layer of the stack (seven middlewares, the router, the route's parameter solving)
+    runs for each request; together with them the event loop spent about ten times the CPU
+    per request that uvicorn alone needs, measured at concurrency 32 (docs/benchmarks.md,
+    Serving). A request whose query string `plain_query` understands, that carries an
+    X-API-Key header and no body (none, or Content-Length: 0), on an app with no dependency overrides, is answered with
+    the calls FastAPI would make: the same key check and rate limit (serving.deps.authorize),
+    the same endpoint, the same response serializer, the app's own exception handlers for
+    whatever is raised, and the same latency metric and access log line
+    (serving.middleware.record). tests/test_serving_fastpath.py checks both give the same
+    status, headers and bytes."""
+    path = scope["path"]
+    if (scope["method"] != "GET" or not path.startswith(_PREFIX) or scope.get("root_path")
+            or app.dependency_overrides):
+        return False
+    user_id = path[len(_PREFIX):]
+    if not user_id or "/" in user_id or len(user_id) > MAX_ID:
+        return False
+    api_key = _header(scope, b"x-api-key")
+    if not api_key or _header(scope, b"content-length") not in (None, "0") \
+            or _header(scope, b"transfer-encoding") is not None:
+        return False
+    args = plain_query(scope.get("query_string", b""))
+    if args is None:
+        return False
+    started = time.perf_counter()
+    scope["app"] = app
+    ctx = app.state.context
+    caller = "-"
+    try:
+        client = scope.get("client")
+        caller = authorize(ctx, api_key, DATA, client[0] if client else None)
         result = await recommend_for_user(ctx, caller, user_id, exclude=[], categories=None,
                                           exclude_categories=[], **args)
-        content = await serialize_response(
-            field=self.response_field, response_content=result,
-            include=self.response_model_include, exclude=self.response_model_exclude,
-            by_alias=self.response_model_by_alias,
-            exclude_unset=self.response_model_exclude_unset,
-            exclude_defaults=self.response_model_exclude_defaults,
-            exclude_none=self.response_model_exclude_none, dump_json=True)
-        await Response(content=content, media_type="application/json")(scope, receive, send)
+        response = Response(content=await _serialize(result),
+                            media_type="application/json")
+    except Exception as exc:  # what FastAPI's exception middlewares would answer
+        if isinstance(exc, RateLimited):
+            caller = exc.caller
+        response = await _handler(app, exc)(Request(scope, receive), exc)
+    await response(scope, receive, send)
+    record(ctx.metrics, "GET", ROUTE, response.status_code, time.perf_counter() - started,
+           caller)
+    return True
+
+
+def _handler(app, exc: Exception):
+    # the nearest registered class in the exception's MRO, as Starlette looks it up
+    for cls in type(exc).__mro__:
+        if cls in app.exception_handlers:
+            return app.exception_handlers[cls]
+    raise exc
+
+
+async def _serialize(result: dict) -> bytes:
+    route = _USER_ROUTE
+    return await serialize_response(
+        field=route.response_field, response_content=result,
+        include=route.response_model_include, exclude=route.response_model_exclude,
+        by_alias=route.response_model_by_alias,
+        exclude_unset=route.response_model_exclude_unset,
+        exclude_defaults=route.response_model_exclude_defaults,
+        exclude_none=route.response_model_exclude_none, dump_json=True)
+
+
+def _route() -> APIRoute:
+    # this module's own route object: its response field is what FastAPI serializes with
+    return next(r for r in router.routes if isinstance(r, APIRoute) and r.path == ROUTE
+                and "GET" in r.methods)
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -125,8 +172,9 @@ async def recommend_for_user(
     return _count(ctx, "user", result)
 
 
-router.add_api_route("/recommendations/{user_id}", recommend_for_user, methods=["GET"],
-                     response_model=RecommendationResponse, route_class_override=UserRoute)
+router.add_api_route(ROUTE, recommend_for_user, methods=["GET"],
+                     response_model=RecommendationResponse)
+_USER_ROUTE = _route()
 
 
 @router.post("/recommendations", response_model=RecommendationResponse)
