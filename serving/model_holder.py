@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features.build import FEATURES
 from recsys.bundle import check_version_name, current_version, read_manifest, set_current
 from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
@@ -43,6 +44,32 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+# A compiled ranker that scores this many rows (more than a full batch of requests holds:
+# 32 x ~250 candidates) in under this share of its time budget predicts on the model thread.
+PROBE_ROWS = 10_000
+PROBE_SHARE = 0.1
+
+
+def predicts_well_within(ranker, timeout_s: float) -> bool:
+    """Whether `ranker` is compiled trees that score PROBE_ROWS rows in PROBE_SHARE of
+    `timeout_s`. Such a ranker then predicts on the model thread itself: its cost is a fixed
+    walk of each tree per row, it cannot hang, and handing each batch to the deadline thread
+    and back cost more server CPU than the prediction (same-run A/B at concurrency 32:
+    docs/benchmarks.md, Serving). Any other ranker (LightGBM's predict, a loader's own) keeps
+    its deadline thread."""
+    if not getattr(ranker, "compiled", False):
+        return False
+    # the block the engine hands over (features.build.feature_matrix): FEATURES columns
+    rows = np.asfortranarray(np.random.default_rng(0).standard_normal(
+        (PROBE_ROWS, len(FEATURES)), dtype=np.float32))
+    started = time.perf_counter()
+    try:
+        ranker.predict(rows)
+    except Exception:  # noqa: BLE001 - a ranker that cannot take the block keeps the thread
+        return False
+    return time.perf_counter() - started < PROBE_SHARE * timeout_s
 
 
 class DeadlineRanker:
@@ -143,10 +170,12 @@ class ModelHolder:
             raise BundleError(f"model {version} refused: {reason}") from exc
         self.refused.pop(version, None)
         self.last_error = None
-        log.info("serving model %s (loaded in %.2fs; ranker: %s)", version,
+        log.info("serving model %s (loaded in %.2fs; ranker: %s, %s)", version,
                  time.perf_counter() - started,
                  "compiled trees" if getattr(prepared.ranker, "compiled", False)
-                 else "LightGBM predict")
+                 else "LightGBM predict",
+                 "deadline thread" if isinstance(prepared.ranker, DeadlineRanker)
+                 else "on the model thread")
         self.on_change(version)
         release = threading.Timer(RELEASE_AFTER_SWAP_S, return_freed_memory)
         release.daemon = True
@@ -161,7 +190,8 @@ class ModelHolder:
             except CompiledTreesError as exc:  # LightGBM's own predict still gives the scores
                 log.warning("model %s: serving with LightGBM's predict: %s",
                             recommender.version, exc)
-        if self.ranker_timeout_s:
+        if self.ranker_timeout_s and not predicts_well_within(recommender.ranker,
+                                                              self.ranker_timeout_s):
             recommender = recommender.with_ranker(
                 DeadlineRanker(recommender.ranker, self.ranker_timeout_s, self._ranker_pool))
         return recommender

@@ -134,3 +134,38 @@ def test_a_model_compiled_once_is_not_compiled_again(monkeypatch):
     monkeypatch.setattr(compiled_trees, "KEEP", 0)
     assert compile_trees(_booster(5, rounds=5)) is not first
     assert not compiled_trees._cache
+
+
+def test_fast_compiled_trees_predict_on_the_model_thread_and_others_keep_the_deadline_thread(
+        models_dir, tmp_path):
+    from serving.model_holder import DeadlineRanker
+
+    kinds = {}
+    for compiled in (True, False):
+        app = create_app(_settings(models_dir, tmp_path, compiled_ranker=compiled))
+        with TestClient(app) as client:
+            ranker = client.app.state.context.holder.current.ranker
+            kinds[compiled] = type(ranker)
+            assert _served(client, sorted(client.app.state.context.holder.current.users)[0]
+                           )["source"] == "model"
+    assert kinds[True] is Ranker            # no thread hop per batch
+    assert kinds[False] is DeadlineRanker   # LightGBM's predict: the deadline thread
+
+
+def test_compiled_trees_too_slow_for_the_budget_keep_the_deadline_thread(recommender):
+    from serving.model_holder import PROBE_ROWS, predicts_well_within
+
+    trees = recommender.ranker.with_compiled_trees()
+    assert predicts_well_within(trees, timeout_s=5.0)
+
+    class Slow:
+        compiled = True
+        features = trees.features
+
+        def predict(self, rows):
+            assert len(rows) == PROBE_ROWS
+            time.sleep(0.05)
+            return np.zeros(len(rows), dtype=np.float32)
+
+    assert not predicts_well_within(Slow(), timeout_s=0.2)   # 50 ms > 10% of 200 ms
+    assert not predicts_well_within(recommender.ranker, timeout_s=5.0)  # not compiled
