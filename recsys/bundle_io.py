@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 from features.build import FEATURES
 from features.state import BehaviourState
 from recsys.errors import BundleError
-from recsys.index import ItemIndex
+from recsys.index import ItemIndex, shared_vectors
 from recsys.interest import INTEREST_FILE, InterestModel
 from recsys.ranker import Ranker
 from recsys.retrieval import RetrievalConfig
@@ -140,6 +140,7 @@ def read_bundle(cls: type["Recommender"], bundle: Path, manifest: dict[str, Any]
     if vectors.shape[1] != index.dim or (expected_dim and vectors.shape[1] != expected_dim):
         raise BundleError(f"{bundle}: vector dimension mismatch (vectors {vectors.shape[1]}, "
                           f"index {index.dim}, manifest {expected_dim})")
+    vectors = shared_vectors(index, vectors)
     retrieval = RetrievalConfig(**manifest.get("config", {}).get("retrieval", {}))
     return cls(version=manifest["version"], manifest=manifest, item_table=items,
                item_vectors=vectors, index=index, state=state, ranker=ranker, users=users,

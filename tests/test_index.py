@@ -108,3 +108,35 @@ def test_a_query_gets_the_same_hits_alone_and_in_a_batch():
         alone_rows, alone_scores = index.search(queries[q:q + 1], 30, exclude=[exclude[q]])
         np.testing.assert_array_equal(rows[q], alone_rows[0])
         np.testing.assert_array_equal(scores[q], alone_scores[0])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_vectors_are_shared_with_the_index_that_stores_them(kind, tmp_path):
+    import gc
+
+    from recsys.index import shared_vectors
+
+    vectors = np.random.default_rng(3).standard_normal((300, 8)).astype(np.float32)
+    ItemIndex(kind=kind).fit(vectors).save(tmp_path / "index.faiss")
+    loaded = ItemIndex.load(tmp_path / "index.faiss")
+    shared = shared_vectors(loaded, vectors)
+    assert shared is not vectors and not shared.flags.owndata and not shared.flags.writeable
+    assert np.array_equal(shared, vectors)
+    rows, _ = loaded.search(shared[:2], 1)
+    assert rows[:, 0].tolist() == [0, 1]
+    del loaded
+    gc.collect()
+    assert np.array_equal(shared, vectors)  # the view keeps the index's memory alive
+    with pytest.raises(ValueError):
+        shared[0, 0] = 1.0
+
+
+def test_vectors_stay_their_own_copy_when_the_index_has_other_ones():
+    from recsys.index import shared_vectors
+
+    vectors = np.random.default_rng(4).standard_normal((300, 8)).astype(np.float32)
+    index = ItemIndex(kind="flat").fit(vectors)
+    other = vectors + 1.0
+    assert shared_vectors(index, other) is other
+    part = vectors[:200]
+    assert shared_vectors(index, part) is part
