@@ -31,6 +31,12 @@ def configure(level: str = "INFO") -> None:
     The logging thread (the event loop, for the access line of every request) only formats and
     queues a record; a background thread writes it. A write is a system call that gives up the
     GIL, and getting it back behind busy model threads can take milliseconds."""
+    # What a LogRecord gathers that no line here prints (the calling function and line, the
+    # thread, process and multiprocessing names): the logging HOWTO's "Optimization" switches.
+    # The caller lookup walks the stack on every record, the access line of every request
+    # included.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for old in logging.getLogger().handlers:
         listener = getattr(old, "listener", None)
         if listener is not None:  # configured before: stop that writer once, now

@@ -52,8 +52,7 @@ def record(metrics: Metrics, method: str, route: str, status: int, elapsed_s: fl
            caller: str) -> None:
     """A request's latency metric and access log line (here and on the recommendations fast
     path, serving.routes.recommendations.fast_path)."""
-    metrics.request_seconds.labels(route=route, method=method, status=str(status)) \
-        .observe(elapsed_s)
+    metrics.observe_request(route, method, status, elapsed_s)
     access_log.info("request", extra={"method": method, "route": route, "status": status,
                                       "ms": round(elapsed_s * 1000, 2), "caller": caller})
 

@@ -192,7 +192,7 @@ async def recommend_for_history(ctx: Ctx, _: DataCaller, request: HistoryRequest
 
 
 def _count(ctx, route: str, result: dict) -> dict:
-    ctx.metrics.responses.labels(route=route, source=result["source"]).inc()
+    ctx.metrics.count_response(route, result["source"])
     if result["fallback"]:
         reason = "no_model" if result["model_version"] == service.NO_MODEL else result["source"]
         ctx.metrics.fallbacks.labels(reason=reason).inc()
