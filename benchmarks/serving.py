@@ -11,7 +11,8 @@ sessions, a real HNSW index, behavioural state and a real LightGBM ranker traine
     also the whole in-process `recommend_histories` call; the bare cost is measured again
     right before and right after every load level, with the server idle;
   * a real server (`recsys serve`, subprocess, 127.0.0.1) loaded by a light asyncio HTTP/1.1
-    client at concurrency 1, 8 and 32: p50/p99 latency and throughput, for each server setting
+    client at concurrency 1, 8 and 32 (32 `--repeats` times): p50/p99 latency and throughput,
+    for each server setting
     (processes, how many waiting requests one engine call may answer, model threads; a
     trailing `:lgb` serves with LightGBM's predict instead of the compiled trees);
   * events ingested per second with durability on (SQLite WAL, synchronous=FULL).
@@ -406,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/serving-bench")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="times the concurrency-32 level runs per setting; the throughput "
+                             "target reads the median share of the ceiling over them")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
     parser.add_argument("--servers", nargs="+",
                         default=["1:32", "1:32:1", "1:1", "2:32", "2:32:1"],
@@ -450,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         if workers > 1:
             time.sleep(15)  # the other workers load their copy of the model
         try:
-            for concurrency in (1, 8, 32):
+            for repeat, concurrency in enumerate([1, 8] + [32] * max(1, args.repeats)):
                 before = measurer.measure()
                 server_cpu, client_cpu = tree_cpu_s(server.pid), time.process_time()
                 result = asyncio.run(load(port, recommendation_requests(measurer.users),
@@ -466,16 +470,16 @@ def main(argv: list[str] | None = None) -> int:
                               share_of_ceiling_around=result["throughput_rps"] * around_ms
                               / 1000 / cores,
                               share_of_ceiling_at_start=result["throughput_rps"] / ceiling)
-                result.update(workers=workers, batch_max=batch_max,
+                result.update(workers=workers, batch_max=batch_max, run=max(0, repeat - 2),
                               model_threads=model_threads, compiled_ranker=compiled,
                               load_average_1min_after=os.getloadavg()[0],
                               server_cpu_ms_per_request=1000 * server_cpu / served,
                               client_cpu_ms_per_request=1000 * client_cpu / served)
                 levels.append(result)
+                run_label = f" (run {result['run'] + 1})" if concurrency == 32 else ""
                 print(f"workers {workers}, batch max {batch_max:>2}, model threads "
                       f"{model_threads}, {'compiled trees' if compiled else 'LightGBM'}, "
-                      f"concurrency "
-                      f"{concurrency:>2}: p50 "
+                      f"concurrency {concurrency:>2}{run_label}: p50 "
                       f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
                       f"{result['throughput_rps']:.0f} req/s, statuses {result['statuses']}, "
                       f"sources {result['sources']}, server CPU "
@@ -507,10 +511,18 @@ def main(argv: list[str] | None = None) -> int:
     c1 = min((lv for lv in levels if lv["concurrency"] == 1),
              key=lambda lv: (lv["workers"], not lv["compiled_ranker"]))
     c8 = min((lv for lv in levels if lv["concurrency"] == 8), key=lambda lv: lv["p99_ms"])
-    # throughput against the ceiling from the bare cost measured around the same level
-    best_level = max(levels, key=lambda lv: lv["share_of_ceiling_around"])
-    best_share = best_level["share_of_ceiling_around"]
-    best = max(level["throughput_rps"] for level in levels)
+    # throughput against the ceiling from the bare cost measured around the same level: per
+    # setting, the median over its runs at concurrency 32; the best setting's median counts
+    runs: dict[tuple, list[dict]] = {}
+    for lv in levels:
+        if lv["concurrency"] == 32:
+            runs.setdefault((lv["workers"], lv["batch_max"], lv["model_threads"],
+                             lv["compiled_ranker"]), []).append(lv)
+    best_runs = max(runs.values(),
+                    key=lambda rs: statistics.median(r["share_of_ceiling_around"] for r in rs))
+    best_level = best_runs[0]
+    best_share = statistics.median(r["share_of_ceiling_around"] for r in best_runs)
+    best = statistics.median(r["throughput_rps"] for r in best_runs)
     overhead = c1["p50_ms"] - c1["bare_around_ms"]
     targets = {
         "p99_at_8_ms": {"value": c8["p99_ms"], "target": "< 50", "met": c8["p99_ms"] < 50,
@@ -518,14 +530,16 @@ def main(argv: list[str] | None = None) -> int:
                         "model_threads": c8["model_threads"]},
         "throughput_share_of_ceiling": {"value": best_share, "target": ">= 0.6",
                                         "met": best_share >= 0.6,
-                                        "throughput_rps": best_level["throughput_rps"],
-                                        "ceiling_rps": best_level["ceiling_around_rps"],
+                                        "runs": [{"throughput_rps": r["throughput_rps"],
+                                                  "ceiling_rps": r["ceiling_around_rps"],
+                                                  "share": r["share_of_ceiling_around"]}
+                                                 for r in best_runs],
                                         "workers": best_level["workers"],
                                         "batch_max": best_level["batch_max"],
                                         "model_threads": best_level["model_threads"],
                                         "compiled_ranker": best_level["compiled_ranker"],
                                         "concurrency": best_level["concurrency"]},
-        # the same best throughput against the ceiling measured once, at the start of the run
+        # the same setting's median throughput against the ceiling measured once, at the start
         # (how runs before 2026-12-03 07:00 UTC were scored)
         "throughput_share_of_start_ceiling": {"value": best / ceiling, "target": ">= 0.6",
                                               "met": best / ceiling >= 0.6},
