@@ -11,8 +11,8 @@ sessions, a real HNSW index, behavioural state and a real LightGBM ranker traine
     also the whole in-process `recommend_histories` call; the bare cost is measured again
     right before and right after every load level, with the server idle;
   * a real server (`recsys serve`, subprocess, 127.0.0.1) loaded by a light asyncio HTTP/1.1
-    client at concurrency 1, 8 and 32 (32 `--repeats` times): p50/p99 latency and throughput,
-    for each server setting
+    client (on uvloop) at concurrency 1, 8 and 32 (32 `--repeats` times): p50/p99 latency and
+    throughput, for each server setting
     (processes, how many waiting requests one engine call may answer, model threads; a
     trailing `:lgb` serves with LightGBM's predict instead of the compiled trees);
   * events ingested per second with durability on (SQLite WAL, synchronous=FULL).
@@ -333,6 +333,18 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
+def run_client(coroutine):
+    """Run the load generator on uvloop when it is installed (the server's own event loop):
+    the client shares the two cores with the server, and every microsecond it spends per
+    request is taken from the server's throughput (its CPU is reported per level)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
 async def admin_reload(port: int) -> int:
     """POST /admin/reload with the admin key; the response status."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -457,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             for repeat, concurrency in enumerate([1, 8] + [32] * max(1, args.repeats)):
                 before = measurer.measure()
                 server_cpu, client_cpu = tree_cpu_s(server.pid), time.process_time()
-                result = asyncio.run(load(port, recommendation_requests(measurer.users),
+                result = run_client(load(port, recommendation_requests(measurer.users),
                                           concurrency, args.seconds))
                 served = result["answered"]
                 server_cpu = tree_cpu_s(server.pid) - server_cpu
@@ -490,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{100 * result['share_of_ceiling_around']:.0f}% of its ceiling "
                       f"({100 * result['share_of_ceiling_at_start']:.0f}% of the start's)")
             for batch, concurrency in ((1, 8), (100, 4)):
-                result = asyncio.run(load(port, event_requests(batch, f"w{workers}b{batch}"),
+                result = run_client(load(port, event_requests(batch, f"w{workers}b{batch}"),
                                           concurrency, args.seconds / 2))
                 result.update(events_per_s=result["throughput_rps"] * batch, batch=batch,
                               workers=workers, batch_max=batch_max, model_threads=model_threads)
