@@ -295,7 +295,14 @@ class Recommender:
                                      requests.histories[j], explain)
         return out  # type: ignore[return-value]
 
-    def _allowed_mask(self, filters: Filters) -> np.ndarray:
+    def _allowed_mask(self, filters: Filters) -> np.ndarray | None:
+        """The item rows these filters allow, or None when they allow every item: retrieval
+        then skips the per-call work of a mask over the whole catalogue (copying, inverting
+        and scanning 100k entries: 18-27 us against 7 us a call on the serving benchmark's
+        bundle)."""
+        if filters.include_categories is None and not filters.exclude_categories \
+                and self.active.all():
+            return None
         allowed = self.active.copy()
         if filters.include_categories is not None:
             codes = [self.category_names.index(c) for c in filters.include_categories
@@ -307,8 +314,10 @@ class Recommender:
             allowed &= ~np.isin(self.item_categories, codes)
         return allowed
 
-    def _popular(self, k: int, exclude: set[int], allowed: np.ndarray, user_id) -> Recommendation:
-        picked = [int(r) for r in self.state.popular_rows_ if allowed[r] and int(r) not in exclude][:k]
+    def _popular(self, k: int, exclude: set[int], allowed: np.ndarray | None,
+                 user_id) -> Recommendation:
+        picked = [int(r) for r in self.state.popular_rows_
+                  if (allowed is None or allowed[r]) and int(r) not in exclude][:k]
         clicks = self.state.clicks_
         return Recommendation([self.item_ids[r] for r in picked],
                               [float(clicks[r]) for r in picked], POPULARITY, self.version,
