@@ -78,12 +78,12 @@ async def fast_path(app, scope, receive, send) -> bool:
     runs for each request; together with them the event loop spent about ten times the CPU
     per request that uvicorn alone needs, measured at concurrency 32 (docs/benchmarks.md,
     Serving). A request whose query string `plain_query` understands, that carries an
-    X-API-Key header and no body (none, or Content-Length: 0), on an app with no dependency overrides, is answered with
-    the calls FastAPI would make: the same key check and rate limit (serving.deps.authorize),
-    the same endpoint, the same response serializer, the app's own exception handlers for
-    whatever is raised, and the same latency metric and access log line
-    (serving.middleware.record). tests/test_serving_fastpath.py checks both give the same
-    status, headers and bytes."""
+    X-API-Key header and no body (none, or Content-Length: 0), on an app with no dependency
+    overrides, is answered with the calls FastAPI would make: the same key check and rate
+    limit (serving.deps.authorize), the same endpoint, the same response serializer, the
+    app's own exception handlers for whatever is raised, and the same latency metric and
+    access log line (serving.middleware.record). tests/test_serving_fastpath.py checks both
+    give the same status, headers and bytes."""
     path = scope["path"]
     if (scope["method"] != "GET" or not path.startswith(_PREFIX) or scope.get("root_path")
             or app.dependency_overrides):
