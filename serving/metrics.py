@@ -50,24 +50,20 @@ class Metrics:
         # `labels()` takes a lock and checks the values on every call (about a tenth of the
         # event loop's own work per request, measured in-process); neither metric is ever
         # cleared, so a child stays valid
-        self._request_children: dict[tuple[str, str, int], object] = {}
-        self._response_children: dict[tuple[str, str], object] = {}
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *values: str):
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.request_seconds.labels(
-                route=route, method=method, status=str(status))
-        child.observe(seconds)
+        self._child(self.request_seconds, route, method, str(status)).observe(seconds)
 
     def count_response(self, route: str, source: str) -> None:
-        key = (route, source)
-        child = self._response_children.get(key)
-        if child is None:
-            child = self._response_children[key] = self.responses.labels(route=route,
-                                                                         source=source)
-        child.inc()
+        self._child(self.responses, route, source).inc()
 
     def model_loaded(self, version: str) -> None:
         self.model_reloads.labels(result="ok").inc()
