@@ -356,50 +356,117 @@ async def admin_reload(port: int) -> int:
         writer.close()
 
 
+class _LoadConnection(asyncio.Protocol):
+    """One keep-alive connection of `load`. The next request is written from `data_received`
+    as soon as a response is complete: no coroutine, future or stream reader wakes per
+    request. The client shares the two cores with the server, so its CPU per request is taken
+    from the server's throughput (the stream-based client it replaced cost 0.07-0.13 ms)."""
+
+    def __init__(self, run: "_LoadRun") -> None:
+        self.run = run
+        self.buffer = bytearray()
+        self.length: int | None = None  # body length of the response being read
+        self.status = 0
+        self.sent = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self._send()
+
+    def _send(self) -> None:
+        now = time.perf_counter()
+        if now >= self.run.stop_at:
+            self.transport.close()
+            return
+        self.sent = now
+        self.transport.write(self.run.make_request(next(self.run.counter)))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.length is None:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(self.buffer[:end + 2]).lower()
+                self.status = int(head.split(b" ", 2)[1])
+                at = head.find(b"\r\ncontent-length:")
+                if at < 0:
+                    raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+                self.length = int(head[at + 17:head.index(b"\r\n", at + 2)])
+                del self.buffer[:end + 4]
+            if len(self.buffer) < self.length:
+                return
+            body = bytes(self.buffer[:self.length])
+            del self.buffer[:self.length]
+            self.length = None
+            self.run.record(self.sent, self.status, body)
+            self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.run.closed(self, exc)
+
+
+class _LoadRun:
+    """What the connections of one `load` call share: the request maker, the clock, the counts."""
+
+    def __init__(self, make_request, concurrency: int, seconds: float, warmup_s: float) -> None:
+        self.make_request = make_request
+        started = time.perf_counter()
+        self.measure_from, self.stop_at = started + warmup_s, started + warmup_s + seconds
+        self.counter = iter(range(10**9))
+        self.latencies: list[float] = []
+        self.statuses: dict[int, int] = {}
+        self.sources: dict[str, int] = {}
+        self.answered = 0  # every response, warm-up included (CPU per request covers both)
+        self.open = concurrency
+        self.finished = asyncio.get_running_loop().create_future()
+
+    def record(self, sent: float, status: int, body: bytes) -> None:
+        done = time.perf_counter()
+        self.answered += 1
+        if sent >= self.measure_from:
+            self.latencies.append(done - sent)
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if b'"source":"' in body:
+                source = body.split(b'"source":"', 1)[1].split(b'"', 1)[0].decode()
+                self.sources[source] = self.sources.get(source, 0) + 1
+
+    def closed(self, connection: _LoadConnection, exc: Exception | None) -> None:
+        self.open -= 1
+        if self.finished.done():
+            return
+        if connection.length is not None or (exc is None and time.perf_counter() < self.stop_at):
+            self.finished.set_exception(exc or ConnectionError("server closed a connection"))
+        elif self.open == 0:
+            self.finished.set_result(None)
+
+
 async def load(port: int, make_request, concurrency: int, seconds: float,
                warmup_s: float = 2.0) -> dict:
     """`concurrency` keep-alive connections, each sending its next request when the last ends."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    sources: dict[str, int] = {}
-    started = time.perf_counter()
-    measure_from, stop_at = started + warmup_s, started + warmup_s + seconds
-    counter = iter(range(10**9))
-    answered = [0]  # every response, warm-up included (CPU per request covers both)
-
-    async def client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while True:
-                now = time.perf_counter()
-                if now >= stop_at:
-                    return
-                writer.write(make_request(next(counter)))
-                await writer.drain()
-                status, body = await _response(reader)
-                done = time.perf_counter()
-                answered[0] += 1
-                if now >= measure_from:
-                    latencies.append(done - now)
-                    statuses[status] = statuses.get(status, 0) + 1
-                    if b'"source":"' in body:
-                        source = body.split(b'"source":"', 1)[1].split(b'"', 1)[0].decode()
-                        sources[source] = sources.get(source, 0) + 1
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    window = min(time.perf_counter(), stop_at) - measure_from
-    lat = np.array(latencies) * 1000
-    return {"concurrency": concurrency, "requests": len(latencies), "answered": answered[0],
-            "throughput_rps": len(latencies) / window,
+    loop = asyncio.get_running_loop()
+    run = _LoadRun(make_request, concurrency, seconds, warmup_s)
+    connections = [loop.create_connection(lambda: _LoadConnection(run), "127.0.0.1", port)
+                   for _ in range(concurrency)]
+    transports = [transport for transport, _ in await asyncio.gather(*connections)]
+    try:
+        await run.finished
+    finally:
+        for transport in transports:
+            transport.close()
+    window = min(time.perf_counter(), run.stop_at) - run.measure_from
+    lat = np.array(run.latencies) * 1000
+    return {"concurrency": concurrency, "requests": len(run.latencies), "answered": run.answered,
+            "throughput_rps": len(run.latencies) / window,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "statuses": {str(k): v for k, v in statuses.items()}, "sources": sources}
+            "statuses": {str(k): v for k, v in run.statuses.items()}, "sources": run.sources}
 
 
 def recommendation_requests(users: list[str]):
-    encoded = [f"/recommendations/{u}?k=10" for u in users]
-    return lambda n: _request("GET", encoded[n % len(encoded)])
+    encoded = [_request("GET", f"/recommendations/{u}?k=10") for u in users]  # built once
+    return lambda n: encoded[n % len(encoded)]
 
 
 def event_requests(batch: int, run: str):
