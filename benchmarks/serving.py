@@ -319,14 +319,18 @@ def _request(method: str, path: str, body: bytes = b"") -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
+def _status_and_length(head: bytes) -> tuple[int, int | None]:
+    """A response head's status and Content-Length (None without one)."""
     status = int(head.split(b" ", 2)[1])
-    length = 0
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return status, await reader.readexactly(length)
+            return status, int(line.split(b":", 1)[1])
+    return status, None
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    status, length = _status_and_length(await reader.readuntil(b"\r\n\r\n"))
+    return status, await reader.readexactly(length or 0)
 
 
 def run_client(coroutine):
@@ -368,6 +372,7 @@ class _LoadConnection(asyncio.Protocol):
         self.length: int | None = None  # body length of the response being read
         self.status = 0
         self.sent = 0.0
+        self.waiting = False  # a request is out and its response not complete
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport) -> None:
@@ -379,7 +384,7 @@ class _LoadConnection(asyncio.Protocol):
         if now >= self.run.stop_at:
             self.transport.close()
             return
-        self.sent = now
+        self.sent, self.waiting = now, True
         self.transport.write(self.run.make_request(next(self.run.counter)))
 
     def data_received(self, data: bytes) -> None:
@@ -389,18 +394,16 @@ class _LoadConnection(asyncio.Protocol):
                 end = self.buffer.find(b"\r\n\r\n")
                 if end < 0:
                     return
-                head = bytes(self.buffer[:end + 2]).lower()
-                self.status = int(head.split(b" ", 2)[1])
-                at = head.find(b"\r\ncontent-length:")
-                if at < 0:
+                head = bytes(self.buffer[:end])
+                self.status, self.length = _status_and_length(head)
+                if self.length is None:
                     raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
-                self.length = int(head[at + 17:head.index(b"\r\n", at + 2)])
                 del self.buffer[:end + 4]
             if len(self.buffer) < self.length:
                 return
             body = bytes(self.buffer[:self.length])
             del self.buffer[:self.length]
-            self.length = None
+            self.length, self.waiting = None, False
             self.run.record(self.sent, self.status, body)
             self._send()
 
@@ -437,7 +440,8 @@ class _LoadRun:
         self.open -= 1
         if self.finished.done():
             return
-        if connection.length is not None or (exc is None and time.perf_counter() < self.stop_at):
+        # only a connection this client closed at the end, with no response owed, ends well
+        if exc is not None or connection.waiting or time.perf_counter() < self.stop_at:
             self.finished.set_exception(exc or ConnectionError("server closed a connection"))
         elif self.open == 0:
             self.finished.set_result(None)
