@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# the C part (features/_kernels.c) is compiled by the install: a change to it installs again
+$(VENV)/.installed: pyproject.toml $(wildcard setup.py features/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0

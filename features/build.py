@@ -15,8 +15,9 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from features import kernels
 from features.covisitation import RECENT_ITEMS, Covisitation, pair_scores
-from features.ragged import flatten, list_lengths, owners
+from features.ragged import flatten, list_lengths
 from features.state import BehaviourState
 
 RECENT_FOR_SIMILARITY = 5
@@ -117,17 +118,17 @@ def feature_matrix(requests: Requests, candidates: Candidates, state: BehaviourS
     lengths = list_lengths(offsets)
     last_items = np.where(lengths > 0, history_items[np.maximum(offsets[1:] - 1, 0)]
                           if history_items.size else -1, -1)
-    sem_score, sim_last, sim_max_recent = _similarities(requests.profiles, history_items,
-                                                        offsets, req, item, item_vectors)
+    # one compiled pass each (features/kernels.py): the numpy versions cost more in call
+    # overhead than in arithmetic for one request's candidates
+    sem_score, sim_last, sim_max_recent = kernels.similarities(
+        requests.profiles, history_items, offsets, req, item, item_vectors, RECENT_FOR_SIMILARITY)
 
     covis = state.covisitation
     covis_score = pair_scores(requests.covisitation_scores(covis), req, item)
     covis_last = covis.pair_values(last_items[req], item)  # == score(recent=1), bit for bit
 
-    history_owner = owners(offsets)
-    in_history = _history_counts(history_owner, history_items, req, item)
-    cat_share, cat_last = _category_match(history_owner, history_items, offsets, req, item,
-                                          item_categories)
+    in_history, cat_share, cat_last = kernels.history_features(history_items, offsets, req, item,
+                                                               item_categories)
 
     times = requests.times[req]
     day = 86400.0
@@ -162,67 +163,3 @@ def feature_matrix(requests: Requests, candidates: Candidates, state: BehaviourS
     for j, name in enumerate(FEATURES):
         block[:, j] = columns[name]
     return block
-
-
-def _similarities(profiles, history_items, offsets, req, item, item_vectors):
-    """sem_score, sim_last and sim_max_recent of every row, from one product per request: its
-    candidates' vectors against [its profile, its last RECENT_FOR_SIMILARITY items] (the last
-    of which is the last item). Gathering each candidate's vector once, instead of three [m, d]
-    gathers (candidates, profiles, last items) and two row-wise dot products, was most of the
-    feature rows' time on the serving path. Each value is a product of one row with one
-    column, so a request's values do not depend on the other requests in the batch."""
-    sem_score = np.zeros(len(req), dtype=np.float32)
-    sim_last = np.zeros(len(req), dtype=np.float32)
-    sim_max_recent = np.zeros(len(req), dtype=np.float32)
-    grouped = req.size == 0 or bool(np.all(req[1:] >= req[:-1]))
-    order = None if grouped else np.argsort(req, kind="stable")
-    bounds = np.searchsorted(req if grouped else req[order], np.arange(offsets.size))
-    for u in np.flatnonzero(bounds[1:] > bounds[:-1]):
-        rows = slice(bounds[u], bounds[u + 1]) if grouped else order[bounds[u]:bounds[u + 1]]
-        tail = history_items[max(offsets[u], offsets[u + 1] - RECENT_FOR_SIMILARITY):
-                             offsets[u + 1]]
-        queries = np.concatenate([profiles[u:u + 1], item_vectors[tail]]) if tail.size \
-            else profiles[u:u + 1]
-        scores = item_vectors[item[rows]] @ queries.T
-        sem_score[rows] = scores[:, 0]
-        if tail.size:
-            sim_last[rows] = scores[:, -1]
-            sim_max_recent[rows] = scores[:, 1:].max(axis=1)
-    return sem_score, sim_last, sim_max_recent
-
-
-def _history_counts(history_owner, history_items, req, item) -> np.ndarray:
-    """How often each candidate appears in its own request's history."""
-    if history_items.size == 0 or item.size == 0:
-        return np.zeros(len(item), dtype=np.float32)
-    width = int(max(history_items.max(), item.max())) + 1
-    pairs, counts = np.unique(history_owner * width + history_items, return_counts=True)
-    wanted = req * width + item
-    at = np.minimum(np.searchsorted(pairs, wanted), pairs.size - 1)
-    return np.where(pairs[at] == wanted, counts[at], 0).astype(np.float32)
-
-
-def _category_match(history_owner, history_items, offsets, req, item,
-                    item_categories) -> tuple[np.ndarray, np.ndarray]:
-    """Share of the user's history in the candidate's category, and whether the last item shares it."""
-    n = offsets.size - 1
-    lengths = list_lengths(offsets)
-    cats = item_categories[history_items].astype(np.int64)
-    cand_cats = item_categories[item].astype(np.int64)
-    width = int(max(cats.max(initial=-1), cand_cats.max(initial=-1))) + 1
-    known = cats >= 0
-    pairs, counts = np.unique(history_owner[known] * width + cats[known], return_counts=True)
-    # float64 count / length, then float32: the same rounding as the Python division it replaces
-    pair_share = counts / np.maximum(lengths[pairs // width], 1) if width else counts * 0.0
-    share = np.zeros(len(item), dtype=np.float32)
-    if pairs.size:
-        wanted = req * width + cand_cats
-        at = np.minimum(np.searchsorted(pairs, wanted), pairs.size - 1)
-        hit = (cand_cats >= 0) & (pairs[at] == wanted)
-        share[hit] = pair_share[at[hit]]
-    last_category = np.full(n, -2, dtype=np.int64)
-    has = lengths > 0
-    last_category[has] = cats[offsets[1:][has] - 1]
-    last_category[last_category < 0] = -2
-    last = ((cand_cats >= 0) & (cand_cats == last_category[req])).astype(np.float32)
-    return share, last

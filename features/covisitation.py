@@ -13,7 +13,8 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from features.ragged import flatten, owners, ragged_arange, tails
+from features import kernels
+from features.ragged import flatten
 
 # Weight of the k-th most recent history item (k = 0 is the last one) when scoring.
 RECENT_ITEMS = 3
@@ -78,71 +79,33 @@ class Covisitation:
         """Sparse [n_users, n_items] co-visitation score of every item for each user: the rows of
         the user's last `recent` items, the k-th most recent weighted RECENCY_DECAY ** k.
 
-        Computed with numpy in one pass over the batch. The float32 sums are made in the order
-        scipy's sparse product (weights @ matrix_) makes them, so the values are bit-identical
-        to it: a repeated history item's weights are added newest first, then each item's row
-        is added in ascending item order (tests/test_vectorized_equality.py holds the scipy
-        form as the reference). Rows come out with sorted column indices.
+        Computed in one compiled pass over the batch (features/kernels.py). The float32 sums
+        are made in the order scipy's sparse product (weights @ matrix_) makes them, so the
+        values are bit-identical to it: a repeated history item's weights are added newest
+        first, then each item's row is added in ascending item order
+        (tests/test_vectorized_equality.py holds the scipy form as the reference). Rows come
+        out with sorted column indices.
         """
         if recent < 1:
             raise ValueError(f"recent must be at least 1, got {recent}")
-        n_users, width = len(histories), self.n_items
         items, offsets = flatten(histories)
-        positions, users, k = tails(offsets, recent)
         decay = np.array([RECENCY_DECAY ** j for j in range(recent)], dtype=np.float32)
-        # merge repeats of an item within one user's tail (np.add.at adds in array order)
-        pairs, where = np.unique(users * width + items[positions], return_inverse=True)
-        weights = np.zeros(pairs.size, dtype=np.float32)
-        np.add.at(weights, where, decay[k])
-        pair_user, pair_item = pairs // width, pairs % width
+        return kernels.covisitation_scores(items, offsets, decay, self.matrix_)
 
+    def _canonical(self) -> sp.csr_matrix:
+        """`matrix_` with sorted, unique columns in each row (what the lookups need)."""
         matrix = self.matrix_
-        starts = matrix.indptr[pair_item].astype(np.int64)
-        counts = matrix.indptr[pair_item + 1].astype(np.int64) - starts
-        entries = starts.repeat(counts) + ragged_arange(counts)
-        contributions = weights.repeat(counts) * matrix.data[entries]
-        cells, where = np.unique(pair_user.repeat(counts) * width
-                                 + matrix.indices[entries].astype(np.int64),
-                                 return_inverse=True)
-        sums = np.zeros(cells.size, dtype=np.float32)
-        np.add.at(sums, where, contributions)
-        keep = sums != 0  # scipy's product drops cells that sum to zero
-        cells, sums = cells[keep], sums[keep]
-        index_dtype = np.int32 if max(width, cells.size) < 2**31 else np.int64
-        indptr = np.searchsorted(cells // width, np.arange(n_users + 1)).astype(index_dtype)
-        out = sp.csr_matrix((sums, (cells % width).astype(index_dtype), indptr),
-                            shape=(n_users, width))
-        out.has_sorted_indices = True
-        out.has_canonical_format = True
-        return out
+        if not matrix.has_canonical_format:
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
+        return matrix
 
     def pair_values(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """`C[rows[j], cols[j]]` as float32 (0 where rows[j] < 0 or the pair is not stored),
         reading only the rows asked for. With a user's last item as the row this is their
         `score(..., recent=1)` (weight 1.0, one term: the same float32 values) for the cost of
         a lookup."""
-        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        out = np.zeros(rows.size, dtype=np.float32)
-        asked = rows >= 0
-        if not asked.any():
-            return out
-        matrix = self.matrix_
-        if not matrix.has_canonical_format:  # sorted, unique columns per row: binary search
-            matrix = matrix.copy()
-            matrix.sum_duplicates()
-        width = self.n_items
-        needed, where = np.unique(rows[asked], return_inverse=True)
-        starts = matrix.indptr[needed].astype(np.int64)
-        counts = matrix.indptr[needed + 1].astype(np.int64) - starts
-        entries = starts.repeat(counts) + ragged_arange(counts)
-        keys = np.arange(needed.size, dtype=np.int64).repeat(counts) * width \
-            + matrix.indices[entries]
-        if keys.size == 0:
-            return out
-        wanted = where * width + cols[asked]
-        at = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
-        out[asked] = np.where(keys[at] == wanted, matrix.data[entries[at]], 0)
-        return out
+        return kernels.csr_values(self._canonical(), rows, cols)
 
 
 def pair_scores(scores: sp.csr_matrix, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -151,18 +114,13 @@ def pair_scores(scores: sp.csr_matrix, users: np.ndarray, items: np.ndarray) -> 
     A binary search over the sorted (row, column) keys of the stored entries; missing pairs
     are 0, as in `scores[users, items]`.
     """
+    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
     if len(items) == 0:
         return np.zeros(0, dtype=np.float32)
-    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
     n_rows, width = scores.shape
     if users.min() < 0 or users.max() >= n_rows or items.min() < 0 or items.max() >= width:
         raise IndexError("a (user, item) pair lies outside the score matrix")
     if not scores.has_canonical_format:
         scores = scores.copy()
         scores.sum_duplicates()  # sorted columns, one entry per cell
-    keys = owners(scores.indptr.astype(np.int64)) * width + scores.indices
-    if keys.size == 0:
-        return np.zeros(len(items), dtype=np.float32)
-    wanted = users * width + items
-    at = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
-    return np.where(keys[at] == wanted, scores.data[at], 0).astype(np.float32)
+    return kernels.csr_values(scores, users, items)

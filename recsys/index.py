@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
-from features.ragged import PairSet, flatten, owners
+from features import kernels
+from features.ragged import flatten
 from recsys.errors import BundleError
 
 KINDS = ("auto", "flat", "hnsw", "ivf")
@@ -107,25 +108,21 @@ class ItemIndex:
             return rows_out, scores_out
         if exclude is not None and len(exclude) != m:
             raise ValueError(f"exclude has {len(exclude)} entries for {m} queries")
-        # each query's excluded rows as (query, row) pairs: the hits of the whole batch are
-        # filtered with a few array operations, not a Python loop over every hit
+        # each query's excluded rows as one flat list; the hits of the whole batch are filtered
+        # in one compiled pass (features/kernels.py), not a Python loop over every hit
         excluded, offsets = flatten(exclude) if exclude is not None else \
             (np.zeros(0, np.int64), np.zeros(m + 1, np.int64))
-        skipped = PairSet(owners(offsets), excluded, index.ntotal)
+        skipped_counts = kernels.distinct_in_range(excluded, offsets, index.ntotal)
 
         pending = np.arange(m)
-        fetch = k + skipped.max_per_owner()
+        fetch = k + int(skipped_counts.max(initial=0))
         while pending.size:
             fetch = int(min(fetch, index.ntotal))
             scores, rows = index.search(queries[pending], fetch)
-            keep = (rows >= 0) & ~skipped.contains(pending[:, None], rows)
-            found = keep.sum(axis=1)
             last_try = fetch >= index.ntotal
+            found = kernels.filter_hits(rows, scores, pending, excluded, offsets, k, last_try,
+                                        rows_out, scores_out)
             done = (found >= k) | last_try
-            position = np.cumsum(keep, axis=1) - 1
-            at, col = np.nonzero(keep & (position < k) & done[:, None])
-            rows_out[pending[at], position[at, col]] = rows[at, col]
-            scores_out[pending[at], position[at, col]] = scores[at, col]
             if last_try:
                 # an approximate index can miss items even when asked for all of them:
                 # finish exactly over the eligible rows, so heavy filters still get k

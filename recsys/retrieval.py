@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from features import kernels
 from features.build import MISSING_RANK, Candidates
-from features.ragged import PairSet, flatten, owners
+from features.ragged import flatten
 from features.state import BehaviourState
 from recsys.index import ItemIndex
 
@@ -71,124 +72,34 @@ def retrieve(histories: Sequence[Sequence[int]], profiles: np.ndarray, index: It
     has_history = np.array([len(h) > 0 for h in histories], dtype=bool)
 
     # The sources skip the request's exclusions and its history (history is offered separately,
-    # or not at all, so it never crowds new items out of a source's quota). Membership is
-    # tested on arrays: banned rows through `allowed`, the rest as (request, item) pairs.
+    # or not at all, so it never crowds new items out of a source's quota).
     if covis_scores is None:
         covis_scores = state.covisitation.score(histories)
-    history_items, history_offsets = flatten(histories)
-    exclude_items, exclude_offsets = flatten(exclude)
+    history_items, _ = flatten(histories)
+    exclude_items, _ = flatten(exclude)
     width = 1 + max(state.n_items, index.size, covis_scores.shape[1],
                     int(history_items.max(initial=0)), int(exclude_items.max(initial=0)))
-    skipped = PairSet(np.concatenate([owners(exclude_offsets), owners(history_offsets)]),
-                      np.concatenate([exclude_items, history_items]), width)
+    skipped_items, skipped_offsets = flatten([exclude[u] | history_sets[u] for u in range(n)])
 
-    def eligible(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        keep = ~skipped.contains(users, items)
-        if allowed is not None:
-            keep &= allowed[items]
-        return keep
-
-    # Each source as flat (request, item, rank) arrays, grouped by request, best rank first.
-    sources = []
+    semantic_users = np.zeros(0, np.int64)
+    semantic_rows = np.zeros((0, 0), np.int64)
     if config.n_semantic > 0 and has_history.any():
-        users = np.flatnonzero(has_history)
-        source_exclude = [exclude[u] | banned | history_sets[u] for u in users]
-        rows, _ = index.search(profiles[users], config.n_semantic, exclude=source_exclude)
-        at, rank = np.nonzero(rows >= 0)
-        sources.append((users[at], rows[at, rank], rank))
-    else:
-        sources.append(_empty_source())
-    sources.append(_top_covisitation(covis_scores, config.n_covisitation, eligible))
-    sources.append(_top_popular(state.popular_rows_, config.n_popular, n, eligible,
-                                skipped.max_per_owner(), allowed))
+        semantic_users = np.flatnonzero(has_history)
+        source_exclude = [exclude[u] | banned | history_sets[u] for u in semantic_users]
+        semantic_rows, _ = index.search(profiles[semantic_users], config.n_semantic,
+                                        exclude=source_exclude)
+    offered: list[list[int]] = [[] for _ in range(n)]
     if config.include_history:
         # Python set order, as the list always had it (the rows' order is the training
         # groups' order, which LightGBM's ties depend on).
         offered = [list(history_sets[u] - (exclude[u] | banned)) for u in range(n)]
-        items, offsets = flatten(offered)
-        sources.append((owners(offsets), items, np.full(items.size, MISSING_RANK)))
-    return _merge(sources, width)
-
-
-def _empty_source() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-
-
-def _merge(sources, width: int) -> Candidates:
-    """One row per (request, item), ordered by request and then by first appearance across
-    the sources in order; each row gets each source's rank (the last one if a source repeats
-    an item, as a dict update would)."""
-    users = np.concatenate([s[0] for s in sources]).astype(np.int64)
-    items = np.concatenate([s[1] for s in sources]).astype(np.int64)
-    kind = np.concatenate([np.full(len(s[0]), j, dtype=np.int64) for j, s in enumerate(sources)])
-    rank = np.concatenate([np.asarray(s[2], dtype=np.float32) for s in sources])
-    order = np.argsort(users, kind="stable")
-    users, items, kind, rank = users[order], items[order], kind[order], rank[order]
-    _, first, which = np.unique(users * width + items, return_index=True, return_inverse=True)
-    position = np.empty(first.size, dtype=np.int64)
-    position[np.argsort(first, kind="stable")] = np.arange(first.size)
-    row_of = position[which]                   # output row of each source entry
-    picked = np.sort(first)
-    ranks = np.full((3, first.size), MISSING_RANK, dtype=np.float32)
-    for source in range(3):
-        # reversed, so np.unique's first occurrence is the source's last entry (a dict update)
-        entries = np.flatnonzero(kind == source)[::-1]
-        rows, last = np.unique(row_of[entries], return_index=True)
-        ranks[source, rows] = rank[entries[last]]
-    return Candidates(request=users[picked], item=items[picked], sem_rank=ranks[0],
-                      covis_rank=ranks[1], pop_rank=ranks[2])
-
-
-def _top_covisitation(scores: sp.csr_matrix, n: int, eligible):
-    """Each request's `n` best eligible items by score (ties: lower item row first)."""
-    if n <= 0:
-        return _empty_source()
-    users = owners(scores.indptr.astype(np.int64))
-    cols, vals = scores.indices.astype(np.int64), scores.data
-    order = np.lexsort((cols, -vals, users))
-    users, cols = users[order], cols[order]
-    keep = eligible(users, cols)
-    users, cols = users[keep], cols[keep]
-    rank = np.arange(users.size) - np.searchsorted(users, users)
-    top = rank < n
-    return users[top], cols[top], rank[top]
-
-
-def _top_popular(popular: np.ndarray, n: int, n_users: int, eligible, max_skipped: int,
-                 allowed: np.ndarray | None):
-    """Each request's first `n` eligible items in popularity order, ranked by their position in
-    that order. Only a prefix is examined: `n` plus a request's skipped items suffice."""
-    if n <= 0 or n_users == 0:
-        return _empty_source()
-    need = n + max_skipped
-    positions = _allowed_prefix(popular, need, allowed)
-    out_users, out_items, out_ranks = [], [], []
-    block = max(1, (1 << 22) // max(positions.size, 1))  # bounds the [users, prefix] grid
-    for start in range(0, n_users, block):
-        users = np.arange(start, min(start + block, n_users), dtype=np.int64)
-        grid_users = np.repeat(users, positions.size)
-        grid_pos = np.tile(positions, users.size)
-        keep = eligible(grid_users, popular[grid_pos]).reshape(users.size, positions.size)
-        taken = np.cumsum(keep, axis=1)
-        keep &= taken <= n
-        at_user, at_pos = np.nonzero(keep)
-        out_users.append(users[at_user])
-        out_items.append(popular[positions[at_pos]])
-        out_ranks.append(positions[at_pos])
-    return np.concatenate(out_users), np.concatenate(out_items), np.concatenate(out_ranks)
-
-
-def _allowed_prefix(popular: np.ndarray, need: int, allowed: np.ndarray | None) -> np.ndarray:
-    """Positions in `popular` of its first `need` allowed items (fewer if it has fewer)."""
-    if allowed is None:
-        return np.arange(min(need, popular.size), dtype=np.int64)
-    scan = need
-    while True:
-        head = popular[:scan]
-        positions = np.flatnonzero(allowed[head])
-        if positions.size >= need or scan >= popular.size:
-            return positions[:need].astype(np.int64)
-        scan *= 4
+    offered_items, offered_offsets = flatten(offered)
+    request, item, sem_rank, covis_rank, pop_rank = kernels.merge_candidates(
+        n, semantic_users, semantic_rows, covis_scores, config.n_covisitation,
+        state.popular_rows_, config.n_popular, allowed, skipped_items, skipped_offsets,
+        offered_items, offered_offsets, width, MISSING_RANK)
+    return Candidates(request=request, item=item, sem_rank=sem_rank, covis_rank=covis_rank,
+                      pop_rank=pop_rank)
 
 
 def source_ranks(histories: Sequence[Sequence[int]], profiles: np.ndarray,

@@ -1,0 +1,203 @@
+"""The compiled loops (features/_kernels.c) on their own: values against plain Python
+references, answers that do not depend on batch order, and bad input refused with an
+exception instead of a crash or a read outside an array.
+
+tests/test_vectorized_equality.py checks the same loops through retrieval and the feature
+rows against the per-request code they replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from features import _kernels, kernels
+from features.ragged import flatten
+
+
+def _histories(rng, n, n_items, longest=12):
+    return [list(rng.integers(0, n_items, rng.integers(0, longest))) for _ in range(n)]
+
+
+# -- similarities ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dim", [8, 13, 384])
+def test_similarities_match_a_float64_reference(dim):
+    rng = np.random.default_rng(dim)
+    vectors = rng.standard_normal((60, dim)).astype(np.float32)
+    histories = _histories(rng, 7, 60)
+    profiles = rng.standard_normal((7, dim)).astype(np.float32)
+    request = rng.integers(0, 7, 90)
+    item = rng.integers(0, 60, 90)
+    items, offsets = flatten(histories)
+    sem, last, best = kernels.similarities(profiles, items, offsets, request, item, vectors, 5)
+    for r in range(90):
+        v = vectors[item[r]].astype(np.float64)
+        tail = histories[request[r]][-5:]
+        assert sem[r] == pytest.approx(v @ profiles[request[r]], rel=1e-5, abs=1e-5)
+        if tail:
+            sims = [v @ vectors[t] for t in tail]
+            assert last[r] == pytest.approx(sims[-1], rel=1e-5, abs=1e-5)
+            assert best[r] == pytest.approx(max(sims), rel=1e-5, abs=1e-5)
+        else:
+            assert last[r] == 0 and best[r] == 0
+
+
+def test_similarities_of_a_row_do_not_depend_on_the_rest_of_the_batch():
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((80, 384)).astype(np.float32)
+    histories = _histories(rng, 10, 80)
+    profiles = rng.standard_normal((10, 384)).astype(np.float32)
+    items, offsets = flatten(histories)
+    request, item = rng.integers(0, 10, 200), rng.integers(0, 80, 200)
+    whole = kernels.similarities(profiles, items, offsets, request, item, vectors, 5)
+    order = rng.permutation(200)
+    shuffled = kernels.similarities(profiles, items, offsets, request[order], item[order],
+                                    vectors, 5)
+    for a, b in zip(whole, shuffled):
+        np.testing.assert_array_equal(a[order], b)
+    # one request alone, in a batch of its own
+    u = int(request[0])
+    alone_items, alone_offsets = flatten([histories[u]])
+    rows = np.flatnonzero(request == u)
+    alone = kernels.similarities(profiles[u:u + 1], alone_items, alone_offsets,
+                                 np.zeros(rows.size, np.int64), item[rows], vectors, 5)
+    for a, b in zip(whole, alone):
+        np.testing.assert_array_equal(a[rows], b)
+
+
+# -- CSR lookups and co-visitation ----------------------------------------------------------------
+def test_csr_values_read_stored_entries_and_zero_elsewhere():
+    rng = np.random.default_rng(2)
+    dense = np.where(rng.random((30, 50)) < 0.2, rng.random((30, 50)), 0).astype(np.float32)
+    matrix = sp.csr_matrix(dense)
+    rows = rng.integers(-1, 30, 500)
+    cols = rng.integers(0, 50, 500)
+    want = np.where(rows >= 0, dense[np.maximum(rows, 0), cols], 0)
+    np.testing.assert_array_equal(kernels.csr_values(matrix, rows, cols), want)
+
+
+def test_covisitation_scores_sum_in_the_sparse_products_order():
+    rng = np.random.default_rng(3)
+    dense = np.where(rng.random((40, 40)) < 0.3, rng.random((40, 40)), 0).astype(np.float32)
+    matrix = sp.csr_matrix(dense)
+    histories = _histories(rng, 12, 40) + [[5, 5, 5], []]
+    decay = np.array([1.0, 0.6, 0.36], np.float32)
+    items, offsets = flatten(histories)
+    got = kernels.covisitation_scores(items, offsets, decay, matrix)
+    rows, cols, vals = [], [], []
+    for u, history in enumerate(histories):
+        for k, item in enumerate(history[-3:][::-1]):
+            rows.append(u)
+            cols.append(item)
+            vals.append(decay[k])
+    weights = sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)),
+                            shape=(len(histories), 40))
+    want = (weights @ matrix).tocsr()
+    np.testing.assert_array_equal(got.toarray().view(np.int32), want.toarray().view(np.int32))
+    assert got.nnz == want.nnz  # zero sums are dropped, as scipy drops them
+
+
+# -- merging the sources --------------------------------------------------------------------------
+def test_merge_candidates_keeps_first_appearance_and_every_sources_rank():
+    covis = sp.csr_matrix(np.array([[0, 0.5, 0.9, 0, 0.5, 0]], np.float32))
+    request, item, sem, cov, pop = kernels.merge_candidates(
+        1, np.array([0]), np.array([[3, 2, -1]]), covis, 2, np.array([4, 0, 1, 2, 5]), 2,
+        None, np.array([0]), np.array([0, 1]), np.array([0]), np.array([0, 1]), 6, 1000.0)
+    # semantic 3, 2; co-visitation 2 (0.9), then 1 and 4 tie at 0.5: the lower row first;
+    # popular: 4 at position 0, 0 is skipped, 1 at position 2; history 0 offered last
+    assert item.tolist() == [3, 2, 1, 4, 0]
+    assert request.tolist() == [0] * 5
+    assert sem.tolist() == [0, 1, 1000, 1000, 1000]
+    assert cov.tolist() == [1000, 0, 1, 1000, 1000]
+    assert pop.tolist() == [1000, 1000, 2, 0, 1000]
+
+
+def test_merge_candidates_respects_the_allowed_mask():
+    covis = sp.csr_matrix((2, 6), dtype=np.float32)
+    allowed = np.array([True, False, True, False, True, True])
+    _, item, _, _, pop = kernels.merge_candidates(
+        2, np.zeros(0, np.int64), np.zeros((0, 0), np.int64), covis, 5, np.arange(6), 3,
+        allowed, np.array([0]), np.array([0, 1, 1]), np.zeros(0, np.int64),
+        np.zeros(3, np.int64), 6, 1000.0)
+    assert item.tolist() == [2, 4, 5, 0, 2, 4]
+    assert pop.tolist() == [2, 4, 5, 0, 2, 4]
+
+
+# -- history features -----------------------------------------------------------------------------
+def test_history_features_do_not_need_rows_grouped_by_request():
+    rng = np.random.default_rng(4)
+    categories = rng.integers(-1, 5, 50)
+    histories = _histories(rng, 9, 50)
+    items, offsets = flatten(histories)
+    request, item = rng.integers(0, 9, 300), rng.integers(0, 50, 300)
+    in_history, share, last = kernels.history_features(items, offsets, request, item, categories)
+    for r in range(300):
+        history, c = histories[request[r]], categories[item[r]]
+        assert in_history[r] == history.count(item[r])
+        same = sum(1 for h in history if categories[h] == c) if c >= 0 else 0
+        assert share[r] == np.float32(same / max(len(history), 1))
+        assert last[r] == float(c >= 0 and bool(history) and categories[history[-1]] == c)
+
+
+# -- search filtering -----------------------------------------------------------------------------
+def test_distinct_in_range_counts_each_value_once():
+    items, offsets = flatten([[1, 1, 2, 9], [], [-1, 3, 3]])
+    assert kernels.distinct_in_range(items, offsets, 5).tolist() == [2, 0, 1]
+
+
+def test_filter_hits_skips_and_packs_only_finished_queries():
+    rows = np.array([[4, 1, 2, -1], [7, 8, 9, 6]])
+    scores = np.array([[0.9, 0.8, 0.7, -np.inf], [0.9, 0.8, 0.7, 0.6]], np.float32)
+    skipped, offsets = flatten([[1], [], [8]])
+    out_rows = np.full((3, 3), -1, np.int64)
+    out_scores = np.full((3, 3), -np.inf, np.float32)
+    found = kernels.filter_hits(rows, scores, np.array([0, 2]), skipped, offsets, 3, False,
+                                out_rows, out_scores)
+    assert found.tolist() == [2, 3]
+    # query 0 has only 2 of 3 and this is not the last try: its row is left for the next
+    assert out_rows.tolist() == [[-1, -1, -1], [-1, -1, -1], [7, 9, 6]]
+    kernels.filter_hits(rows, scores, np.array([0, 2]), skipped, offsets, 3, True,
+                        out_rows, out_scores)
+    assert out_rows[0].tolist() == [4, 2, -1]
+    assert out_scores[0].tolist() == pytest.approx([0.9, 0.7, -np.inf])
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def test_out_of_range_indices_raise_instead_of_reading_past_an_array():
+    vectors = np.zeros((5, 8), np.float32)
+    items, offsets = flatten([[1, 2]])
+    with pytest.raises(IndexError, match="item"):
+        kernels.similarities(np.zeros((1, 8), np.float32), items, offsets, np.array([0]),
+                             np.array([5]), vectors, 5)
+    with pytest.raises(IndexError, match="history_items"):
+        kernels.similarities(np.zeros((1, 8), np.float32), np.array([7]), np.array([0, 1]),
+                             np.array([0]), np.array([1]), vectors, 5)
+    with pytest.raises(IndexError, match="request"):
+        kernels.history_features(items, offsets, np.array([1]), np.array([0]), np.zeros(5))
+    with pytest.raises(IndexError):
+        kernels.csr_values(sp.csr_matrix((3, 3), dtype=np.float32), np.array([3]),
+                           np.array([0]))
+    with pytest.raises(IndexError, match="semantic_requests"):
+        kernels.merge_candidates(2, np.array([1, 0]), np.array([[1], [2]]),
+                                 sp.csr_matrix((2, 4), dtype=np.float32), 1, np.arange(4), 1,
+                                 None, np.zeros(0, np.int64), np.zeros(3, np.int64),
+                                 np.zeros(0, np.int64), np.zeros(3, np.int64), 4, 1000.0)
+
+
+def test_the_compiled_functions_refuse_arrays_of_the_wrong_type():
+    out = np.empty(1, np.float32)
+    with pytest.raises(TypeError, match="rows"):
+        _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
+                            np.zeros(0, np.float32), np.array([0.0]), np.array([0]), out)
+    with pytest.raises(TypeError, match="out"):
+        _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
+                            np.zeros(0, np.float32), np.array([0]), np.array([0]),
+                            np.empty(1, np.float64))
+    with pytest.raises(TypeError, match="writable"):
+        readonly = np.empty(1, np.float32)
+        readonly.flags.writeable = False
+        _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
+                            np.zeros(0, np.float32), np.array([0]), np.array([0]), readonly)
+    with pytest.raises(ValueError, match="lengths"):
+        _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
+                            np.zeros(0, np.float32), np.array([0, 0]), np.array([0]), out)
