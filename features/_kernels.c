@@ -149,7 +149,7 @@ static inline float combine8(f4 lo, f4 hi) {
 }
 
 /* out[j] = v . q[j] for j < 3 */
-static inline void dot3(const float *v, const float *q0, const float *q1, const float *q2,
+static void dot3(const float *v, const float *q0, const float *q1, const float *q2,
                         Py_ssize_t d, float out[3]) {
     f4 a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0};
     Py_ssize_t i = 0;
@@ -176,16 +176,80 @@ static inline void dot3(const float *v, const float *q0, const float *q1, const 
     out[2] = combine8(load4(s2), load4(s2 + 4));
 }
 
-/* out[j] = v . queries[j] for j < n, three at a time */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+/* The same products with AVX2's 8-wide registers where the CPU has them: each register lane
+   is one of the eight partial sums above, added in the same order, so the bits are the same
+   as dot3's (tests/test_kernels.py compares both). No FMA: -ffp-contract=off keeps every
+   multiply rounded before its add. */
+typedef float f8 __attribute__((vector_size(32)));
+
+/* six products per pass: six independent sums hide the adder's latency */
+__attribute__((target("avx2"))) static void dot6_avx2(const float *v, const float *const *q,
+                                                       Py_ssize_t d, float out[6]) {
+    f8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};
+    Py_ssize_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+        f8 x, y0, y1, y2, y3, y4, y5;
+        memcpy(&x, v + i, sizeof x);
+        memcpy(&y0, q[0] + i, sizeof y0);
+        memcpy(&y1, q[1] + i, sizeof y1);
+        memcpy(&y2, q[2] + i, sizeof y2);
+        memcpy(&y3, q[3] + i, sizeof y3);
+        memcpy(&y4, q[4] + i, sizeof y4);
+        memcpy(&y5, q[5] + i, sizeof y5);
+        a0 += x * y0;
+        a1 += x * y1;
+        a2 += x * y2;
+        a3 += x * y3;
+        a4 += x * y4;
+        a5 += x * y5;
+    }
+    float s[6][8];
+    memcpy(s[0], &a0, 32);
+    memcpy(s[1], &a1, 32);
+    memcpy(s[2], &a2, 32);
+    memcpy(s[3], &a3, 32);
+    memcpy(s[4], &a4, 32);
+    memcpy(s[5], &a5, 32);
+    for (int k = 0; k < 6; k++) {
+        Py_ssize_t t = i;
+        for (int j = 0; t < d; t++, j++) s[k][j] += v[t] * q[k][t];
+        out[k] = combine8(load4(s[k]), load4(s[k] + 4));
+    }
+}
+#endif
+
+/* out[j] = v . queries[j] for j < n: six at a time with AVX2 where the CPU has it (picked
+   once, at import), else three at a time. RECSYS_KERNELS_PORTABLE=1 keeps the baseline path
+   (tests compare the two). */
+static int use_avx2 = 0;
+
+static void pick_dots(void) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    const char *portable = getenv("RECSYS_KERNELS_PORTABLE");
+    use_avx2 = (!portable || strcmp(portable, "1") != 0) && __builtin_cpu_supports("avx2");
+#endif
+}
+
 static inline void dots(const float *v, const float *const *queries, Py_ssize_t n, Py_ssize_t d,
                         float *out) {
+    const float *group[6];
+    float result[6];
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    if (use_avx2) {
+        for (Py_ssize_t j = 0; j < n; j += 6) {
+            /* a short last group repeats its first query; the extra products are dropped */
+            for (int k = 0; k < 6; k++) group[k] = j + k < n ? queries[j + k] : queries[j];
+            dot6_avx2(v, group, d, result);
+            for (Py_ssize_t k = 0; k < 6 && j + k < n; k++) out[j + k] = result[k];
+        }
+        return;
+    }
+#endif
     for (Py_ssize_t j = 0; j < n; j += 3) {
-        float three[3];
-        const float *q0 = queries[j];
-        const float *q1 = j + 1 < n ? queries[j + 1] : q0;
-        const float *q2 = j + 2 < n ? queries[j + 2] : q0;
-        dot3(v, q0, q1, q2, d, three);
-        for (Py_ssize_t k = 0; k < 3 && j + k < n; k++) out[j + k] = three[k];
+        for (int k = 0; k < 3; k++) group[k] = j + k < n ? queries[j + k] : queries[j];
+        dot3(v, group[0], group[1], group[2], d, result);
+        for (Py_ssize_t k = 0; k < 3 && j + k < n; k++) out[j + k] = result[k];
     }
 }
 
@@ -283,13 +347,16 @@ done:
 /* -- lookups in a CSR matrix ------------------------------------------------------------------ */
 
 static const char csr_lookup_doc[] =
-    "csr_lookup(indptr, indices, data, rows, cols, out)\n\n"
+    "csr_lookup(indptr, indices, data, n_cols, rows, cols, out)\n\n"
     "out[j] = M[rows[j], cols[j]] for a CSR matrix with sorted, unique columns per row (binary\n"
-    "search); 0 where the entry is not stored or rows[j] < 0.";
+    "search); 0 where the entry is not stored or rows[j] < 0. Rows and columns past the\n"
+    "matrix raise IndexError.";
 
 static PyObject *csr_lookup(PyObject *self, PyObject *args) {
     PyObject *o[6];
-    if (!PyArg_ParseTuple(args, "OOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5])) return NULL;
+    Py_ssize_t n_cols;
+    if (!PyArg_ParseTuple(args, "OOOnOOO", &o[0], &o[1], &o[2], &n_cols, &o[3], &o[4], &o[5]))
+        return NULL;
     Buf ptr, ind, dat, rows, cols, out;
     Buf *all[] = {&ptr, &ind, &dat, &rows, &cols, &out};
     for (int j = 0; j < 6; j++) all[j]->held = 0;
@@ -314,6 +381,7 @@ static PyObject *csr_lookup(PyObject *self, PyObject *args) {
         if (r >= 0) {
             if (r >= n_rows) { bad = "rows"; break; }
             int64_t lo = idx_at(&ptr, r), hi = idx_at(&ptr, r + 1), want = CL[j];
+            if (want < 0 || want >= n_cols) { bad = "cols"; break; }
             if (lo < 0 || hi > nnz || lo > hi) { bad = "indptr"; break; }
             while (lo < hi) {
                 int64_t mid = lo + (hi - lo) / 2;
@@ -1019,4 +1087,7 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void) {
+    pick_dots();
+    return PyModule_Create(&module);
+}

@@ -130,6 +130,7 @@ def feature_matrix(requests: Requests, candidates: Candidates, state: BehaviourS
     in_history, cat_share, cat_last = kernels.history_features(history_items, offsets, req, item,
                                                                item_categories)
 
+    per_item = state.item_feature_columns()[item]
     times = requests.times[req]
     day = 86400.0
     columns = {
@@ -141,11 +142,11 @@ def feature_matrix(requests: Requests, candidates: Candidates, state: BehaviourS
         "covis_last": covis_last,
         "covis_rank": candidates.covis_rank,
         "pop_rank": candidates.pop_rank,
-        "item_clicks_log": np.log1p(state.clicks_[item]),
-        "item_clicks_w0_log": np.log1p(state.window_clicks_[item, 0]),
-        "item_clicks_w1_log": np.log1p(state.window_clicks_[item, 1]),
-        "item_clicks_w2_log": np.log1p(state.window_clicks_[item, 2]),
-        "item_ctr": np.where(state.shown_[item] > state.clicks_[item], state.ctr_[item], np.nan),
+        "item_clicks_log": per_item[:, 0],
+        "item_clicks_w0_log": per_item[:, 1],
+        "item_clicks_w1_log": per_item[:, 2],
+        "item_clicks_w2_log": per_item[:, 3],
+        "item_ctr": per_item[:, 4],
         "item_age_days": (times - state.first_seen_s_[item]) / day,
         "item_idle_days": (times - state.last_seen_s_[item]) / day,
         "user_idle_days": (times - requests.last_event_times[req]) / day,

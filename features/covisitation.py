@@ -114,11 +114,8 @@ def pair_scores(scores: sp.csr_matrix, users: np.ndarray, items: np.ndarray) -> 
     A binary search over the sorted (row, column) keys of the stored entries; missing pairs
     are 0, as in `scores[users, items]`.
     """
-    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
-    if len(items) == 0:
-        return np.zeros(0, dtype=np.float32)
-    n_rows, width = scores.shape
-    if users.min() < 0 or users.max() >= n_rows or items.min() < 0 or items.max() >= width:
+    users = np.asarray(users, np.int64)
+    if users.size and users.min() < 0:  # the lookup reads a negative row as "no row"
         raise IndexError("a (user, item) pair lies outside the score matrix")
     if not scores.has_canonical_format:
         scores = scores.copy()

@@ -44,12 +44,13 @@ def similarities(profiles: np.ndarray, history_items: np.ndarray, offsets: np.nd
 
 
 def csr_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """`matrix[rows[j], cols[j]]` as float32, 0 where not stored or rows[j] < 0. The matrix
-    must have sorted, unique columns in each row (scipy's canonical format)."""
+    """`matrix[rows[j], cols[j]]` as float32, 0 where not stored or rows[j] < 0; IndexError
+    for a row or column past the matrix. The matrix must have sorted, unique columns in each
+    row (scipy's canonical format)."""
     rows = _ints(rows)
     out = np.empty(rows.size, np.float32)
-    _kernels.csr_lookup(matrix.indptr, matrix.indices, _floats(matrix.data), rows, _ints(cols),
-                        out)
+    _kernels.csr_lookup(matrix.indptr, matrix.indices, _floats(matrix.data), matrix.shape[1],
+                        rows, _ints(cols), out)
     return out
 
 

@@ -97,6 +97,29 @@ class BehaviourState:
             pl.col("timestamp").rank("ordinal", descending=True).over("user_id").alias("_back"))
         return [ranked.filter(pl.col("_back") <= n) for n in ORDER_WINDOWS_EVENTS]
 
+    # -- reading ------------------------------------------------------------------------------
+    def item_feature_columns(self) -> np.ndarray:
+        """The ranker features that depend on the item alone, [n_items, 5] float32: log1p of
+        its clicks and of its clicks in each of the three windows, and its click-through rate
+        where it was shown more often than clicked (NaN elsewhere).
+
+        Made once per state and then gathered by row: the feature rows used to compute four
+        log1p per candidate of every request. The same ufuncs on the same float32 values give
+        the same bits either way. The table is remade when any array it comes from has been
+        replaced (a state copied with new items gets arrays of its own)."""
+        sources = (self.clicks_, self.window_clicks_, self.shown_, self.ctr_)
+        cached = self.__dict__.get("_item_feature_columns")
+        if cached is not None and all(a is b for a, b in zip(cached[0], sources)):
+            return cached[1]
+        table = np.empty((len(self.clicks_), 5), dtype=np.float32)
+        table[:, 0] = np.log1p(self.clicks_)
+        for j in range(3):
+            table[:, 1 + j] = np.log1p(np.ascontiguousarray(self.window_clicks_[:, j]))
+        table[:, 4] = np.where(self.shown_ > self.clicks_, self.ctr_, np.nan)
+        table.flags.writeable = False
+        self._item_feature_columns = (sources, table)
+        return table
+
     # -- persistence --------------------------------------------------------------------------
     def item_table(self) -> pl.DataFrame:
         """Per-item statistics as a frame (row = item row), as saved in the bundle."""

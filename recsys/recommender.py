@@ -289,9 +289,13 @@ class Recommender:
             requests = self.request_batch([histories[u] for u in warm], now)
             ranked = self.rank(requests, [exclude[u] for u in warm], allowed,
                                keep_features=explain)
-            rows_of = ranked.candidates.slices(len(warm))
-            for j, u in enumerate(warm):
-                out[u] = self._top_k(ranked, rows_of[j].start, rows_of[j].stop, k, filters, user_ids[u],
+            # every request's rows best first (score descending, then the lower item row) in
+            # one sort: rows come grouped by request, so request j's sorted rows sit in its
+            # own slice of `best_first`
+            candidates = ranked.candidates
+            best_first = np.lexsort((candidates.item, -ranked.scores, candidates.request))
+            for j, (u, rows) in enumerate(zip(warm, candidates.slices(len(warm)))):
+                out[u] = self._top_k(ranked, best_first[rows], k, filters, user_ids[u],
                                      requests.histories[j], explain)
         return out  # type: ignore[return-value]
 
@@ -323,15 +327,15 @@ class Recommender:
                               [float(clicks[r]) for r in picked], POPULARITY, self.version,
                               user_id=user_id)
 
-    def _top_k(self, ranked: RankedBatch, start: int, end: int, k: int, filters: Filters,
+    def _top_k(self, ranked: RankedBatch, best_first: np.ndarray, k: int, filters: Filters,
                user_id, history: list[int], explain: bool) -> Recommendation:
-        positions = np.arange(start, end)
-        order = positions[np.lexsort((ranked.candidates.item[positions], -ranked.scores[positions]))]
-        order = diversify(order, ranked.candidates.item, ranked.scores, k, filters,
+        """The first k of one request's rows `best_first` (positions in `ranked`, best first),
+        after the diversity rule."""
+        order = diversify(best_first, ranked.candidates.item, ranked.scores, k, filters,
                           self.item_vectors, self.item_categories)
-        items = ranked.candidates.item[order]
-        rec = Recommendation([self.item_ids[r] for r in items],
-                             [float(s) for s in ranked.scores[order]],
+        item_ids = self.item_ids
+        rec = Recommendation([item_ids[r] for r in ranked.candidates.item[order].tolist()],
+                             ranked.scores[order].tolist(),
                              DEGRADED if ranked.degraded else MODEL, self.version, user_id=user_id)
         if explain and ranked.features is not None:
             from recsys.explain import explain_rows

@@ -6,6 +6,7 @@ user's recent items, and popularity (which also serves users with no history at 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,14 +42,23 @@ def user_profiles(histories: Sequence[Sequence[int]], item_vectors: np.ndarray,
     """Recency-weighted mean of history item vectors, L2-normalised; zeros for empty histories."""
     dim = item_vectors.shape[1]
     profiles = np.zeros((len(histories), dim), dtype=np.float32)
+    all_weights = _recency_weights(float(decay))
     for u, history in enumerate(histories):
         tail = np.asarray(list(history)[-PROFILE_MAX_ITEMS:], dtype=np.int64)
         if tail.size == 0:
             continue
-        weights = decay ** np.arange(tail.size - 1, -1, -1, dtype=np.float32)
-        profiles[u] = weights @ item_vectors[tail]
+        profiles[u] = all_weights[-tail.size:] @ item_vectors[tail]
     norms = np.linalg.norm(profiles, axis=1, keepdims=True)
     return np.divide(profiles, norms, out=np.zeros_like(profiles), where=norms > 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _recency_weights(decay: float) -> np.ndarray:
+    """decay ** k for the k-th most recent of PROFILE_MAX_ITEMS items, oldest first (a
+    history's weights are the last len(history) of them), made once instead of per request."""
+    weights = decay ** np.arange(PROFILE_MAX_ITEMS - 1, -1, -1, dtype=np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def retrieve(histories: Sequence[Sequence[int]], profiles: np.ndarray, index: ItemIndex,

@@ -7,12 +7,19 @@ rows against the per-request code they replaced."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from features import _kernels, kernels
 from features.ragged import flatten
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _histories(rng, n, n_items, longest=12):
@@ -63,6 +70,26 @@ def test_similarities_of_a_row_do_not_depend_on_the_rest_of_the_batch():
                                  np.zeros(rows.size, np.int64), item[rows], vectors, 5)
     for a, b in zip(whole, alone):
         np.testing.assert_array_equal(a[rows], b)
+
+
+def test_similarities_give_the_same_bits_on_the_portable_path():
+    """The CPU-specific dot products (AVX2, picked at import) and the portable ones add the
+    same partial sums in the same order: a bundle scores alike on any x86 machine."""
+    script = (
+        "import numpy as np, sys\n"
+        "from features import kernels\n"
+        "from features.ragged import flatten\n"
+        "rng = np.random.default_rng(7)\n"
+        "v = rng.standard_normal((300, 77)).astype(np.float32)\n"
+        "items, offsets = flatten([list(rng.integers(0, 300, n)) for n in (0, 1, 4, 9)])\n"
+        "p = rng.standard_normal((4, 77)).astype(np.float32)\n"
+        "out = kernels.similarities(p, items, offsets, rng.integers(0, 4, 500),\n"
+        "                           rng.integers(0, 300, 500), v, 5)\n"
+        "sys.stdout.write(np.concatenate(out).tobytes().hex())\n")
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True, cwd=ROOT, env={**os.environ, **extra}).stdout
+            for extra in ({}, {"RECSYS_KERNELS_PORTABLE": "1"})]
+    assert runs[0] and runs[0] == runs[1]
 
 
 # -- CSR lookups and co-visitation ----------------------------------------------------------------
@@ -174,9 +201,12 @@ def test_out_of_range_indices_raise_instead_of_reading_past_an_array():
                              np.array([0]), np.array([1]), vectors, 5)
     with pytest.raises(IndexError, match="request"):
         kernels.history_features(items, offsets, np.array([1]), np.array([0]), np.zeros(5))
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="rows"):
         kernels.csr_values(sp.csr_matrix((3, 3), dtype=np.float32), np.array([3]),
                            np.array([0]))
+    with pytest.raises(IndexError, match="cols"):
+        kernels.csr_values(sp.csr_matrix((3, 3), dtype=np.float32), np.array([0]),
+                           np.array([3]))
     with pytest.raises(IndexError, match="semantic_requests"):
         kernels.merge_candidates(2, np.array([1, 0]), np.array([[1], [2]]),
                                  sp.csr_matrix((2, 4), dtype=np.float32), 1, np.arange(4), 1,
@@ -188,16 +218,37 @@ def test_the_compiled_functions_refuse_arrays_of_the_wrong_type():
     out = np.empty(1, np.float32)
     with pytest.raises(TypeError, match="rows"):
         _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), np.array([0.0]), np.array([0]), out)
+                            np.zeros(0, np.float32), 1, np.array([0.0]), np.array([0]), out)
     with pytest.raises(TypeError, match="out"):
         _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), np.array([0]), np.array([0]),
+                            np.zeros(0, np.float32), 1, np.array([0]), np.array([0]),
                             np.empty(1, np.float64))
     with pytest.raises(TypeError, match="writable"):
         readonly = np.empty(1, np.float32)
         readonly.flags.writeable = False
         _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), np.array([0]), np.array([0]), readonly)
+                            np.zeros(0, np.float32), 1, np.array([0]), np.array([0]), readonly)
     with pytest.raises(ValueError, match="lengths"):
         _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), np.array([0, 0]), np.array([0]), out)
+                            np.zeros(0, np.float32), 1, np.array([0, 0]), np.array([0]), out)
+
+
+# -- the per-item feature table -------------------------------------------------------------------
+def test_item_feature_columns_follow_the_states_arrays():
+    from features.state import BehaviourState
+
+    state = BehaviourState(n_items=4)
+    state.clicks_ = np.array([0, 1, 5, 2], np.float32)
+    state.shown_ = np.array([0, 3, 5, 9], np.float32)
+    state.ctr_ = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    state.window_clicks_ = np.array([[0, 0, 0], [1, 1, 1], [2, 3, 5], [0, 1, 2]], np.float32)
+    table = state.item_feature_columns()
+    np.testing.assert_array_equal(table[:, 0], np.log1p(state.clicks_))
+    np.testing.assert_array_equal(table[:, 3], np.log1p(state.window_clicks_[:, 2].copy()))
+    np.testing.assert_array_equal(table[:, 4], np.array([np.nan, 0.2, np.nan, 0.4], np.float32))
+    assert state.item_feature_columns() is table               # made once
+    state.clicks_ = np.array([0, 1, 5, 2, 7], np.float32)       # replaced, as with new items
+    state.shown_ = np.zeros(5, np.float32)
+    state.ctr_ = np.zeros(5, np.float32)
+    state.window_clicks_ = np.zeros((5, 3), np.float32)
+    assert state.item_feature_columns().shape == (5, 5)
