@@ -278,13 +278,15 @@ def free_port() -> int:
 
 
 def start_server(models_dir: Path, port: int, store: Path, extra_env: dict | None = None,
-                 timeout_s: float = 180) -> subprocess.Popen:
+                 timeout_s: float = 180, root: Path = ROOT) -> subprocess.Popen:
+    """`recsys serve` from the checkout `root` (this one unless an A/B names another: its
+    packages come first on the path, in the server and in its worker processes)."""
     env = {**os.environ, "RECSYS_API_KEYS": API_KEY, "RECSYS_ADMIN_KEY": ADMIN_KEY,
            "RECSYS_EVENT_STORE": str(store), "RECSYS_POLL_CURRENT_S": "0",
            "RECSYS_RATE_LIMIT_PER_S": "1000000", "RECSYS_RATE_LIMIT_BURST": "1000000",
-           "RECSYS_MAX_PENDING": "1000", **(extra_env or {})}
+           "RECSYS_MAX_PENDING": "1000", "PYTHONPATH": str(root), **(extra_env or {})}
     process = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", str(models_dir),
-                                "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                                "--host", "127.0.0.1", "--port", str(port)], cwd=root, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -299,6 +301,14 @@ def start_server(models_dir: Path, port: int, store: Path, extra_env: dict | Non
         time.sleep(0.5)
     process.kill()
     raise RuntimeError("server did not become ready")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 async def _one(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -579,11 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms), "
                       f"statuses {result['statuses']}")
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
 
     # targets: latency at c=1 from one worker; p99 at c=8 and throughput from the best setting
     # (the server's default first: one process, compiled trees)
