@@ -64,6 +64,25 @@ static void buf_release(Buf *b) {
 
 static inline Py_ssize_t buf_len(const Buf *b) { return b->view.len / b->view.itemsize; }
 
+static void buf_release_all(Buf **all, int n) {
+    for (int j = 0; j < n; j++) buf_release(all[j]);
+}
+
+/* The Python exception for how a loop ended, set and -1, or 0 when it ended well: out of
+   memory, or `bad` names the argument holding an index out of range (or offsets out of
+   order). */
+static int loop_error(const char *kernel, int no_memory, const char *bad) {
+    if (no_memory) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (bad) {
+        PyErr_Format(PyExc_IndexError, "%s: %s out of range or out of order", kernel, bad);
+        return -1;
+    }
+    return 0;
+}
+
 /* an element of an int32 or int64 index array (scipy picks either for CSR matrices) */
 static inline int64_t idx_at(const Buf *b, Py_ssize_t i) {
     return b->view.itemsize == 4 ? (int64_t)((const int32_t *)b->view.buf)[i]
@@ -334,13 +353,10 @@ static PyObject *similarities(PyObject *self, PyObject *args) {
         M[r] = best_recent;
     }
     Py_END_ALLOW_THREADS
-    if (bad) {
-        PyErr_Format(PyExc_IndexError, "similarities: %s out of range", bad);
-        goto done;
-    }
+    if (loop_error("similarities", 0, bad)) goto done;
     result = Py_NewRef(Py_None);
 done:
-    for (int j = 0; j < 9; j++) buf_release(all[j]);
+    buf_release_all(all, 9);
     return result;
 }
 
@@ -392,13 +408,10 @@ static PyObject *csr_lookup(PyObject *self, PyObject *args) {
         OUT[j] = v;
     }
     Py_END_ALLOW_THREADS
-    if (bad) {
-        PyErr_Format(PyExc_IndexError, "csr_lookup: %s out of range", bad);
-        goto done;
-    }
+    if (loop_error("csr_lookup", 0, bad)) goto done;
     result = Py_NewRef(Py_None);
 done:
-    for (int j = 0; j < 6; j++) buf_release(all[j]);
+    buf_release_all(all, 6);
     return result;
 }
 
@@ -549,14 +562,7 @@ static PyObject *covisitation_scores(PyObject *self, PyObject *args) {
     }
     if (!bad && !no_memory) optr[n] = used;
     Py_END_ALLOW_THREADS
-    if (no_memory) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (bad) {
-        PyErr_Format(PyExc_IndexError, "covisitation_scores: %s out of range", bad);
-        goto done;
-    }
+    if (loop_error("covisitation_scores", no_memory, bad)) goto done;
     out_ptr = PyByteArray_FromStringAndSize((const char *)optr,
                                             (Py_ssize_t)((n + 1) * sizeof *optr));
     out_ind = PyByteArray_FromStringAndSize((const char *)columns,
@@ -573,7 +579,7 @@ done:
     free(sums);
     free(optr);
     intmap_free(&cell_at);
-    for (int j = 0; j < 6; j++) buf_release(all[j]);
+    buf_release_all(all, 6);
     return result;
 }
 
@@ -769,24 +775,17 @@ static PyObject *merge_candidates(PyObject *self, PyObject *args) {
     if (next_sem != n_sem && !bad && !no_memory && !overflow) bad = "semantic_requests";
 done_nogil:
     Py_END_ALLOW_THREADS
-    if (no_memory) {
-        PyErr_NoMemory();
-        goto done;
-    }
     if (overflow) {
         PyErr_SetString(PyExc_ValueError, "merge_candidates: output arrays too short");
         goto done;
     }
-    if (bad) {
-        PyErr_Format(PyExc_IndexError, "merge_candidates: %s out of range or out of order", bad);
-        goto done;
-    }
+    if (loop_error("merge_candidates", no_memory, bad)) goto done;
     result = PyLong_FromSsize_t(used);
 done:
     free(scored);
     intmap_free(&skipped);
     intmap_free(&row_of);
-    for (int j = 0; j < 16; j++) buf_release(all[j]);
+    buf_release_all(all, 16);
     return result;
 }
 
@@ -892,21 +891,14 @@ static PyObject *history_features(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
-    if (no_memory) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (bad) {
-        PyErr_Format(PyExc_IndexError, "history_features: %s out of range", bad);
-        goto done;
-    }
+    if (loop_error("history_features", no_memory, bad)) goto done;
     result = Py_NewRef(Py_None);
 done:
     free(order);
     free(start);
     intmap_free(&by_item);
     intmap_free(&by_category);
-    for (int j = 0; j < 8; j++) buf_release(all[j]);
+    buf_release_all(all, 8);
     return result;
 }
 
@@ -960,18 +952,11 @@ static PyObject *distinct_in_range(PyObject *self, PyObject *args) {
         OUT[u] = count;
     }
     Py_END_ALLOW_THREADS
-    if (no_memory) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (bad) {
-        PyErr_Format(PyExc_IndexError, "distinct_in_range: %s out of range", bad);
-        goto done;
-    }
+    if (loop_error("distinct_in_range", no_memory, bad)) goto done;
     result = Py_NewRef(Py_None);
 done:
     intmap_free(&seen);
-    for (int j = 0; j < 3; j++) buf_release(all[j]);
+    buf_release_all(all, 3);
     return result;
 }
 
@@ -1053,18 +1038,11 @@ static PyObject *filter_hits(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
-    if (no_memory) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (bad) {
-        PyErr_Format(PyExc_IndexError, "filter_hits: %s out of range", bad);
-        goto done;
-    }
+    if (loop_error("filter_hits", no_memory, bad)) goto done;
     result = Py_NewRef(Py_None);
 done:
     intmap_free(&skipped);
-    for (int j = 0; j < 8; j++) buf_release(all[j]);
+    buf_release_all(all, 8);
     return result;
 }
 
