@@ -16,7 +16,6 @@ request (all its processes, from /proc). Medians over the rounds are compared.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -28,10 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
-_spec = importlib.util.spec_from_file_location("serving_benchmark",
-                                               ROOT / "benchmarks" / "serving.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from benchmarks import serving as bench  # noqa: E402  (the benchmark, not the package)
 
 
 def checkout(revision: str, into: Path) -> Path:

@@ -85,12 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" /
                                               "serving_phases.json"))
     args = parser.parse_args(argv)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("serving_benchmark",
-                                                  ROOT / "benchmarks" / "serving.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from benchmarks import serving as bench  # the benchmark, not the package
     models = Path(args.workdir) / "models"
     bench.build_catalogue(models)
     set_search_threads(1)

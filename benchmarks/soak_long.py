@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import itertools
 import json
 import os
@@ -38,10 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
-_spec = importlib.util.spec_from_file_location("serving_benchmark",
-                                               ROOT / "benchmarks" / "serving.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from benchmarks import serving as bench  # noqa: E402  (the benchmark, not the package)
 
 from recsys.bundle import set_current  # noqa: E402
 from serving.testing import copy_bundle  # noqa: E402

@@ -92,32 +92,21 @@ class Covisitation:
         decay = np.array([RECENCY_DECAY ** j for j in range(recent)], dtype=np.float32)
         return kernels.covisitation_scores(items, offsets, decay, self.matrix_)
 
-    def _canonical(self) -> sp.csr_matrix:
-        """`matrix_` with sorted, unique columns in each row (what the lookups need)."""
-        matrix = self.matrix_
-        if not matrix.has_canonical_format:
-            matrix = matrix.copy()
-            matrix.sum_duplicates()
-        return matrix
-
     def pair_values(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """`C[rows[j], cols[j]]` as float32 (0 where rows[j] < 0 or the pair is not stored),
         reading only the rows asked for. With a user's last item as the row this is their
         `score(..., recent=1)` (weight 1.0, one term: the same float32 values) for the cost of
         a lookup."""
-        return kernels.csr_values(self._canonical(), rows, cols)
+        return kernels.csr_values(self.matrix_, rows, cols)
 
 
 def pair_scores(scores: sp.csr_matrix, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Dense values of a [n_users, n_items] score matrix at (user, item) pairs, without densifying.
 
-    A binary search over the sorted (row, column) keys of the stored entries; missing pairs
-    are 0, as in `scores[users, items]`.
+    A binary search in each pair's row (features/kernels.py); missing pairs are 0, as in
+    `scores[users, items]`.
     """
     users = np.asarray(users, np.int64)
     if users.size and users.min() < 0:  # the lookup reads a negative row as "no row"
         raise IndexError("a (user, item) pair lies outside the score matrix")
-    if not scores.has_canonical_format:
-        scores = scores.copy()
-        scores.sum_duplicates()  # sorted columns, one entry per cell
     return kernels.csr_values(scores, users, items)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from features.ragged import list_lengths
+
 try:
     from features import _kernels
 except ImportError as exc:  # pragma: no cover - a source checkout that was never installed
@@ -45,8 +47,12 @@ def similarities(profiles: np.ndarray, history_items: np.ndarray, offsets: np.nd
 
 def csr_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """`matrix[rows[j], cols[j]]` as float32, 0 where not stored or rows[j] < 0; IndexError
-    for a row or column past the matrix. The matrix must have sorted, unique columns in each
-    row (scipy's canonical format)."""
+    for a row or column past the matrix. The lookup is a binary search, so a matrix without
+    sorted, unique columns in each row is first summed into that form (scipy caches whether it
+    is, so a canonical matrix costs nothing here)."""
+    if not matrix.has_canonical_format:
+        matrix = matrix.copy()
+        matrix.sum_duplicates()
     rows = _ints(rows)
     out = np.empty(rows.size, np.float32)
     _kernels.csr_lookup(matrix.indptr, matrix.indices, _floats(matrix.data), matrix.shape[1],
@@ -83,7 +89,7 @@ def merge_candidates(n_requests: int, semantic_requests: np.ndarray, semantic_ro
     `_kernels.merge_candidates` for the order and the ranks."""
     semantic_rows = _ints(semantic_rows)
     k = semantic_rows.shape[1] if semantic_rows.ndim == 2 else 0
-    covis_rows = np.minimum(np.diff(covis_scores.indptr), max(n_covisitation, 0)).sum()
+    covis_rows = np.minimum(list_lengths(covis_scores.indptr), max(n_covisitation, 0)).sum()
     capacity = int(len(semantic_requests) * k + covis_rows + n_requests * max(n_popular, 0)
                    + len(history_items))
     request = np.empty(capacity, np.int64)

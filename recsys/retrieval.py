@@ -85,11 +85,9 @@ def retrieve(histories: Sequence[Sequence[int]], profiles: np.ndarray, index: It
     # or not at all, so it never crowds new items out of a source's quota).
     if covis_scores is None:
         covis_scores = state.covisitation.score(histories)
-    history_items, _ = flatten(histories)
-    exclude_items, _ = flatten(exclude)
-    width = 1 + max(state.n_items, index.size, covis_scores.shape[1],
-                    int(history_items.max(initial=0)), int(exclude_items.max(initial=0)))
     skipped_items, skipped_offsets = flatten([exclude[u] | history_sets[u] for u in range(n)])
+    width = 1 + max(state.n_items, index.size, covis_scores.shape[1],
+                    int(skipped_items.max(initial=0)))
 
     semantic_users = np.zeros(0, np.int64)
     semantic_rows = np.zeros((0, 0), np.int64)
