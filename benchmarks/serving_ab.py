@@ -30,18 +30,27 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 from benchmarks import serving as bench  # noqa: E402  (the benchmark, not the package)
 
 
+def commit_of(revision: str) -> str:
+    """The commit a revision names (HEAD, a branch, a short hash), in full."""
+    return subprocess.run(["git", "rev-parse", "--verify", f"{revision}^{{commit}}"], cwd=ROOT,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
 def checkout(revision: str, into: Path) -> Path:
     """A clean worktree of `revision` at `into` (remade each run), its C part built in place."""
-    commit = subprocess.run(["git", "rev-parse", "--verify", f"{revision}^{{commit}}"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout.strip()
-    subprocess.run(["git", "worktree", "remove", "--force", str(into)], cwd=ROOT,
-                   capture_output=True)
+    commit = commit_of(revision)
+    remove_checkout(into)
     subprocess.run(["git", "worktree", "add", "--force", "--detach", str(into), commit],
                    cwd=ROOT, check=True, capture_output=True)
     if (into / "setup.py").exists():
         subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=into,
                        check=True, capture_output=True)
     return into
+
+
+def remove_checkout(into: Path) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(into)], cwd=ROOT,
+                   capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         for process, _ in servers.values():
             bench.stop_server(process)
         for name in ("old", "new"):
-            subprocess.run(["git", "worktree", "remove", "--force", str(workdir / f"ab-{name}")],
-                           cwd=ROOT, capture_output=True)
+            remove_checkout(workdir / f"ab-{name}")
     summary = {name: {"revision": getattr(args, name),
+                      "commit": commit_of(getattr(args, name)),
                       "req_per_s_median": statistics.median(t["throughput_rps"] for t in rows),
                       "server_cpu_ms_per_request_median": statistics.median(
                           t["server_cpu_ms_per_request"] for t in rows)}

@@ -14,7 +14,6 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,7 +145,7 @@ static inline void intmap_put(IntMap *map, size_t slot, int64_t key, int64_t val
     map->values[slot] = value;
 }
 
-/* -- small helpers ---------------------------------------------------------------------------- */
+/* -- dot products ----------------------------------------------------------------------------- */
 
 /* Dot products in a fixed order: eight interleaved partial sums per product, combined
    pairwise. The order does not depend on the caller or on which products are computed
@@ -169,7 +168,7 @@ static inline float combine8(f4 lo, f4 hi) {
 
 /* out[j] = v . q[j] for j < 3 */
 static void dot3(const float *v, const float *q0, const float *q1, const float *q2,
-                        Py_ssize_t d, float out[3]) {
+                 Py_ssize_t d, float out[3]) {
     f4 a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0};
     Py_ssize_t i = 0;
     for (; i + 8 <= d; i += 8) {
