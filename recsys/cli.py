@@ -87,10 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="write an HTML report with plots to this folder")
     p.set_defaults(run=cmd_evaluate)
 
-    p = sub.add_parser("serve", help="serve recommendations over HTTP")
-    p.add_argument("models")
+    p = sub.add_parser("serve", help="serve recommendations over HTTP",
+                       description="Serve the model CURRENT names in MODELS over HTTP. Settings "
+                                   "come from RECSYS_* variables (docs/operations.md).")
+    p.add_argument("models", help="models folder (what `recsys train --out` wrote)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000, help="1-65535 (default 8000)")
+    p.add_argument("--log-format", choices=["auto", "text", "json"], default=None,
+                   help="console lines: text on a terminal and JSON otherwise with auto (default: "
+                        "RECSYS_LOG_FORMAT, else auto)")
+    p.add_argument("--wait-for-model", action="store_true",
+                   help="start even if MODELS holds no model yet (/ready answers 503 until "
+                        "CURRENT appears)")
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("batch-score", help="score users from Parquet to Parquet")
@@ -187,10 +195,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (1-65535)")
+    return port
+
+
 def cmd_serve(args) -> int:
     from serving.main import run
 
-    run(args.models, host=args.host, port=args.port)
+    run(args.models, host=args.host, port=args.port, log_format=args.log_format,
+        wait_for_model=args.wait_for_model)
     return 0
 
 

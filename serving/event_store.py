@@ -139,6 +139,7 @@ class SqliteEventStore:
     def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_with_umask(self.path)
         _warn_on_torn_wal(self.path)
         self._lock = threading.Lock()
         self._readers = threading.local()  # one read connection per thread (WAL: never blocks)
@@ -308,6 +309,18 @@ class SqliteEventStore:
             for reader in self._all_readers:
                 reader.close()
             self._all_readers.clear()
+
+
+def _create_with_umask(db_path: Path) -> None:
+    """Create the (empty) database file as any program would, mode 0666 less the umask. SQLite
+    creates it 0644 less the umask, so a group-writable umask (a server and an exporter running
+    as two users of one group) was not honoured. Its -wal and -shm files copy this file's mode."""
+    try:
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        pass
+    except OSError:
+        pass  # SQLite's own open then reports the problem in its words
 
 
 def _warn_on_torn_wal(db_path: Path) -> None:

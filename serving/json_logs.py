@@ -1,16 +1,21 @@
-"""Structured logs: one JSON object per line, with whatever `extra` fields a call adds."""
+"""The server's console: one line per log record, JSON (with whatever `extra` fields a call adds)
+for log collectors or plain text for a person at a terminal, and no third-party progress bars."""
 
 from __future__ import annotations
 
 import atexit
 import json
 import logging
+import os
 import queue
 import sys
 import threading
 import time
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# uvicorn's `color_message` repeats the message with ANSI colour codes: never copied into a line.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime", "color_message"}
+FORMATS = ("auto", "text", "json")
 
 # How often the writer thread wakes to write what is queued. Waking it for every line (the
 # standard QueueListener) cost the server 0.18 ms of CPU per request, 12% of its throughput
@@ -31,6 +36,50 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-12-07 06:12:13 INFO serving.model_holder: message key=value ...`, for a person."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extras = [f"{key}={value}" for key, value in record.__dict__.items()
+                  if key not in _STANDARD and not key.startswith("_")]
+        if extras:
+            line += " " + " ".join(extras)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def resolve_format(fmt: str, stream=None) -> str:
+    """"text" or "json": auto is text when `stream` (stderr) is a terminal, JSON otherwise."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt != "auto":
+        return fmt
+    stream = sys.stderr if stream is None else stream
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):
+        return "json"
+
+
+def silence_progress_bars() -> None:
+    """Turn off the tqdm bars of Hugging Face libraries (a "Loading weights" bar when an encoder
+    loads): written straight to stderr with carriage returns, they break a JSON line stream.
+    The environment covers libraries not imported yet, and worker processes."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 class LineQueueHandler(logging.Handler):
@@ -89,8 +138,9 @@ class LineWriter:
             pass
 
 
-def configure(level: str = "INFO") -> None:
-    """Send every log record (ours, uvicorn's) to stderr as JSON lines.
+def configure(level: str = "INFO", fmt: str = "json") -> None:
+    """Send every log record (ours, uvicorn's) to stderr, one line each: `fmt` is json, text
+    or auto (resolve_format), and third-party progress bars are turned off.
 
     The logging thread (the event loop, for the access line of every request) only formats and
     queues a line; a background thread writes the queued lines together (FLUSH_S). A write is
@@ -100,6 +150,8 @@ def configure(level: str = "INFO") -> None:
     # thread, process and multiprocessing names): the logging HOWTO's "Optimization" switches.
     # The caller lookup walks the stack on every record, the access line of every request
     # included.
+    fmt = resolve_format(fmt)
+    silence_progress_bars()
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for old in logging.getLogger().handlers:
@@ -109,7 +161,7 @@ def configure(level: str = "INFO") -> None:
             writer.stop()
     lines: queue.SimpleQueue = queue.SimpleQueue()
     handler = LineQueueHandler(lines)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.writer = LineWriter(lines, sys.stderr)
     handler.writer.start()
     atexit.register(handler.writer.stop)  # write what is queued when the process exits
@@ -119,7 +171,8 @@ def configure(level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").disabled = True  # our access log says more, as JSON
+    logging.getLogger("uvicorn.access").disabled = True  # our access log says more
 
 
-__all__ = ["FLUSH_S", "JsonFormatter", "LineQueueHandler", "LineWriter", "configure"]
+__all__ = ["FLUSH_S", "FORMATS", "JsonFormatter", "LineQueueHandler", "LineWriter",
+           "TextFormatter", "configure", "resolve_format", "silence_progress_bars"]

@@ -24,6 +24,7 @@ from serving.event_store import EventStore, SqliteEventStore
 from serving.metrics import Metrics
 from serving.middleware import ServingMiddleware
 from serving.model_holder import Loader, ModelHolder
+from serving.preflight import ServeRefused, bind_socket, check_models_dir
 from serving.routes import admin, events, health, items, recommendations
 from serving.settings import Settings, get_settings
 
@@ -66,14 +67,14 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             if store_path is None:
                 scratch = tempfile.TemporaryDirectory(prefix="recsys-events-")
                 store_path = Path(scratch.name) / "events.sqlite"
-                log.warning("no models directory or RECSYS_EVENT_STORE: events are kept in %s "
-                            "only while the server runs", store_path)
+                log.warning("no models folder (yet) and no RECSYS_EVENT_STORE: events are kept "
+                            "in %s only while the server runs", store_path)
             event_store = SqliteEventStore(store_path)  # EventStoreError stops the start
         holder = ModelHolder(settings.models_dir, store=event_store, threads=1,
                              ranker_timeout_s=settings.ranker_timeout_ms / 1000.0,
                              compiled_ranker=settings.compiled_ranker, loader=loader,
                              on_change=metrics.model_loaded, on_refused=metrics.model_refused)
-        holder.load_current()
+        holder.load_current(waiting=settings.wait_for_model)
         holder.start_polling(settings.poll_current_s)
         pool = ModelPool(settings.model_threads, settings.max_pending)
         batcher = Coalescer(pool.executor, max_running=settings.model_threads,
@@ -105,28 +106,56 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     return app
 
 
-def run(models: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve `models` (a models directory with CURRENT) until interrupted."""
+def run(models: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000,
+        log_format: str | None = None, wait_for_model: bool = False) -> None:
+    """Serve `models` (a models directory with CURRENT) until interrupted.
+
+    Everything that can be refused is refused before the model loads, in one line each: a bad
+    RECSYS_* value, a path that is no models folder (serving.preflight), a port in use."""
     import uvicorn
 
     from serving import json_logs
 
-    base = get_settings()
-    settings = base.model_copy(update={"models_dir": Path(models), "host": host, "port": port})
+    update: dict = {"models_dir": Path(models), "host": host, "port": port}
+    if log_format is not None:
+        update["log_format"] = log_format
+    if wait_for_model:
+        update["wait_for_model"] = True
+    settings = get_settings().model_copy(update=update)
     settings.check_secure()
-    store_path = settings.event_store_path()
-    if store_path is not None:
-        SqliteEventStore(store_path).close()  # a corrupt store: one clear line, exit 2
-    json_logs.configure(settings.log_level)
-    options = dict(host=host, port=port, log_config=None, access_log=False,
-                   timeout_graceful_shutdown=10, http=_http_protocol())
-    if settings.workers == 1:
-        uvicorn.run(create_app(settings), **options)
-        return
-    # worker processes rebuild the settings from the environment: hand them what the CLI said
+    check_models_dir(settings.models_dir, wait_for_model=settings.wait_for_model)
+    if settings.wait_for_model and settings.poll_current_s <= 0:
+        raise ServeRefused("--wait-for-model needs RECSYS_POLL_CURRENT_S above 0 (it is how "
+                           "the server notices the model)")
+    sock = bind_socket(host, port)
+    try:
+        store_path = settings.event_store_path()
+        if store_path is not None:
+            SqliteEventStore(store_path).close()  # a corrupt store: one clear line, exit 2
+        settings.log_format = json_logs.resolve_format(settings.log_format)
+        json_logs.configure(settings.log_level, settings.log_format)
+        options = dict(log_config=None, access_log=False, timeout_graceful_shutdown=10,
+                       http=_http_protocol())
+        if settings.workers == 1:
+            # uvicorn listens on the socket bound above: the address was ours before the load
+            server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+            log.info("listening on http://%s:%d (Ctrl+C to stop)", host, port)
+            try:
+                server.run(sockets=[sock])
+            except KeyboardInterrupt:
+                pass
+            if not server.started:
+                raise SystemExit(3)  # the app did not start (logged): uvicorn.run's exit code
+            return
+    finally:
+        sock.close()
+    # worker processes rebuild the settings from the environment: hand them what the CLI said.
+    # uvicorn binds the address in this process, before any worker loads the model.
     os.environ.update({"RECSYS_MODELS_DIR": str(Path(models).resolve()), "RECSYS_HOST": host,
-                       "RECSYS_PORT": str(port)})
-    uvicorn.run("serving.main:worker_app", factory=True, workers=settings.workers, **options)
+                       "RECSYS_PORT": str(port), "RECSYS_LOG_FORMAT": settings.log_format,
+                       "RECSYS_WAIT_FOR_MODEL": str(settings.wait_for_model).lower()})
+    uvicorn.run("serving.main:worker_app", factory=True, workers=settings.workers, host=host,
+                port=port, **options)
 
 
 def _no_delay(protocol: type) -> type:
@@ -175,7 +204,7 @@ def worker_app() -> FastAPI:
     from serving import json_logs
 
     settings = get_settings()
-    json_logs.configure(settings.log_level)
+    json_logs.configure(settings.log_level, settings.log_format)
     return create_app(settings)
 
 

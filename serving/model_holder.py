@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from features.build import FEATURES
-from recsys.bundle import check_version_name, current_version, read_manifest, set_current
+from recsys.bundle import (CURRENT, check_version_name, current_version, read_manifest,
+                           set_current)
 from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
 from recsys.recommender import Filters, History, Recommender
@@ -124,10 +125,15 @@ class ModelHolder:
         return self._current
 
     # -- loading --------------------------------------------------------------------------------
-    def load_current(self) -> None:
-        """At start: serve CURRENT if there is one; otherwise run without a model (not ready)."""
+    def load_current(self, *, waiting: bool = False) -> None:
+        """At start: serve CURRENT if there is one; otherwise run without a model (not ready).
+        `waiting`: a missing CURRENT is expected (the poller loads it when it appears)."""
         if self.models_dir is None:
             self.last_error = "no models directory configured"
+            return
+        if waiting and not (self.models_dir / CURRENT).is_file():
+            self.last_error = f"waiting for a model: no {CURRENT} in {self.models_dir} yet"
+            log.info("%s", self.last_error)
             return
         try:
             self.reload()
@@ -248,7 +254,8 @@ class ModelHolder:
             else:
                 stale.append(j)
         if stale:
-            encoded = self.encoder(recommender).encode([items[j].text for j in stale])
+            encoded = self.encoder(recommender).encode([items[j].text for j in stale],
+                                                       show_progress=False)  # stderr is the log
             vectors[stale] = encoded
         return vectors
 

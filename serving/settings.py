@@ -10,16 +10,23 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from recsys.errors import RecsysError
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class InsecureSettingsError(RecsysError, ValueError):
     """Settings that would expose the service without protection (the CLI prints it, exit 2)."""
+
+
+class SettingsError(RecsysError, ValueError):
+    """A RECSYS_* value that does not parse or is out of range (one line naming it, exit 2)."""
 
 
 class Settings(BaseSettings):
@@ -61,13 +68,25 @@ class Settings(BaseSettings):
 
     # Model lifecycle: how often to look at CURRENT (0 = only on POST /admin/reload).
     poll_current_s: float = Field(5.0, ge=0)
+    # Start without a model and serve the first one CURRENT names (/ready 503 until then),
+    # instead of refusing to start on a models folder that holds none yet.
+    wait_for_model: bool = False
 
     log_level: str = "INFO"
+    # auto: text lines on a terminal, JSON lines otherwise (a log collector).
+    log_format: Literal["auto", "text", "json"] = "auto"
 
     # Server processes. Model work holds the GIL, so one process uses about one core; each
     # worker loads its own copy of the model and they share the event store (see
     # docs/operations.md for what is per process).
     workers: int = Field(1, ge=1, le=64)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -77,9 +96,13 @@ class Settings(BaseSettings):
         return value
 
     def event_store_path(self) -> Path | None:
+        """RECSYS_EVENT_STORE, else MODELS/events.sqlite; None while the models folder does not
+        exist (a mistyped path must not turn into a new folder with a store in it)."""
         if self.event_store is not None:
             return self.event_store
-        return None if self.models_dir is None else self.models_dir / "events.sqlite"
+        if self.models_dir is None or not self.models_dir.is_dir():
+            return None
+        return self.models_dir / "events.sqlite"
 
     def check_secure(self) -> "Settings":
         """Refuse settings that would serve data to a network without keys, or weak keys."""
@@ -106,11 +129,31 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+# Never echoed back in an error: the value is a secret.
+_SECRET_FIELDS = frozenset({"api_keys", "admin_key"})
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line naming each bad setting as it is spelled in the environment, with its value."""
+    parts = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error.get("loc") else "?"
+        name = f"RECSYS_{field.upper()}"
+        value = "(hidden)" if field in _SECRET_FIELDS else repr(error.get("input"))
+        parts.append(f"{name}={value}: {error.get('msg', 'invalid')}")
+    return "bad setting " + "; ".join(parts)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    """Settings from the environment, and from the file named by RECSYS_ENV_FILE if set."""
+    """Settings from the environment, and from the file named by RECSYS_ENV_FILE if set
+    (SettingsError naming the setting for a value that does not parse)."""
     env_file = os.environ.get("RECSYS_ENV_FILE")
-    return Settings(_env_file=env_file) if env_file else Settings()
+    try:
+        return Settings(_env_file=env_file) if env_file else Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
 
 
-__all__ = ["InsecureSettingsError", "Settings", "get_settings"]
+__all__ = ["InsecureSettingsError", "Settings", "SettingsError", "describe_errors",
+           "get_settings"]

@@ -41,7 +41,8 @@ async def put_items(ctx: Ctx, _: DataCaller, request: ItemsRequest) -> dict:
 
     def embed_and_store() -> list[StoredItem]:
         encoder = ctx.holder.encoder(recommender)
-        vectors = encoder.encode([item.text for item in items])
+        # no progress bar: the server's stderr is its log stream
+        vectors = encoder.encode([item.text for item in items], show_progress=False)
         fingerprint = recommender.manifest.get("encoder", {}).get("fingerprint", "")
         now = time.time()
         stored = [StoredItem(i.item_id, i.title, i.text, i.category, vectors[j], fingerprint,
