@@ -80,6 +80,11 @@ class EventStore(Protocol):
         """Item ids of the user's latest positive events after `since` (oldest first, at most
         `limit`), and the time of their last event of any kind (NaN if none)."""
 
+    def recent_events(self, user_id: str, limit: int,
+                      since: float) -> tuple[list[tuple[str, float, str]], float]:
+        """The events `recent_items` picks, as (item id, epoch seconds, type), and the same
+        last time."""
+
     def popular_items(self, k: int, exclude: set[str]) -> list[tuple[str, int]]:
         """The most clicked items in the store (the fallback when no model is loaded)."""
 
@@ -87,6 +92,9 @@ class EventStore(Protocol):
 
     def items(self, since_seq: int = 0) -> list[tuple[int, StoredItem]]:
         """Cold-start item changes after `since_seq`, oldest first, with their sequence."""
+
+    def item(self, item_id: str) -> StoredItem | None:
+        """The latest change of one cold-start item (None if the API never changed it)."""
 
     def items_seq(self) -> int:
         """The sequence number of the latest item change (0 if none)."""
@@ -235,18 +243,32 @@ class SqliteEventStore:
         return db
 
     def recent_items(self, user_id: str, limit: int, since: float) -> tuple[list[str], float]:
-        try:
-            rows = self._reader().execute(
-                "SELECT item_id, type, ts_us FROM events WHERE user_id = ? "
-                "ORDER BY ts_us DESC, seq DESC LIMIT ?", (user_id, 4 * limit)).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"event store read failed ({exc})") from exc
+        rows = self._latest_rows(user_id, limit)
         if not rows:
             return [], math.nan
         since_us = since * 1_000_000
         items = [item for item, type_, ts_us in rows
                  if type_ in POSITIVE_TYPES and ts_us > since_us][:limit]
         return items[::-1], rows[0][2] / 1_000_000
+
+    def recent_events(self, user_id: str, limit: int,
+                      since: float) -> tuple[list[tuple[str, float, str]], float]:
+        rows = self._latest_rows(user_id, limit)
+        if not rows:
+            return [], math.nan
+        since_us = since * 1_000_000
+        events = [(item, ts_us / 1_000_000, type_) for item, type_, ts_us in rows
+                  if type_ in POSITIVE_TYPES and ts_us > since_us][:limit]
+        return events[::-1], rows[0][2] / 1_000_000
+
+    def _latest_rows(self, user_id: str, limit: int) -> list[tuple[str, str, int]]:
+        # the positive events a history takes are found among the user's latest 4 x limit
+        try:
+            return self._reader().execute(
+                "SELECT item_id, type, ts_us FROM events WHERE user_id = ? "
+                "ORDER BY ts_us DESC, seq DESC LIMIT ?", (user_id, 4 * limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"event store read failed ({exc})") from exc
 
     def popular_items(self, k: int, exclude: set[str]) -> list[tuple[str, int]]:
         """Recounted at most every POPULAR_TTL_S: a scan of the store, used only without a model."""
@@ -302,6 +324,20 @@ class SqliteEventStore:
             out.append((seq, StoredItem(item_id, title, text, category, array, encoder,
                                         bool(deleted), updated_us / 1_000_000)))
         return out
+
+    def item(self, item_id: str) -> StoredItem | None:
+        try:
+            row = self._reader().execute(
+                "SELECT item_id, title, text, category, vector, encoder, deleted, updated_us "
+                "FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"event store read failed ({exc})") from exc
+        if row is None:
+            return None
+        item_id, title, text, category, vector, encoder, deleted, updated_us = row
+        array = None if vector is None else np.frombuffer(vector, dtype="<f4").copy()
+        return StoredItem(item_id, title, text, category, array, encoder, bool(deleted),
+                          updated_us / 1_000_000)
 
     def close(self) -> None:
         with self._lock:

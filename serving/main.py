@@ -25,7 +25,7 @@ from serving.metrics import Metrics
 from serving.middleware import ServingMiddleware
 from serving.model_holder import Loader, ModelHolder
 from serving.preflight import ServeRefused, bind_socket, check_models_dir
-from serving.routes import admin, events, health, items, recommendations
+from serving.routes import admin, events, health, items, recommendations, users
 from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
                 scratch.cleanup()
 
     app = RecsysAPI(title="recsys", version="1", description=DESCRIPTION, lifespan=lifespan)
-    for router in (recommendations.router, items.router, events.router, health.router,
-                   admin.router):
+    for router in (recommendations.router, items.router, users.router, events.router,
+                   health.router, admin.router):
         app.include_router(router)
     errors.install(app)
     app.add_middleware(ServingMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -111,6 +112,51 @@ class DeletedResponse(BaseModel):
     model_version: str
 
 
+Origin = Literal["bundle", "live"]
+
+
+class ItemResponse(BaseModel):
+    """One item as it is served now."""
+
+    item_id: str
+    title: str
+    text: str | None = Field(description="what the encoder read, for items added or changed by "
+                                         "PUT /items; null for the bundle's items (a bundle "
+                                         "keeps no item text)")
+    category: str | None
+    source: Origin = Field(description="bundle: from the model bundle; live: added or changed by "
+                                       "PUT /items since")
+    updated_at: datetime | None = Field(description="when PUT /items last changed it (live "
+                                                    "items only)")
+    model_version: str
+
+
+class HistoryEntry(BaseModel):
+    item_id: str
+    title: str
+    category: str | None
+    source: Origin = Field(description="bundle: the training data; live: an event posted to "
+                                       "/events since")
+    type: str | None = Field(description="the live event's type (click, purchase...); null for "
+                                         "bundle entries, which keep order, not events")
+    time: datetime | None = Field(description="when the live event happened; null for bundle "
+                                              "entries")
+
+
+class UserHistoryResponse(BaseModel):
+    """A user's history as the engine reads it for their recommendations."""
+
+    user_id: str
+    items: list[HistoryEntry] = Field(max_length=MAX_LIST, description=(
+        f"oldest first: the bundle's history, then the live events it uses (positive events "
+        f"since the bundle's data ends, at most RECSYS_LIVE_HISTORY_ITEMS); the latest "
+        f"{MAX_LIST} when longer"))
+    total: int = Field(ge=0, description="entries in the whole history")
+    last_event_at: datetime | None = Field(description="the user's latest event of any kind, "
+                                                       "bundle or live")
+    model_version: str
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "no_model"]
     model_version: str
@@ -141,7 +187,8 @@ class ErrorResponse(BaseModel):
 
 
 __all__ = ["DeletedResponse", "Diversity", "ErrorResponse", "EventIn", "EventsRequest",
-           "EventsResponse", "HealthResponse", "HistoryRequest", "Id", "ItemIn", "ItemsRequest",
-           "ItemsResponse", "MAX_ID", "MAX_ITEMS_PER_PUT", "MAX_K", "MAX_LIST", "MAX_TEXT",
-           "ReadyResponse", "RecommendationResponse", "ReloadRequest", "ReloadResponse",
-           "ScoredItem", "ShownListIn", "Source"]
+           "EventsResponse", "HealthResponse", "HistoryEntry", "HistoryRequest", "Id", "ItemIn",
+           "ItemResponse", "ItemsRequest", "ItemsResponse", "MAX_ID", "MAX_ITEMS_PER_PUT",
+           "MAX_K", "MAX_LIST", "MAX_TEXT", "Origin", "ReadyResponse", "RecommendationResponse",
+           "ReloadRequest", "ReloadResponse", "ScoredItem", "ShownListIn", "Source",
+           "UserHistoryResponse"]

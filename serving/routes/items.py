@@ -1,4 +1,5 @@
-"""Similar items, and cold-start item changes: PUT embeds and serves at once, DELETE retires."""
+"""One item as served, similar items, and cold-start item changes: PUT embeds and serves at
+once, DELETE retires."""
 
 from __future__ import annotations
 
@@ -7,16 +8,27 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from serving import service
+from serving import lookup, service
 from serving.deps import Ctx, DataCaller
 from serving.errors import NoModel
 from serving.event_store import StoredItem
-from serving.schemas import (MAX_ID, MAX_K, DeletedResponse, ErrorResponse, ItemsRequest,
-                             ItemsResponse, RecommendationResponse)
+from serving.schemas import (MAX_ID, MAX_K, DeletedResponse, ErrorResponse, ItemResponse,
+                             ItemsRequest, ItemsResponse, RecommendationResponse)
 
 router = APIRouter(tags=["items"], responses={
     401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
     429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+
+
+@router.get("/items/{item_id}", response_model=ItemResponse)
+async def get_item(ctx: Ctx, _: DataCaller,
+                   item_id: Annotated[str, Path(min_length=1, max_length=MAX_ID)]) -> dict:
+    """The item as served now: from the bundle, or added or changed by PUT /items (404 for an
+    unknown or deleted item)."""
+    recommender = ctx.holder.refresh_items()
+    if recommender is None:
+        raise NoModel("no model is loaded: items are served by one")
+    return await ctx.pool.run(lookup.item_body, recommender, ctx.store, item_id)
 
 
 @router.get("/items/{item_id}/similar", response_model=RecommendationResponse)
