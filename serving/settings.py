@@ -129,18 +129,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-# Never echoed back in an error: the value is a secret.
-_SECRET_FIELDS = frozenset({"api_keys", "admin_key"})
-
-
 def describe_errors(exc: ValidationError) -> str:
     """One line naming each bad setting as it is spelled in the environment, with its value."""
     parts = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error.get("loc") else "?"
         name = f"RECSYS_{field.upper()}"
-        value = "(hidden)" if field in _SECRET_FIELDS else repr(error.get("input"))
-        parts.append(f"{name}={value}: {error.get('msg', 'invalid')}")
+        parts.append(f"{name}={error.get('input')!r}: {error.get('msg', 'invalid')}")
     return "bad setting " + "; ".join(parts)
 
 
