@@ -8,7 +8,8 @@ import logging
 import queue
 import time
 
-from serving.json_logs import JsonFormatter, LineQueueHandler, LineWriter
+from serving.json_logs import (JsonFormatter, LineQueueHandler, LineWriter, TextFormatter,
+                               resolve_format)
 
 
 class CountingStream(io.StringIO):
@@ -75,3 +76,36 @@ def test_a_closed_stream_does_not_break_the_writer():
     stream.close()
     logger.info("into the void")
     writer.stop()  # no exception: there is nowhere left to report it
+
+
+def _record(message: str, **extra) -> logging.LogRecord:
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, message, (), None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_uvicorn_color_message_is_never_copied_into_a_line():
+    record = _record("Started server process [7]",
+                     color_message="Started server process [\x1b[36m%d\x1b[0m]", port=8000)
+    for formatter in (JsonFormatter(), TextFormatter()):
+        line = formatter.format(record)
+        assert "\x1b" not in line and "color_message" not in line
+        assert "Started server process [7]" in line and "8000" in line
+    assert "color_message" not in json.loads(JsonFormatter().format(record))
+
+
+def test_text_lines_read_as_text_with_their_extra_fields():
+    line = TextFormatter().format(_record("request", route="/ready", status=200))
+    assert line.endswith("INFO    uvicorn.error: request route=/ready status=200")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_is_text_on_a_terminal_and_json_otherwise():
+    assert resolve_format("auto", Terminal()) == "text"
+    assert resolve_format("auto", io.StringIO()) == "json"
+    assert resolve_format("json", Terminal()) == "json"
+    assert resolve_format("text", io.StringIO()) == "text"
