@@ -26,6 +26,7 @@ def api_schema(models_dir, tmp_path_factory):
 def test_api_conforms_to_its_openapi(api_schema):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 10
+    assert {"/items/{item_id}", "/users/{user_id}"} <= {op.path for op in operations}
     for operation in operations:
         key = ADMIN_KEY if operation.path.startswith("/admin") else DATA_KEY
         # An event stamped beyond now + the allowed skew is refused (row 20); OpenAPI cannot
