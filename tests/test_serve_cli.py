@@ -148,3 +148,27 @@ def test_wait_for_model_needs_polling(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RECSYS_POLL_CURRENT_S", "0")
     assert "RECSYS_POLL_CURRENT_S" in refused(
         capsys, ["serve", str(tmp_path / "later"), "--wait-for-model"])
+
+
+def test_waiting_server_is_not_ready_until_a_model_appears(models_dir, tmp_path):
+    import shutil
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from serving.main import create_app
+    from serving.settings import Settings
+
+    later = tmp_path / "models-later"
+    settings = Settings(models_dir=later, wait_for_model=True, poll_current_s=0.1)
+    with TestClient(create_app(settings)) as client:
+        answer = client.get("/ready")
+        assert answer.status_code == 503 and "waiting for a model" in answer.json()["reason"]
+        assert client.get("/recommendations/anyone").json()["source"] == "popularity"
+        assert not later.exists()  # nothing made where the model will go
+        shutil.copytree(models_dir, later)
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the model was never picked up"
+            time.sleep(0.1)
+        assert client.get("/ready").json()["model_version"] == "v1"
