@@ -172,6 +172,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our access log says more
+    logging.captureWarnings(True)  # a library's warning is a line too, not raw text between lines
 
 
 __all__ = ["FLUSH_S", "FORMATS", "JsonFormatter", "LineQueueHandler", "LineWriter",
