@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve recommendations over HTTP",
                        description="Serve the model CURRENT names in MODELS over HTTP. Settings "
                                    "come from RECSYS_* variables (docs/operations.md).")
-    p.add_argument("models", help="models folder (what `recsys train --out` wrote)")
+    p.add_argument("models", metavar="MODELS",
+                   help="models folder (what `recsys train --out` wrote)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port_number, default=8000, help="1-65535 (default 8000)")
     p.add_argument("--log-format", choices=["auto", "text", "json"], default=None,
