@@ -45,7 +45,7 @@ def test_public_surface_is_exact() -> None:
     assert sorted(recsys.data.__all__) == sorted(
         ["Dataset", "load_dataset", "check_dataset", "validate_dataset", "import_dataset",
          "IMPORTERS"])
-    assert set(IMPORTERS) == {"parquet", "mind", "recbole", "movielens"}
+    assert set(IMPORTERS) == {"files", "parquet", "mind", "recbole", "movielens"}
 
 
 @pytest.mark.parametrize(("fmt", "folder"), [("mind", "mind"), ("mind", "ebnerd"),

@@ -68,12 +68,14 @@ def import_mind(src: str | Path, *, name: str | None = None, drop_unknown: bool 
         f"(from the longest one when they differ: {history_users} users differed). Repeated "
         "items inside one history are kept as repeated clicks.",
     ]
+    report = []
     if drop_unknown:
-        notes.append(f"--drop-unknown: skipped {dropped_history} history and {dropped_shown} "
-                     "impression items missing from the news file.")
+        report.append(f"--drop-unknown: skipped {dropped_history} history and {dropped_shown} "
+                      "impression items missing from the news file.")
+        notes.extend(report)
     meta = {"name": name or root.resolve().name, "source": "mind", "time": "real",
             "protocol": "impressions", "notes": " ".join(notes)}
-    return Dataset(items=items, events=events, meta=meta)
+    return Dataset(items=items, events=events, meta=meta, report=report)
 
 
 def _find_news(root: Path) -> tuple[Path, str]:
