@@ -30,6 +30,7 @@ _MICROS_PER = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
 _NUMBER = r"^[+-]?\d+(\.\d*)?$"
 _ZONE = r"([zZ]|[+-]\d\d(:?\d\d)?)$"
 UTC_MICROS = pl.Datetime("us", "UTC")
+MAX_TEXT = 64  # an ISO 8601 time with fractions and a zone fits in well under this
 
 
 class TimestampError(ValueError):
@@ -136,6 +137,11 @@ def _read_epoch(numbers: pl.Series, unit: str) -> ReadTimes:
                     f"{UNIT_NAMES[units[1]]}; fix the data or give the unit "
                     "(--timestamp-unit)", max(row_small, row_large))
     factor = _MICROS_PER[unit]
+    largest = floats.abs().max()
+    if largest is not None and float(largest) * factor >= 2**63:  # type: ignore[arg-type]
+        row = int((floats.abs() == largest).arg_true()[0])
+        raise TimestampError(f"{_plain(numbers[row])} is too large for epoch "
+                             f"{UNIT_NAMES[unit]}", row)
     if numbers.dtype.is_integer() and factor >= 1:
         micros = numbers.cast(pl.Int64) * int(factor)
     elif numbers.dtype.is_integer():
@@ -176,11 +182,15 @@ def out_of_range(times: pl.Series, now: datetime | None = None) -> pl.Series:
     return ((times < EARLIEST) | (times > latest)).fill_null(False)
 
 
-def range_message(when: datetime, value: object = None) -> str:
-    """Why the time `when` (read from `value` as the user wrote it, if given) is refused."""
-    read = when.isoformat().replace("+00:00", "Z")
+def range_message(times: pl.Series, row: int, value: object = None) -> str:
+    """Why the UTC time at `row` of `times` (read from `value` as written, if given) is refused.
+
+    Works from the series, not a Python datetime: a wrong unit easily passes the year 9999.
+    """
+    at = times.slice(row, 1)
+    read = at.dt.to_string("%Y-%m-%dT%H:%M:%S")[0] + "Z"
     shown = read if value is None else f"{_plain(value)} is {read}"
-    if when < EARLIEST:
+    if (at < EARLIEST).fill_null(False)[0]:
         return (f"timestamp {shown}, before {EARLIEST.date()}: a wrong unit or a "
                 "placeholder? (--allow-any-time accepts it)")
     return (f"timestamp {shown}, more than {FUTURE_SLACK.days} day in the future: "
@@ -193,6 +203,8 @@ def epoch_seconds(value: object, now: datetime | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("timestamp must be an epoch number or ISO 8601 text")
     if isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise ValueError(f"timestamp text longer than {MAX_TEXT} characters")
         stripped = value.strip()
         if re.match(_NUMBER, stripped):
             value = float(stripped) if "." in stripped else int(stripped)
@@ -208,8 +220,9 @@ def epoch_seconds(value: object, now: datetime | None = None) -> float:
             when = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=round(micros))
         except OverflowError:
             raise ValueError(f"timestamp {_plain(value)} is out of range") from None
-    if out_of_range(pl.Series([when], dtype=UTC_MICROS), now)[0]:
-        raise ValueError(range_message(when, value))
+    times = pl.Series([when], dtype=UTC_MICROS)
+    if out_of_range(times, now)[0]:
+        raise ValueError(range_message(times, 0, value))
     return when.timestamp()
 
 

@@ -297,7 +297,7 @@ def _time_range_problems(times: pl.Series, file: str) -> Iterator[DataError]:
     if outside.any():
         row, count = _first_rows(outside)
         more = f"; {count} rows in all" if count > 1 else ""
-        yield DataError(range_message(times[row]) + more, file=file, row=row,
+        yield DataError(range_message(times, row) + more, file=file, row=row,
                         column=times.name)
 
 

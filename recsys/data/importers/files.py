@@ -234,7 +234,7 @@ def read_event_times(events: pl.DataFrame, path: Path, conversion: Conversion,
             row = int(outside.arg_true()[0])
             count = int(outside.sum())
             problems.append(DataError(
-                range_message(read.times[row], raw[row])
+                range_message(read.times, row, raw[row])
                 + (f"; {count} rows in all" if count > 1 else ""),
                 file=str(path), row=row, column="timestamp"))
     line = read.describe()
