@@ -146,7 +146,8 @@ def find_problems(items: pl.DataFrame | None, events: pl.DataFrame | None,
         if "timestamp" in usable and check_time_range:
             problems.extend(_time_range_problems(typed_events["timestamp"], events_file))
         if "item_id" in usable and item_ids is not None and unknown_items:
-            problems.extend(_unknown_item_problems(typed_events["item_id"], item_ids, events_file))
+            problems.extend(_unknown_item_problems(typed_events["item_id"], item_ids, events_file,
+                                                   Path(items_file).name))
         if "type" in usable:
             problems.extend(_outside_problems(typed_events["type"], EVENT_TYPES, events_file,
                                               "unknown event type", allow_null=False))
@@ -301,13 +302,13 @@ def _time_range_problems(times: pl.Series, file: str) -> Iterator[DataError]:
                         column=times.name)
 
 
-def _unknown_item_problems(event_items: pl.Series, item_ids: pl.Series, file: str
-                           ) -> Iterator[DataError]:
+def _unknown_item_problems(event_items: pl.Series, item_ids: pl.Series, file: str,
+                           items_name: str = ITEMS_FILE) -> Iterator[DataError]:
     unknown = ~event_items.is_in(item_ids.drop_nulls().implode()) & event_items.is_not_null()
     if unknown.any():
         row, count = _first_rows(unknown)
         more = f"; {count} events in all" if count > 1 else ""
-        yield DataError(f"item {_show(event_items[row])} is not in {ITEMS_FILE}{more}",
+        yield DataError(f"item {_show(event_items[row])} is not in {items_name}{more}",
                         file=file, row=row, column="item_id")
 
 
