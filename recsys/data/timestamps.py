@@ -124,7 +124,8 @@ def _read_epoch(numbers: pl.Series, unit: str) -> ReadTimes:
         if present.len() == 0:
             unit = "s"
         else:
-            units = [guess_unit(v) for v in (float(present.abs().min()), float(present.abs().max()))]
+            smallest, largest = float(present.abs().min()), float(present.abs().max())
+            units = [guess_unit(smallest), guess_unit(largest)]
             unit = units[1]
             if units[0] != units[1]:
                 # A mixed column: show one value of each kind so the user can see the mistake.

@@ -125,7 +125,7 @@ def _items(frame: pl.DataFrame, types: dict[str, str], path: Path) -> pl.DataFra
          ).alias("category"),
     )
     front = ["item_id", "title", "text", "category"]
-    return items.select(front, *[c for c in frame.columns if c not in front])
+    return items.select(*front, *[c for c in frame.columns if c not in front])
 
 
 def _events(frame: pl.DataFrame, kind: str, path: Path) -> pl.DataFrame:
