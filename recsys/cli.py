@@ -197,12 +197,12 @@ def cmd_import(args) -> int:
     src = getattr(args, "src", None)
     started = time.perf_counter()
     dataset = import_dataset(args.format, src, args.out, **options)
-    for line in dataset.report:
-        print(f"  {line}")
     print(f"imported {args.format} {src or args.items + ' + ' + args.events} -> {args.out}: "
           f"{dataset.items.height} items, {dataset.events.height} events, "
           f"{dataset.events['user_id'].n_unique()} users "
           f"in {time.perf_counter() - started:.1f}s")
+    for line in dataset.report:
+        print(f"  {line}")
     return 0
 
 
