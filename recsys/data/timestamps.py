@@ -155,7 +155,11 @@ def _read_epoch(numbers: pl.Series, unit: str) -> ReadTimes:
 
 def _read_text(text: pl.Series) -> ReadTimes:
     """ISO 8601 text: the fast vectorized path first, Python's parser for whatever it missed."""
-    fast = text.str.to_datetime(time_unit="us", time_zone="UTC", strict=False, ambiguous="null")
+    try:
+        fast = text.str.to_datetime(time_unit="us", time_zone="UTC", strict=False,
+                                    ambiguous="null")
+    except pl.exceptions.PolarsError:  # no format fits the first values: parse each one below
+        fast = pl.Series(text.name, [None] * len(text), dtype=UTC_MICROS)
     missed = fast.is_null() & text.is_not_null() & (text != "")
     values = fast.to_list()
     for row in missed.arg_true().to_list():
@@ -198,7 +202,7 @@ def range_message(times: pl.Series, row: int, value: object = None) -> str:
             "a wrong unit? (--timestamp-unit; --allow-any-time accepts it)")
 
 
-def epoch_seconds(value: object, now: datetime | None = None) -> float:
+def epoch_seconds(value: object, *, now: datetime | None = None) -> float:
     """One timestamp as the API receives it (an epoch number in any unit, or ISO 8601 text),
     as epoch seconds; raises `ValueError` with the reason when it cannot be used."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
