@@ -283,3 +283,26 @@ def test_movielens_drop_unknown(tmp_path, capsys):
     code, out, _ = run(capsys, "import", "movielens", str(src), "--out", str(tmp_path / "o"),
                        "--drop-unknown")
     assert code == 0 and "dropped 1 ratings of movies not in movies.csv" in out
+
+
+@pytest.mark.parametrize(("fmt", "folder", "name"), [("mind", "mind", "behaviors.tsv"),
+                                                     ("movielens", "movielens", "ratings.csv")])
+def test_other_formats_name_an_empty_file_in_words(tmp_path, fmt, folder, name):
+    """On 18b1391 polars' own message came through ("cannot read: empty CSV")."""
+    src = tmp_path / folder
+    shutil.copytree(Path(__file__).parent / "fixtures" / folder, src)
+    (src / name).write_bytes(b"")
+    with pytest.raises(DataError) as error:
+        import_dataset(fmt, src, tmp_path / "o")
+    assert str(error.value) == f"{src / name}: the file is empty"
+
+
+def test_validate_names_a_damaged_parquet_file_in_words(tmp_path):
+    from recsys.data import validate_dataset
+
+    root = tmp_path / "ds"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "canonical", root)
+    (root / "items.parquet").write_bytes(b"not parquet at all")
+    [problem] = [p for p in validate_dataset(root) if p.file == str(root / "items.parquet")]
+    assert str(problem).startswith(f"{root / 'items.parquet'}: cannot read as Parquet: not a "
+                                   "Parquet file, or a damaged one")

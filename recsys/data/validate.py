@@ -168,7 +168,8 @@ def _read_parquet(path: Path, problems: list[DataError]) -> pl.DataFrame | None:
     try:
         return pl.read_parquet(path)
     except Exception as exc:  # polars raises several kinds for a corrupt file
-        problems.append(DataError(f"cannot read parquet: {exc}", file=str(path)))
+        problems.append(DataError("cannot read as Parquet: not a Parquet file, or a damaged "
+                                  f"one ({type(exc).__name__})", file=str(path)))
         return None
 
 

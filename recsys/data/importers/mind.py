@@ -12,6 +12,7 @@ import polars as pl
 
 from recsys.data.dataset import Dataset
 from recsys.data.schema import CLICK, IMPRESSION
+from recsys.data.importers.tables import unreadable
 from recsys.errors import DataError
 
 MIND_NEWS = "news.tsv"
@@ -92,7 +93,7 @@ def _read_tsv(path: Path, *, has_header: bool) -> pl.DataFrame:
         return pl.read_csv(path, separator="\t", has_header=has_header, quote_char=None,
                            infer_schema=False)
     except Exception as exc:  # polars raises several error kinds for malformed files
-        raise DataError(f"cannot read: {exc}", file=str(path)) from exc
+        raise unreadable(path, "\t") from exc
 
 
 def _has_header(path: Path) -> bool:

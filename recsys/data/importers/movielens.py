@@ -12,6 +12,7 @@ import polars as pl
 
 from recsys.data.dataset import Dataset
 from recsys.data.schema import CLICK, RATING
+from recsys.data.importers.tables import unreadable
 from recsys.errors import DataError
 
 RATINGS = "ratings.csv"
@@ -154,7 +155,7 @@ def _read(path: Path, schema: dict[str, pl.DataType], *, separator: str = ","
         frame = pl.read_csv(path, separator=separator, infer_schema=False,
                             quote_char=None if separator == "\t" else '"')
     except Exception as exc:  # polars raises several error kinds for malformed files
-        raise DataError(f"cannot read: {exc}", file=str(path)) from exc
+        raise unreadable(path, separator) from exc
     for column, dtype in schema.items():
         if column not in frame.columns:
             raise DataError("required column is missing", file=str(path), column=column)

@@ -96,6 +96,17 @@ def _delimited_error(text: str, delimiter: str, path: Path) -> DataError:
     return DataError(f"not readable as {DELIMITERS[delimiter]}-separated text", file=str(path))
 
 
+def unreadable(path: Path, separator: str | None = None) -> DataError:
+    """The error for a delimited file polars could not read, in words rather than its options."""
+    data = path.read_bytes().removeprefix(BOM) if path.is_file() else b""
+    if not data.strip():
+        return DataError("the file is empty", file=str(path))
+    text = data.decode("utf-8", errors="replace")
+    separator = separator or ("\t" if path.suffix.lower() == ".tsv" else
+                              sniff_delimiter(text.split("\n", 1)[0]))
+    return _delimited_error(text, separator, path)
+
+
 def _read_jsonl(data: bytes, path: Path) -> pl.DataFrame:
     try:
         return pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
@@ -121,4 +132,5 @@ def _jsonl_error(data: bytes, path: Path) -> DataError:
                      "(e.g. numbers in some rows and text or lists in others)", file=str(path))
 
 
-__all__ = ["DELIMITERS", "FORMATS", "read_table", "sniff_delimiter", "table_format"]
+__all__ = ["DELIMITERS", "FORMATS", "read_table", "sniff_delimiter", "table_format",
+           "unreadable"]
