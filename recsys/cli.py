@@ -123,7 +123,6 @@ IMPORT_EXAMPLE = """\
 example (a news site's own export):
   recsys import files --items articles.csv --events clicks.jsonl --out data/news \\
     --map id=item_id,headline=title,body=text,section=category,user=user_id,article=item_id,ts=timestamp
-
 """
 
 
@@ -150,12 +149,9 @@ def add_import_parser(sub) -> None:
         q.set_defaults(run=cmd_import)
         return q
 
-    def add_time_options(q, *, unit: bool = True) -> None:
-        if unit:
-            q.add_argument("--timestamp-unit", default="auto",
-                           choices=["auto", "s", "ms", "us", "ns"],
-                           help="unit of epoch-number timestamps (default auto: judged by "
-                                "magnitude)")
+    def add_time_options(q) -> None:
+        q.add_argument("--timestamp-unit", default="auto", choices=["auto", "s", "ms", "us", "ns"],
+                       help="unit of epoch-number timestamps (default auto: judged by magnitude)")
         q.add_argument("--allow-any-time", action="store_true",
                        help="accept timestamps before 1990 or more than a day ahead")
 
@@ -189,11 +185,13 @@ def add_import_parser(sub) -> None:
 
 
 def cmd_import(args) -> int:
-    from recsys.data.importers import import_dataset
+    import inspect
 
-    # Only the options the user's format defines are passed on (its sub-command has no others).
-    skip = {"format", "src", "out", "run", "verbose"}
-    options = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    from recsys.data.importers import IMPORTERS, import_dataset
+
+    # The format's sub-command defines only that importer's options; global flags stay here.
+    accepted = set(inspect.signature(IMPORTERS[args.format]).parameters) - {"src"}
+    options = {k: v for k, v in vars(args).items() if k in accepted and v is not None}
     src = getattr(args, "src", None)
     started = time.perf_counter()
     dataset = import_dataset(args.format, src, args.out, **options)

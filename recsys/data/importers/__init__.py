@@ -1,4 +1,4 @@
-"""The import formats and `import_dataset`, which turns a source folder into a dataset directory.
+"""The import formats and `import_dataset`, which turns a source into a dataset directory.
 
 Each importer reads its source into canonical frames and writes nothing; `import_dataset`
 checks them and only then writes the three files, each atomically.
