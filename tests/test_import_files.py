@@ -306,3 +306,13 @@ def test_validate_names_a_damaged_parquet_file_in_words(tmp_path):
     [problem] = [p for p in validate_dataset(root) if p.file == str(root / "items.parquet")]
     assert str(problem).startswith(f"{root / 'items.parquet'}: cannot read as Parquet: not a "
                                    "Parquet file, or a damaged one")
+
+
+def test_suggestions_follow_spelling_and_case_as_well_as_the_synonym_table(tmp_path):
+    items = write_items(tmp_path / "items.csv")
+    events = write_events(tmp_path / "events.jsonl", [
+        {"UserID": "u1", "itemId": "a", "timestmp": 1756720800, "Action": "click"}])
+    with pytest.raises(DataError) as error:
+        import_dataset("files", None, tmp_path / "o", items=items, events=events)
+    assert "try: --map UserID=user_id,itemId=item_id,timestmp=timestamp,Action=type" in \
+        str(error.value)
