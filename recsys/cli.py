@@ -49,18 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-serve", action="store_true", help="stop after the evaluation table")
     p.set_defaults(run=cmd_quickstart)
 
-    p = sub.add_parser("import", help="import a source into a dataset directory")
-    p.add_argument("format", choices=["parquet", "mind", "recbole", "movielens"])
-    p.add_argument("src", help="source folder")
-    p.add_argument("--out", required=True, help="dataset directory to write")
-    p.add_argument("--click-threshold", type=float, default=None,
-                   help="movielens: ratings >= this are clicks (default 4.0)")
-    p.add_argument("--drop-unknown", action="store_true",
-                   help="mind: skip history/impression items missing from the news file")
-    p.set_defaults(run=cmd_import)
+    add_import_parser(sub)
 
     p = sub.add_parser("validate", help="check a dataset directory")
     p.add_argument("dataset")
+    p.add_argument("--allow-any-time", action="store_true",
+                   help="accept timestamps before 1990 or more than a day ahead")
     p.set_defaults(run=cmd_validate)
 
     p = sub.add_parser("train", help="train a model bundle from a dataset directory")
@@ -134,26 +128,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_import(args) -> int:
-    from recsys.data.importers import import_dataset
+IMPORT_EXAMPLE = """\
+example (a news site's own export):
+  recsys import files --items articles.csv --events clicks.jsonl --out data/news \\
+    --map id=item_id,headline=title,body=text,section=category,user=user_id,article=item_id,ts=timestamp
+"""
 
-    options = {}
-    if args.click_threshold is not None:
-        options["click_threshold"] = args.click_threshold
-    if args.drop_unknown:
-        options["drop_unknown"] = True
+
+def add_import_parser(sub) -> None:
+    """`recsys import FORMAT ...`: each format its own sub-command, taking only its options."""
+    from recsys.data.importers.files import SCHEMA_HELP
+
+    p = sub.add_parser("import", help="import a source into a dataset directory",
+                       description="Import a source into a dataset directory. FORMAT: files "
+                                   "(your own items and events files), parquet (a folder with "
+                                   "items.* and events.*), mind, recbole, movielens.")
+    formats = p.add_subparsers(metavar="FORMAT", dest="format", required=True)
+
+    def add(name: str, help: str, *, folder: str | None, epilog: str | None = None):
+        q = formats.add_parser(name, help=help, description=help, epilog=epilog,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        if folder:
+            q.add_argument("src", metavar="SRC", help=folder)
+        q.add_argument("--out", required=True, help="dataset directory to write")
+        q.add_argument("--name", default=None,
+                       help="the dataset's name (default: the --out folder's name)")
+        q.add_argument("--drop-unknown", action="store_true",
+                       help="skip events whose item is not in the items, and say how many")
+        q.set_defaults(run=cmd_import)
+        return q
+
+    def add_time_options(q) -> None:
+        q.add_argument("--timestamp-unit", default="auto", choices=["auto", "s", "ms", "us", "ns"],
+                       help="unit of epoch-number timestamps (default auto: judged by magnitude)")
+        q.add_argument("--allow-any-time", action="store_true",
+                       help="accept timestamps before 1990 or more than a day ahead")
+
+    q = add("files", "your own items and events files (CSV, TSV, JSON lines or Parquet)",
+            folder=None, epilog=SCHEMA_HELP + "\n\n" + IMPORT_EXAMPLE)
+    q.add_argument("--items", required=True, help="the items file")
+    q.add_argument("--events", required=True, help="the events file")
+    q.add_argument("--map", dest="column_map", default=None, metavar="SRC=DST,...",
+                   help="rename columns, e.g. headline=title,ts=timestamp (in whichever file "
+                        "has them)")
+    q.add_argument("--default-type", default="click",
+                   help="event type where the events have no type column (default: click)")
+    add_time_options(q)
+    q = add("parquet", "a folder holding items.* and events.* with the schema's column names",
+            folder="source folder", epilog=SCHEMA_HELP)
+    q.add_argument("--default-type", default="click",
+                   help="event type where the events have no type column (default: click)")
+    add_time_options(q)
+    add("mind", "MIND or EB-NeRD: news.tsv (or news_subset.tsv) and behaviors.tsv",
+        folder="source folder")
+    q = add("recbole", "RecBole atomic files: NAME.inter (or NAME.train/valid/test.inter) and "
+                       "NAME.item; or UniSRec's NAME.text, NAME.item2index, NAME.user2index and "
+                       "NAME.*.inter", folder="source folder")
+    q.add_argument("--dataset", dest="dataset_name", default=None, metavar="NAME",
+                   help="which data set, when the folder holds several")
+    add_time_options(q)
+    q = add("movielens", "MovieLens CSV: ratings.csv and movies.csv (tags, links optional)",
+            folder="source folder")
+    q.add_argument("--click-threshold", type=float, default=None,
+                   help="ratings >= this are clicks (default 4.0)")
+
+
+def cmd_import(args) -> int:
+    import inspect
+
+    from recsys.data.importers import IMPORTERS, import_dataset
+
+    # The format's sub-command defines only that importer's options; global flags stay here.
+    accepted = set(inspect.signature(IMPORTERS[args.format]).parameters) - {"src"}
+    options = {k: v for k, v in vars(args).items() if k in accepted and v is not None}
+    src = getattr(args, "src", None)
     started = time.perf_counter()
-    dataset = import_dataset(args.format, args.src, args.out, **options)
-    print(f"imported {args.format} {args.src} -> {args.out}: {dataset.items.height} items, "
-          f"{dataset.events.height} events, {dataset.events['user_id'].n_unique()} users "
+    dataset = import_dataset(args.format, src, args.out, **options)
+    print(f"imported {args.format} {src or args.items + ' + ' + args.events} -> {args.out}: "
+          f"{dataset.items.height} items, {dataset.events.height} events, "
+          f"{dataset.events['user_id'].n_unique()} users "
           f"in {time.perf_counter() - started:.1f}s")
+    for line in dataset.report:
+        print(f"  {line}")
     return 0
 
 
 def cmd_validate(args) -> int:
     from recsys.data.validate import validate_dataset
 
-    problems = validate_dataset(args.dataset)
+    problems = validate_dataset(args.dataset, allow_any_time=args.allow_any_time)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:

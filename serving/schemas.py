@@ -5,21 +5,37 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from recsys.bundle import VERSION_PATTERN
 from recsys.data.schema import EVENT_TYPES
+from recsys.data.timestamps import epoch_seconds
 
 MAX_K = 100                 # items one response may hold
 MAX_LIST = 1000             # history length, exclusions, events per batch, impression list
 MAX_ITEMS_PER_PUT = 100     # items embedded in one PUT (the encoder runs inline)
 MAX_TEXT = 10_000           # characters of an item text
 MAX_ID = 200                # characters of any id
+MAX_TIME_TEXT = 64          # characters of an ISO 8601 timestamp
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
 Source = Literal["model", "popularity", "degraded"]
 Diversity = Literal["none", "mmr", "category_cap"]
 EventType = Literal[tuple(sorted(EVENT_TYPES))]  # type: ignore[valid-type]
+# Read by the importers' rules (recsys.data.timestamps): the unit of an epoch number from its
+# magnitude, ISO 8601 text with or without a zone (none: UTC), 1990 to a day from now.
+EventTime = Annotated[float, BeforeValidator(epoch_seconds), WithJsonSchema({
+    "anyOf": [{"type": "number"}, {"type": "string", "maxLength": MAX_TIME_TEXT}],
+    "description": "epoch seconds, milliseconds, microseconds or nanoseconds (the unit judged "
+                   "by magnitude) or ISO 8601 text (no zone: UTC); between 1990-01-01 and the "
+                   "allowed clock skew from now; default: when received"})]
 
 
 class Strict(BaseModel):
@@ -63,8 +79,7 @@ class EventIn(Strict):
     user_id: Id
     type: EventType
     item_id: Id
-    timestamp: float | None = Field(None, ge=0, allow_inf_nan=False,
-                                    description="epoch seconds; default: when received")
+    timestamp: EventTime | None = None
     request_id: Id | None = Field(None, description="the recommendation response this belongs to")
     value: float | None = Field(None, allow_inf_nan=False)
 
@@ -78,7 +93,7 @@ class ShownListIn(Strict):
     type: Literal["impression"]
     items: list[Id] = Field(min_length=1, max_length=MAX_LIST, description="the list shown, "
                                                                            "in order")
-    timestamp: float | None = Field(None, ge=0, allow_inf_nan=False)
+    timestamp: EventTime | None = None
     request_id: Id | None = None
 
 

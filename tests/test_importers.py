@@ -45,7 +45,7 @@ def test_public_surface_is_exact() -> None:
     assert sorted(recsys.data.__all__) == sorted(
         ["Dataset", "load_dataset", "check_dataset", "validate_dataset", "import_dataset",
          "IMPORTERS"])
-    assert set(IMPORTERS) == {"parquet", "mind", "recbole", "movielens"}
+    assert set(IMPORTERS) == {"files", "parquet", "mind", "recbole", "movielens"}
 
 
 @pytest.mark.parametrize(("fmt", "folder"), [("mind", "mind"), ("mind", "ebnerd"),
@@ -294,6 +294,118 @@ def test_split_item_texts_falls_back_to_the_first_sentence() -> None:
     assert split_item_texts(texts) == [
         ("A lamp", "Home Lighting Lamps", "Acme"), ("A chair", "Home Furniture", "Acme"),
         ("Dr. Who mug", "Home Kitchen Mugs", "BBC"), ("Just a title", None, None)]
+
+
+def test_split_item_texts_never_cuts_a_title() -> None:
+    """On 18b1391 "L. A. Noire" became "L" and the rest an invented category."""
+    with_root = ["L. A. Noire. Video Games PC Games. Rockstar. ", "Tetris. Video Games Retro. "
+                 "Nintendo. ", "Halo. Video Games Xbox. Microsoft. "]
+    assert split_item_texts(with_root)[0] == ("L. A. Noire", "Video Games PC Games", "Rockstar")
+    no_root = ["L. A. Noire. Rockstar classic. ", "Tetris. Falling blocks. ", "Halo. Rings. "]
+    assert split_item_texts(no_root) == [("L. A. Noire. Rockstar classic", None, None),
+                                         ("Tetris. Falling blocks", None, None),
+                                         ("Halo. Rings", None, None)]
+
+
+def test_unisrec_text_is_kept_whole_and_titles_are_not_cut(tmp_path: Path) -> None:
+    src = tmp_path / "rb"
+    shutil.copytree(FIXTURES / "recbole", src)
+    rows = tsv_rows(src / "Scientific.text")
+    rows[1][1] = "L. A. Noire. A detective game. "  # no category path to recognise
+    (src / "Scientific.text").write_text("".join("\t".join(r) + "\n" for r in rows))
+    items = import_dataset("recbole", src, tmp_path / "out").items
+    noire = items.filter(pl.col("item_id") == rows[1][0]).row(0, named=True)
+    assert noire["title"] == "L. A. Noire. A detective game" and noire["category"] is None
+    assert noire["text"] == "L. A. Noire. A detective game."
+
+
+def write_atomic(folder: Path, stem: str, *, splits: bool = True, timestamps: bool = True
+                 ) -> None:
+    """Standard RecBole atomic files: `.item` with token_seq text, `.inter` (or its splits)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.item").write_text(
+        "item_id:token\ttitle:token_seq\tcategories:token_seq\tsales_rank:float\n"
+        "g1\tL. A. Noire\tVideo Games\t12\n"
+        "g2\tHalo: Combat Evolved\tVideo Games\t3\n"
+        "g3\tMr. Heater Portable Buddy\tOutdoors\t40\n"
+        "g4\tTetris\tVideo Games\t1\n")
+    header = "user_id:token\titem_id:token\trating:float" + (
+        "\ttimestamp:float" if timestamps else "") + "\n"
+    start = 1_700_000_000
+    rows = {"train": [("u1", "g1", 0), ("u1", "g2", 1), ("u2", "g3", 2), ("u2", "g1", 3)],
+            "valid": [("u1", "g3", 4), ("u2", "g2", 5)],
+            "test": [("u1", "g4", 6), ("u2", "g4", 7)]}
+    def lines(part):
+        return "".join(f"{u}\t{i}\t5.0" + (f"\t{start + 3600 * t}.0" if timestamps else "")
+                       + "\n" for u, i, t in part)
+    if splits:
+        for kind, part in rows.items():
+            (folder / f"{stem}.{kind}.inter").write_text(header + lines(part))
+    else:
+        (folder / f"{stem}.inter").write_text(header + lines([r for p in rows.values()
+                                                                for r in p]))
+
+
+def test_recbole_standard_atomic_files_with_splits(tmp_path: Path) -> None:
+    """On 18b1391 refused: 'Games.text: file is missing'."""
+    write_atomic(tmp_path / "src", "Games")
+    dataset = import_dataset("recbole", tmp_path / "src", tmp_path / "out")
+    items = dataset.items.sort("item_id")
+    assert items["title"].to_list() == ["L. A. Noire", "Halo: Combat Evolved",
+                                        "Mr. Heater Portable Buddy", "Tetris"]
+    assert items["text"][0] == "L. A. Noire. Video Games"
+    assert items["category"].to_list() == ["Video Games", "Video Games", "Outdoors",
+                                           "Video Games"]
+    events = dataset.events.sort("user_id", "timestamp")
+    assert events.filter(pl.col("user_id") == "u1")["split"].to_list() == [
+        "train", "train", "valid", "test"]
+    assert events["timestamp"][0] == datetime.fromtimestamp(1_700_000_000, UTC)
+    assert dataset.meta["time"] == "real" and dataset.meta["protocol"] == "leave_one_out"
+    assert dataset.meta["name"] == "Games" and set(dataset.events["value"]) == {5.0}
+
+
+def test_recbole_single_inter_file_without_timestamps_is_order_only(tmp_path: Path) -> None:
+    write_atomic(tmp_path / "src", "Games", splits=False, timestamps=False)
+    dataset = import_dataset("recbole", tmp_path / "src", tmp_path / "out")
+    u1 = dataset.events.filter(pl.col("user_id") == "u1").sort("timestamp")
+    assert u1["item_id"].to_list() == ["g1", "g2", "g3", "g4"]  # file order
+    assert dataset.meta["time"] == "order_only" and "split" not in dataset.events.columns
+
+
+def test_recbole_folder_with_two_data_sets_names_them_and_the_option(tmp_path: Path,
+                                                                    capsys) -> None:
+    from recsys.cli import main
+
+    write_atomic(tmp_path / "src", "Games")
+    write_atomic(tmp_path / "src", "Tools", splits=False)
+    out = tmp_path / "out"
+    assert main(["import", "recbole", str(tmp_path / "src"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "several data sets (Games, Tools); choose one with --dataset NAME" in err
+    assert main(["import", "recbole", str(tmp_path / "src"), "--out", str(out), "--dataset",
+                 "Tools", "--name", "my-tools"]) == 0
+    assert load_dataset(out).meta["name"] == "my-tools"
+    assert main(["import", "recbole", str(tmp_path / "src"), "--out", str(out), "--dataset",
+                 "Nope"]) == 2
+    assert "no data set 'Nope' (found: Games, Tools)" in capsys.readouterr().err
+
+
+def test_recbole_drop_unknown_for_both_layouts(tmp_path: Path) -> None:
+    write_atomic(tmp_path / "atomic", "Games")
+    with (tmp_path / "atomic" / "Games.train.inter").open("a") as handle:
+        handle.write("u1\tg9\t5.0\t1700000000.0\n")
+    with pytest.raises(DataError, match="item 'g9' is not in Games.item") as error:
+        import_dataset("recbole", tmp_path / "atomic", tmp_path / "o1")
+    assert error.value.row == 4
+    dataset = import_dataset("recbole", tmp_path / "atomic", tmp_path / "o1", drop_unknown=True)
+    assert dataset.report == ["timestamps: epoch seconds (by magnitude).",
+                              "--drop-unknown: dropped 1 events whose item is not in Games.item."]
+    src = tmp_path / "unisrec"
+    shutil.copytree(FIXTURES / "recbole", src)
+    rows = tsv_rows(src / "Scientific.text")
+    (src / "Scientific.text").write_text("".join("\t".join(r) + "\n" for r in rows[:-1]))
+    dataset = import_dataset("recbole", src, tmp_path / "o2", drop_unknown=True)
+    assert "dropped" in dataset.report[0]
 
 
 def test_recbole_with_only_the_test_file(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def run_shell(block: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_walkthrough_runs(walkthrough_dir):
-    [walkthrough] = [b for b in blocks("bash") if "recsys import" in b]
+    [walkthrough] = [b for b in blocks("bash") if "recsys import movielens" in b]
     result = run_shell(walkthrough, walkthrough_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (walkthrough_dir / "evaluation.json").exists()
@@ -88,7 +88,7 @@ def test_http_api_snippet_runs_against_a_real_server(walkthrough_dir):
     import time
     import urllib.request
 
-    [api] = [b for b in blocks("bash") if "curl" in b]
+    [api] = [b for b in blocks("bash") if "curl" in b and "127.0.0.1:8000" in b]
     if not (walkthrough_dir / "models" / "CURRENT").exists():
         test_cli_walkthrough_runs(walkthrough_dir)
     port = free_port()
@@ -118,6 +118,60 @@ def test_http_api_snippet_runs_against_a_real_server(walkthrough_dir):
         assert len(recommendations) == 4
         assert all(a["model_version"] and a["source"] for a in recommendations)
         assert "exported" in text and (walkthrough_dir / "new-clicks.parquet").exists()
+    finally:
+        stop_group(server)
+
+
+def section_blocks(heading: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block under the README's `## heading`."""
+    section = README.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+
+
+def test_bring_your_own_data_walks_from_two_files_to_served_recommendations(tmp_path):
+    import json
+    import time
+    import urllib.request
+
+    own = "tests/fixtures/own_data"
+    shutil.copytree(ROOT / own, tmp_path / own)
+    [(_, shown_error), (_, setup), (_, api)] = section_blocks("Bring your own data")
+    # The error the section shows is the one the command prints, word for word.
+    command, *expected = shown_error.strip().splitlines()
+    failed = run_shell(command.removeprefix("$ "), tmp_path)
+    assert failed.returncode == 2 and failed.stderr.strip().splitlines() == expected
+    result = run_shell(setup, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "timestamps: epoch milliseconds (by magnitude)" in result.stdout
+    assert "data/news: valid" in result.stdout
+
+    port = free_port()
+    recsys = Path(sys.executable).parent / "recsys"
+    server = subprocess.Popen([str(recsys), "serve", "models-news", "--port", str(port)],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            pytest.fail("server never became ready")
+        script = api.replace("127.0.0.1:8001", f"127.0.0.1:{port}").replace("curl -s", "curl -sf")
+        answer = run_shell(script, tmp_path)
+        assert answer.returncode == 0, answer.stderr[-3000:]
+        decoder, text, answers = json.JSONDecoder(), answer.stdout.strip(), []
+        while text.startswith("{"):
+            body, end = decoder.raw_decode(text)
+            answers.append(body)
+            text = text[end:].strip()
+        recommendations, events = answers
+        assert recommendations["source"] == "model" and len(recommendations["items"]) == 5
+        assert all(item["item_id"].startswith("hb-") for item in recommendations["items"])
+        assert events == {"accepted": 1, "duplicates": 0}
     finally:
         stop_group(server)
 

@@ -20,6 +20,8 @@ class Dataset:
     events: pl.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    # Lines an importer wants the user to read now (units guessed, rows dropped); not stored.
+    report: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:

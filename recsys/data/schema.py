@@ -56,5 +56,8 @@ SPLITS = frozenset({"train", "valid", "test"})
 #   time: "real" | "order_only"   order_only means timestamps encode sequence order, not a calendar
 #   protocol: "leave_one_out" | "time" | "impressions"   how `recsys evaluate` splits it by default
 #   notes: str           how timestamps were made, thresholds used, anything a reader must know
+#   allow_any_time: bool  optional; true keeps times before 1990 or more than a day ahead (the
+#                         importers' --allow-any-time); otherwise real times must lie in that range
+ALLOW_ANY_TIME = "allow_any_time"
 TIME_KINDS = frozenset({"real", "order_only"})
 PROTOCOLS = frozenset({"leave_one_out", "time", "impressions"})

@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 
 from recsys.data.schema import (
+    ALLOW_ANY_TIME,
     EVENT_COLUMNS,
     EVENT_OPTIONAL_COLUMNS,
     EVENT_TYPES,
@@ -26,6 +27,7 @@ from recsys.data.schema import (
     SPLITS,
     TIME_KINDS,
 )
+from recsys.data.timestamps import TimestampError, out_of_range, range_message, read_times
 from recsys.errors import DataError
 
 # Enough to show a user every kind of problem without flooding the terminal.
@@ -47,14 +49,18 @@ def normalize_items(frame: pl.DataFrame, file: str | Path = ITEMS_FILE) -> pl.Da
 def normalize_events(frame: pl.DataFrame, file: str | Path = EVENTS_FILE) -> pl.DataFrame:
     """Cast `frame` to the event schema; timestamps become Datetime("us", "UTC").
 
-    Timestamps may be datetimes (naive ones are taken as UTC), ISO 8601 strings, or unix
-    seconds (integers, floats, or strings of digits). Raises `DataError` like `normalize_items`.
+    Timestamps may be datetimes (naive ones are taken as UTC), ISO 8601 strings (no zone: UTC),
+    or epoch numbers (integers, floats or strings of digits) whose unit is judged by magnitude
+    (`recsys.data.timestamps`). Raises `DataError` like `normalize_items`.
     """
     return _normalize(frame, EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS, str(file))
 
 
-def validate_dataset(path: str | Path) -> list[DataError]:
-    """Every problem found in the dataset directory `path` (at most `MAX_PROBLEMS`), or []."""
+def validate_dataset(path: str | Path, *, allow_any_time: bool = False) -> list[DataError]:
+    """Every problem found in the dataset directory `path` (at most `MAX_PROBLEMS`), or [].
+
+    `allow_any_time` skips the timestamp range check (as `allow_any_time` in dataset.json does).
+    """
     root = Path(path)
     if not root.is_dir():
         return [DataError("dataset directory not found", file=str(root))]
@@ -64,7 +70,8 @@ def validate_dataset(path: str | Path) -> list[DataError]:
     events = _read_parquet(root / EVENTS_FILE, problems)
     # A missing or unreadable file is None here: the other files are still checked on their own.
     problems.extend(find_problems(items, events, meta, items_file=root / ITEMS_FILE,
-                                  events_file=root / EVENTS_FILE, meta_file=root / META_FILE))
+                                  events_file=root / EVENTS_FILE, meta_file=root / META_FILE,
+                                  check_time_range=False if allow_any_time else None))
     return problems[:MAX_PROBLEMS]
 
 
@@ -77,27 +84,40 @@ def check_dataset(path: str | Path) -> None:
     problems = validate_dataset(path)
     if not problems:
         return
+    raise combine(problems)
+
+
+def combine(problems: list[DataError]) -> DataError:
+    """One error for `problems`: the only one as it is, or one listing them all."""
     if len(problems) == 1:
-        raise problems[0]
+        return problems[0]
     listing = "\n".join(f"  - {problem}" for problem in problems)
     combined = DataError(f"{len(problems)} problems found:\n{listing}")
     # The message already names every location; the attributes point at the first problem.
     first = problems[0]
     combined.file, combined.row, combined.column = first.file, first.row, first.column
-    raise combined
+    return combined
 
 
 def find_problems(items: pl.DataFrame | None, events: pl.DataFrame | None,
                   meta: Mapping[str, Any] | None, *, items_file: str | Path = ITEMS_FILE,
-                  events_file: str | Path = EVENTS_FILE, meta_file: str | Path = META_FILE
+                  events_file: str | Path = EVENTS_FILE, meta_file: str | Path = META_FILE,
+                  check_time_range: bool | None = None, unknown_items: bool = True
                   ) -> list[DataError]:
     """Every problem with in-memory dataset frames, as `validate_dataset` would report them.
 
     Importers call this before writing anything, so a bad import leaves no files behind; the
     `*_file` names are what the errors call each frame. `meta=None` skips the dataset.json
-    checks (a missing file is reported by the caller).
+    checks (a missing file is reported by the caller). Timestamps outside the plausible range
+    (`recsys.data.timestamps`) are problems when `check_time_range`, which by default holds for
+    real-time datasets whose dataset.json does not set `allow_any_time` (order-only timestamps
+    encode a sequence, not a calendar). `unknown_items=False` skips the check that every event's
+    item is in the items (for an importer about to drop those events).
     """
     items_file, events_file, meta_file = str(items_file), str(events_file), str(meta_file)
+    if check_time_range is None:
+        check_time_range = (meta is not None and meta.get("time", "real") == "real"
+                            and not meta.get(ALLOW_ANY_TIME))
 
     problems: list[DataError] = []
     if meta is not None:
@@ -123,8 +143,11 @@ def find_problems(items: pl.DataFrame | None, events: pl.DataFrame | None,
             events_file))
         if "event_id" in usable:
             problems.extend(_duplicate_problems(typed_events, "event_id", events_file, "event id"))
-        if "item_id" in usable and item_ids is not None:
-            problems.extend(_unknown_item_problems(typed_events["item_id"], item_ids, events_file))
+        if "timestamp" in usable and check_time_range:
+            problems.extend(_time_range_problems(typed_events["timestamp"], events_file))
+        if "item_id" in usable and item_ids is not None and unknown_items:
+            problems.extend(_unknown_item_problems(typed_events["item_id"], item_ids, events_file,
+                                                   Path(items_file).name))
         if "type" in usable:
             problems.extend(_outside_problems(typed_events["type"], EVENT_TYPES, events_file,
                                               "unknown event type", allow_null=False))
@@ -145,7 +168,8 @@ def _read_parquet(path: Path, problems: list[DataError]) -> pl.DataFrame | None:
     try:
         return pl.read_parquet(path)
     except Exception as exc:  # polars raises several kinds for a corrupt file
-        problems.append(DataError(f"cannot read parquet: {exc}", file=str(path)))
+        problems.append(DataError("cannot read as Parquet: not a Parquet file, or a damaged "
+                                  f"one ({type(exc).__name__})", file=str(path)))
         return None
 
 
@@ -214,12 +238,14 @@ def _cast(series: pl.Series, dtype: pl.DataType, file: str
         return series, None
     try:
         if dtype == UTC_MICROS:
-            converted = _to_utc(series)
+            converted = read_times(series).times
         elif dtype == pl.List(pl.String()) and series.dtype == pl.String():
             converted = series.str.split(TAG_SEPARATOR).list.eval(
                 pl.element().filter(pl.element() != ""))
         else:
             converted = series.cast(dtype, strict=False)
+    except TimestampError as exc:
+        return series, DataError(str(exc), file=file, row=exc.row, column=series.name)
     except Exception:  # an impossible cast (e.g. a struct to a string) fails as a whole
         converted = pl.Series(series.name, [None] * len(series), dtype=dtype)
     lost = series.is_not_null() & converted.is_null()
@@ -231,27 +257,6 @@ def _cast(series: pl.Series, dtype: pl.DataType, file: str
         f"value {_show(series[row])} ({series.dtype}) cannot be read as {dtype}"
         + (f"; {count} rows like it" if count > 1 else ""),
         file=file, row=row, column=series.name)
-
-
-def _to_utc(series: pl.Series) -> pl.Series:
-    dtype = series.dtype
-    if isinstance(dtype, pl.Datetime):
-        if dtype.time_zone is None:
-            series = series.dt.replace_time_zone("UTC")  # naive times are taken as UTC
-        return series.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
-    if dtype == pl.Date:
-        return series.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-    if dtype.is_integer():
-        return pl.from_epoch(series.cast(pl.Int64), time_unit="s").dt.replace_time_zone("UTC")
-    if dtype.is_float():
-        micros = (series * 1_000_000).round(0).cast(pl.Int64, strict=False)
-        return pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC")
-    if dtype == pl.String:
-        stripped = series.str.strip_chars()
-        if stripped.drop_nulls().str.contains(r"^-?\d+$").all():
-            return _to_utc(stripped.cast(pl.Int64, strict=False))
-        return stripped.str.to_datetime(time_unit="us", time_zone="UTC", strict=False)
-    raise TypeError(f"no timestamp conversion from {dtype}")
 
 
 def _show(value: Any) -> str:
@@ -289,13 +294,22 @@ def _duplicate_problems(frame: pl.DataFrame, column: str, file: str, what: str
                         file=file, row=row, column=column)
 
 
-def _unknown_item_problems(event_items: pl.Series, item_ids: pl.Series, file: str
-                           ) -> Iterator[DataError]:
+def _time_range_problems(times: pl.Series, file: str) -> Iterator[DataError]:
+    outside = out_of_range(times)
+    if outside.any():
+        row, count = _first_rows(outside)
+        more = f"; {count} rows in all" if count > 1 else ""
+        yield DataError(range_message(times, row) + more, file=file, row=row,
+                        column=times.name)
+
+
+def _unknown_item_problems(event_items: pl.Series, item_ids: pl.Series, file: str,
+                           items_name: str = ITEMS_FILE) -> Iterator[DataError]:
     unknown = ~event_items.is_in(item_ids.drop_nulls().implode()) & event_items.is_not_null()
     if unknown.any():
         row, count = _first_rows(unknown)
         more = f"; {count} events in all" if count > 1 else ""
-        yield DataError(f"item {_show(event_items[row])} is not in {ITEMS_FILE}{more}",
+        yield DataError(f"item {_show(event_items[row])} is not in {items_name}{more}",
                         file=file, row=row, column="item_id")
 
 

@@ -12,6 +12,7 @@ import polars as pl
 
 from recsys.data.dataset import Dataset
 from recsys.data.schema import CLICK, IMPRESSION
+from recsys.data.importers.tables import unreadable
 from recsys.errors import DataError
 
 MIND_NEWS = "news.tsv"
@@ -68,12 +69,14 @@ def import_mind(src: str | Path, *, name: str | None = None, drop_unknown: bool 
         f"(from the longest one when they differ: {history_users} users differed). Repeated "
         "items inside one history are kept as repeated clicks.",
     ]
+    report = []
     if drop_unknown:
-        notes.append(f"--drop-unknown: skipped {dropped_history} history and {dropped_shown} "
-                     "impression items missing from the news file.")
+        report.append(f"--drop-unknown: skipped {dropped_history} history and {dropped_shown} "
+                      "impression items missing from the news file.")
+        notes.extend(report)
     meta = {"name": name or root.resolve().name, "source": "mind", "time": "real",
             "protocol": "impressions", "notes": " ".join(notes)}
-    return Dataset(items=items, events=events, meta=meta)
+    return Dataset(items=items, events=events, meta=meta, report=report)
 
 
 def _find_news(root: Path) -> tuple[Path, str]:
@@ -90,7 +93,7 @@ def _read_tsv(path: Path, *, has_header: bool) -> pl.DataFrame:
         return pl.read_csv(path, separator="\t", has_header=has_header, quote_char=None,
                            infer_schema=False)
     except Exception as exc:  # polars raises several error kinds for malformed files
-        raise DataError(f"cannot read: {exc}", file=str(path)) from exc
+        raise unreadable(path, "\t") from exc
 
 
 def _has_header(path: Path) -> bool:

@@ -12,6 +12,7 @@ import polars as pl
 
 from recsys.data.dataset import Dataset
 from recsys.data.schema import CLICK, RATING
+from recsys.data.importers.tables import unreadable
 from recsys.errors import DataError
 
 RATINGS = "ratings.csv"
@@ -24,12 +25,13 @@ MAX_TAGS = 20  # genres first, then the most used user tags; enough to describe 
 
 
 def import_movielens(src: str | Path, *, name: str | None = None,
-                     click_threshold: float = 4.0) -> Dataset:
+                     click_threshold: float = 4.0, drop_unknown: bool = False) -> Dataset:
     """Read SRC's MovieLens files into canonical frames (nothing is written).
 
     One event per rating: type "click" when rating >= `click_threshold`, else "rating"; value is
-    the rating. Items carry `tags` (genres, then distinct lowercased user tags, at most
-    `MAX_TAGS`), `year` (the release year from the title, not a creation time) and `summary`.
+    the rating; a rating of a movie missing from movies.csv is an error unless `drop_unknown`,
+    which skips it and counts it. Items carry `tags` (genres, then distinct lowercased user
+    tags, at most `MAX_TAGS`), `year` (the release year from the title, not a creation time) and `summary`.
     """
     root = Path(src)
     ratings = _read(root / RATINGS, {"userId": pl.Int64, "movieId": pl.Int64,
@@ -44,6 +46,16 @@ def import_movielens(src: str | Path, *, name: str | None = None,
                                separator="\t")
     _check_unique(movies, ["movieId"], root / MOVIES)
     _check_unique(ratings, ["userId", "movieId"], root / RATINGS)
+    unknown = ratings.join(movies, on="movieId", how="anti")
+    if unknown.height and not drop_unknown:
+        row = int(ratings["movieId"].is_in(unknown["movieId"].implode()).arg_true()[0])
+        raise DataError(f"movie {ratings['movieId'][row]} is not in {MOVIES}",
+                        file=str(root / RATINGS), row=row, column="movieId")
+    report = []
+    if drop_unknown:
+        ratings = ratings.join(movies.select("movieId"), on="movieId", how="semi")
+        report.append(f"--drop-unknown: dropped {unknown.height} ratings of movies not in "
+                      f"{MOVIES}.")
 
     items = _items(movies, tags, links, summaries)
     events = ratings.select(
@@ -55,11 +67,6 @@ def import_movielens(src: str | Path, *, name: str | None = None,
         .otherwise(pl.lit(RATING)).alias("type"),
         pl.col("rating").alias("value"),
     )
-    unknown = ratings.join(movies, on="movieId", how="anti")
-    if unknown.height:
-        row = int(ratings["movieId"].is_in(unknown["movieId"].implode()).arg_true()[0])
-        raise DataError(f"movie {ratings['movieId'][row]} is not in {MOVIES}",
-                        file=str(root / RATINGS), row=row, column="movieId")
 
     notes = [
         f"One event per rating in {RATINGS}: 'click' when rating >= {click_threshold:g} "
@@ -70,9 +77,10 @@ def import_movielens(src: str | Path, *, name: str | None = None,
     ]
     if summaries is not None:
         notes.append(f"Summaries from {SUMMARIES} read as machine-written: item text, not fact.")
+    notes.extend(report)
     meta = {"name": name or root.resolve().name, "source": "movielens", "time": "real",
             "protocol": "time", "notes": " ".join(notes)}
-    return Dataset(items=items, events=events, meta=meta)
+    return Dataset(items=items, events=events, meta=meta, report=report)
 
 
 def _items(movies: pl.DataFrame, tags: pl.DataFrame | None, links: pl.DataFrame | None,
@@ -147,7 +155,7 @@ def _read(path: Path, schema: dict[str, pl.DataType], *, separator: str = ","
         frame = pl.read_csv(path, separator=separator, infer_schema=False,
                             quote_char=None if separator == "\t" else '"')
     except Exception as exc:  # polars raises several error kinds for malformed files
-        raise DataError(f"cannot read: {exc}", file=str(path)) from exc
+        raise unreadable(path, separator) from exc
     for column, dtype in schema.items():
         if column not in frame.columns:
             raise DataError("required column is missing", file=str(path), column=column)

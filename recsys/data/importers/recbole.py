@@ -1,9 +1,11 @@
-"""Importer for RecBole atomic files as UniSRec publishes them (leave-one-out, order only).
+"""Importer for RecBole atomic files: the standard layout and UniSRec's.
 
-SRC holds `<Name>.text`, `<Name>.item2index`, `<Name>.user2index` and `<Name>.test.inter`;
-`<Name>.valid.inter` and `<Name>.train.inter` are used when present. Row numbers in errors are
-0-based data rows (the `field:type` header line of `.text` / `.inter` files is not counted;
-index files have no header).
+A folder may hold several data sets; each is the files `<Name>.*`. When `<Name>.text` exists the
+data set is in UniSRec's layout (leave-one-out, order only): `<Name>.text`, `<Name>.item2index`,
+`<Name>.user2index` and `<Name>.test.inter`, with `<Name>.valid.inter` and `<Name>.train.inter`
+used when present. Otherwise it is standard RecBole atomic files, read by `recbole_atomic`.
+Row numbers in errors are 0-based data rows (the `field:type` header line of `.text` / `.inter`
+files is not counted; index files have no header).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data.dataset import Dataset
+from recsys.data.importers.recbole_atomic import import_atomic, read_atomic
 from recsys.data.schema import CLICK
 from recsys.errors import DataError
 
@@ -44,17 +47,33 @@ class Sequence:
 
 
 def import_recbole(src: str | Path, *, name: str | None = None,
-                   dataset_name: str | None = None) -> Dataset:
-    """Read SRC's RecBole files into canonical frames (nothing is written).
+                   dataset_name: str | None = None, drop_unknown: bool = False,
+                   timestamp_unit: str = "auto", allow_any_time: bool = False) -> Dataset:
+    """Read one RecBole data set in SRC into canonical frames (nothing is written).
+
+    `dataset_name` picks `<Name>` when SRC holds several data sets. `drop_unknown` skips events
+    whose item has no row in the item file (and counts them). The time options apply to
+    standard atomic files with a timestamp field (UniSRec's files have none).
+    """
+    root = Path(src)
+    stem = _choose_stem(root, dataset_name)
+    if (root / f"{stem}.text").exists():
+        return import_unisrec(root, stem, name=name, drop_unknown=drop_unknown)
+    return import_atomic(root, stem, name=name, drop_unknown=drop_unknown,
+                         timestamp_unit=timestamp_unit, allow_any_time=allow_any_time)
+
+
+def import_unisrec(root: Path, stem: str, *, name: str | None = None,
+                   drop_unknown: bool = False) -> Dataset:
+    """Read UniSRec's files `<stem>.*` in `root` into canonical frames.
 
     Each user's sequence is the test history plus the test target, extended from the training
     prefixes when test.inter's history was cut at its length cap. Events are "click"s one second
     apart from 1970-01-01 (order only); split is "test" for the last item, "valid" for the one
-    before it when valid.inter exists, "train" for the rest. `dataset_name` picks `<Name>` when
-    SRC holds several datasets.
+    before it when valid.inter exists, "train" for the rest. Item text is the `.text` field
+    whole; title, category and brand are taken from it only where that is safe
+    (`split_item_texts`).
     """
-    root = Path(src)
-    stem = dataset_name or _detect_stem(root)
     path = {kind: root / f"{stem}.{kind}" for kind in
             ("text", "item2index", "user2index", "train.inter", "valid.inter", "test.inter")}
     for kind in ("text", "item2index", "user2index", "test.inter"):
@@ -71,7 +90,12 @@ def import_recbole(src: str | Path, *, name: str | None = None,
     sequences = reconstruct_sequences(test, valid, train, path)
     events = _events(sequences, item_of, user_of, path)
     unknown = events.join(items, on="item_id", how="anti")
-    if unknown.height:
+    report = []
+    if drop_unknown:
+        events = events.join(items.select("item_id"), on="item_id", how="semi")
+        report.append(f"--drop-unknown: dropped {unknown.height} events whose item has no row "
+                      f"in {path['text'].name}.")
+    elif unknown.height:
         raise DataError(f"item {unknown['item_id'][0]!r} is used in the .inter files but has "
                         f"no text ({unknown['item_id'].n_unique()} such items)",
                         file=str(path["text"]), column="item_id")
@@ -89,14 +113,18 @@ def import_recbole(src: str | Path, *, name: str | None = None,
         + ", 'train' = everything earlier.",
         f"test.inter histories hold at most {cap} items; {recovered} users' longer sequences "
         "were recovered from train.inter.",
-        "Item title/category/brand were split from the text 'title. category path. brand.'.",
+        "Item text = the .text field whole. Title, category and brand are cut from it only "
+        "where the category path is recognised (the words nearly all category paths start "
+        "with, or an empty category '. . '); elsewhere the title is the whole text and "
+        "category and brand are empty, so a title containing '. ' is never cut.",
+        *report,
     ]
     if at_cap and train is None:
         notes.append(f"{at_cap} users have a history of exactly {cap} items and no train.inter "
                      "to extend it: their earliest items may be missing.")
     meta = {"name": name or root.resolve().name, "source": "recbole", "time": "order_only",
             "protocol": "leave_one_out", "notes": " ".join(notes)}
-    return Dataset(items=items, events=events, meta=meta)
+    return Dataset(items=items, events=events, meta=meta, report=report)
 
 
 # --- sequences -----------------------------------------------------------------------------
@@ -225,24 +253,37 @@ def _events(sequences: dict[str, Sequence], item_of: dict[str, str], user_of: di
 # --- files ---------------------------------------------------------------------------------
 
 
-def _detect_stem(root: Path) -> str:
-    stems = sorted(p.name.removesuffix(".test.inter") for p in root.glob("*.test.inter"))
+def _choose_stem(root: Path, dataset_name: str | None) -> str:
+    """The data set to read: `dataset_name`, or the only one in `root`."""
+    stems = data_set_names(root)
+    if dataset_name is not None:
+        if dataset_name not in stems:
+            found = f"found: {', '.join(stems)}" if stems else "it holds no RecBole files"
+            raise DataError(f"no data set {dataset_name!r} ({found})", file=str(root))
+        return dataset_name
     if not stems:
-        raise DataError("no <Name>.test.inter file", file=str(root))
-    if len(stems) > 1:
-        raise DataError(f"several datasets ({', '.join(stems)}); choose one with dataset_name",
+        raise DataError("no RecBole files: expected NAME.inter (or NAME.train/valid/test.inter) "
+                        "with NAME.item, or UniSRec's NAME.text with NAME.test.inter",
                         file=str(root))
+    if len(stems) > 1:
+        raise DataError(f"several data sets ({', '.join(stems)}); choose one with --dataset "
+                        "NAME", file=str(root))
     return stems[0]
 
 
+def data_set_names(root: Path) -> list[str]:
+    """The `<Name>`s of the RecBole data sets in `root` (those with an interaction file)."""
+    names = set()
+    for path in root.glob("*.inter"):
+        stem = path.name.removesuffix(".inter")
+        for kind in (".train", ".valid", ".test"):
+            stem = stem.removesuffix(kind)
+        names.add(stem)
+    return sorted(names)
+
+
 def _read_tsv(path: Path, *, has_header: bool) -> pl.DataFrame:
-    try:
-        frame = pl.read_csv(path, separator="\t", has_header=has_header, quote_char=None,
-                            infer_schema=False)
-    except Exception as exc:  # polars raises several error kinds for malformed files
-        raise DataError(f"cannot read: {exc}", file=str(path)) from exc
-    # RecBole headers are "field:type"; the field name is what matters.
-    return frame.rename({c: c.split(":", 1)[0] for c in frame.columns}) if has_header else frame
+    return read_atomic(path, has_header=has_header)[0]
 
 
 def _column(frame: pl.DataFrame, name: str, path: Path) -> list[str | None]:
@@ -305,10 +346,10 @@ def _read_items(path: Path) -> pl.DataFrame:
 def split_item_texts(texts: Iterable[str]) -> list[tuple[str, str | None, str | None]]:
     """(title, category path, brand) for each UniSRec text "title. category path. brand. ".
 
-    Titles and brands may contain ". " themselves ("Mr. Heater", "10.1 Oz. Tube"), so the
+    Titles and brands may contain ". " themselves ("Mr. Heater", "L. A. Noire"), so the
     category is found by its root: the words nearly every unambiguous category path starts with
-    (e.g. "Industrial & Scientific"). Without a root match, an empty category (". . ") or
-    else the first ". " splits the title off.
+    (e.g. "Industrial & Scientific"). Without a root match, an empty category (". . ") splits
+    title from brand; otherwise the title is the whole text and category and brand are None.
     """
     bodies = [_body(t) for t in texts]
     root = _category_root(bodies)
@@ -351,7 +392,5 @@ def _split_one(body: str, root: str | None) -> tuple[str, str | None, str | None
     if ". . " in body:
         title, _, brand = body.partition(". . ")
         return title, None, brand or None
-    segments = body.split(". ")
-    if len(segments) >= 3:
-        return segments[0], segments[1], ". ".join(segments[2:])
-    return segments[0], None, None
+    # No recognisable category: any ". " may be part of the title ("L. A. Noire"), so keep it.
+    return body, None, None
