@@ -303,19 +303,12 @@ def merge_parquet(parts: list[Path], out: Path, schema: pa.Schema) -> int:
     """Stream `parts` (in order) into one Parquet file at `out`, atomically; returns rows written."""
     rows = 0
     with atomic_path(out) as tmp:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; an output is for sharing
         with pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
                 table = pq.read_table(part).replace_schema_metadata(None)
                 writer.write_table(table.select(schema.names).cast(schema))
                 rows += table.num_rows
     return rows
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def peak_rss_mb() -> float:
