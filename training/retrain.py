@@ -107,7 +107,7 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
                                         max_cases=config.max_eval_cases)
                   for name, rec in (("candidate", candidate), ("current", serving))}
         step("evaluate")
-        promoted, reason = decide(promote, scores, config)
+        promoted, reason, gate = decide(promote, scores, config)
         dataset_dir = models / DATASETS_DIR / version
         write_dataset(dataset_dir, previous, merged, note=f"merged by retrain {version}",
                       atomic=True)
@@ -116,7 +116,7 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
             "version": version, "previous_version": current, "promote_mode": promote,
             "promoted": promoted, "decision": "promoted" if promoted else "kept current",
             "reason": reason, "metric": config.metric, "tolerance": config.tolerance,
-            "metrics": scores,
+            "gate": gate, "metrics": scores,
             "data": {
                 "previous": {"path": str(previous.path), "events": previous.events.height,
                              "start": str(previous.events["timestamp"].min()),
@@ -286,21 +286,36 @@ def _ranker_config(saved: dict) -> RankerConfig:
 
 
 # -- the gate and publishing --------------------------------------------------------------------
-def decide(promote: str, scores: dict, config: RetrainConfig) -> tuple[bool, str]:
-    if promote == "always":
-        return True, "--promote always"
-    if promote == "never":
-        return False, "--promote never"
+def decide(promote: str, scores: dict, config: RetrainConfig) -> tuple[bool, str, dict]:
+    """Promote (in "auto") only if the candidate is not worse than the current bundle AND not
+    worse than the popularity order on the gate slice, each within the tolerance.
+
+    Returns (promote?, reason, gate): gate holds each comparison with its numbers and whether it
+    passed, and "failed" names the comparisons that failed.
+    """
     candidate = scores["candidate"]["metrics"].get("pipeline", {}).get(config.metric)
-    current = scores["current"]["metrics"].get("pipeline", {}).get(config.metric)
-    if candidate is None or current is None:
+    baselines = {"current": scores["current"]["metrics"].get("pipeline", {}).get(config.metric),
+                 "popularity": scores["candidate"]["metrics"].get("popularity", {}).get(
+                     config.metric)}
+    gate: dict = {"candidate": candidate, "tolerance": config.tolerance}
+    for name, value in baselines.items():
+        gate[f"vs_{name}"] = {name: value, "passed": None if candidate is None or value is None
+                              else candidate >= value - config.tolerance}
+    gate["failed"] = [name for name in baselines if gate[f"vs_{name}"]["passed"] is False]
+    if promote == "always":
+        return True, "--promote always", gate
+    if promote == "never":
+        return False, "--promote never", gate
+    if candidate is None or None in baselines.values():
         return False, (f"the gate slice has no case to evaluate ({scores['candidate']['cases']} "
-                       "cases): not promoting blind")
-    if candidate >= current - config.tolerance:
-        return True, (f"candidate {config.metric} {candidate:.4f} >= current {current:.4f} - "
-                      f"tolerance {config.tolerance}")
-    return False, (f"candidate {config.metric} {candidate:.4f} < current {current:.4f} - "
-                   f"tolerance {config.tolerance}")
+                       "cases): not promoting blind"), gate
+    compared = [f"candidate {config.metric} {candidate:.4f} "
+                f"{'>=' if gate[f'vs_{name}']['passed'] else '<'} {name} {value:.4f} - tolerance "
+                f"{config.tolerance}" for name, value in baselines.items()]
+    if gate["failed"]:
+        return False, "; ".join(c for c, name in zip(compared, baselines)
+                                if name in gate["failed"]), gate
+    return True, "; ".join(compared), gate
 
 
 def publish_candidate(candidate_path: Path, models: Path, version: str, record: dict,
