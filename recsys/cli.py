@@ -188,10 +188,16 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from recsys.evaluate import evaluate, format_table
     from recsys.io import write_json
+    from recsys.progress import Steps
 
     check_dataset_folder(args.dataset)
-    report = evaluate(args.models, args.dataset, args.split, max_cases=args.max_cases)
+    writes = [name for name in (args.json, args.report) if name]
+    steps = Steps(3 if writes else 2)
+    report = evaluate(args.models, args.dataset, args.split, max_cases=args.max_cases,
+                      steps=steps)
     print(format_table(report))
+    if writes:
+        steps.start(f"writing {' and '.join(writes)}")
     if args.json:
         write_json(report, args.json)
         print(f"wrote {args.json}")

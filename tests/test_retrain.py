@@ -55,7 +55,12 @@ def quiet(_):
 
 
 def test_retrain_records_every_step_in_the_new_manifest(models, replay_data):
-    record = retrain(models, replay_data["log"], promote="auto", version="r1", log=quiet)
+    lines: list[str] = []
+    record = retrain(models, replay_data["log"], promote="auto", version="r1", log=lines.append)
+    steps = [line for line in lines if line.startswith("[")]
+    assert [s[:5] for s in steps] == [f"[{i}/5]" for i in range(1, 6)]
+    assert steps[2] == "[3/5] training the candidate r1"
+    assert "      [2/6] embedding" in "\n".join(lines)   # the training steps, indented
     manifest = bundle.read_manifest(models / "r1")
     sealed = manifest["retrain"]
     assert sealed["version"] == "r1" and sealed["previous_version"] == "base"

@@ -30,6 +30,7 @@ from recsys.data.validate import find_problems, normalize_events
 from recsys.errors import DataError, RecsysError
 from recsys.interest import INTEREST_FILE
 from recsys.io import fsync_dir
+from recsys.progress import Steps
 from recsys.recommender import Recommender
 from recsys.retrieval import RetrievalConfig
 from training.pipeline import TrainConfig, dataset_fingerprint, train
@@ -72,6 +73,8 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
         timings[name] = round(moment - clock[0], 2)
         clock[0] = moment
 
+    steps = Steps(5, log)
+    steps.start(f"checking the click log {events_path}")
     current = bundles.current_version(models)
     current_path = models / current
     current_manifest = bundles.read_manifest(current_path)
@@ -93,21 +96,29 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
     work = models / f".retrain-{version}"
     shutil.rmtree(work, ignore_errors=True)
     try:
+        steps.start(f"merging {log_report['new_events']:,} new events with the "
+                    f"{previous.events.height:,} {current} learned from")
         view = write_dataset(work / "train-view", previous, merged.filter(
             pl.col("timestamp") < holdout_start), note=f"retrain view before {holdout_start}")
         step("merge")
         train_config = train_config_from(current_manifest, current_path, config)
+        steps.start(f"training the candidate {version}")
         candidate_path = train(view, work / "models", train_config, version=version,
-                               make_current=False, log=log)
+                               make_current=False, log=lambda line: log(f"      {line}"))
         step("train")
         candidate = Recommender.load(candidate_path)
         serving = Recommender.load(current_path)
         gate_end = new_end + timedelta(microseconds=1)
-        scores = {name: evaluate_window(rec, merged, holdout_start, gate_end,
-                                        max_cases=config.max_eval_cases)
-                  for name, rec in (("candidate", candidate), ("current", serving))}
+        steps.start(f"evaluating the candidate and {current} on the gate slice")
+        with steps.bar(2, "bundle") as bar:
+            scores = {}
+            for name, rec in (("candidate", candidate), ("current", serving)):
+                scores[name] = evaluate_window(rec, merged, holdout_start, gate_end,
+                                               max_cases=config.max_eval_cases)
+                bar.update(1)
         step("evaluate")
         promoted, reason, gate = decide(promote, scores, config)
+        steps.start(f"publishing {version} ({'promoted' if promoted else 'not promoted'})")
         dataset_dir = models / DATASETS_DIR / version
         write_dataset(dataset_dir, previous, merged, note=f"merged by retrain {version}",
                       atomic=True)
