@@ -218,10 +218,11 @@ def cmd_serve(args) -> int:
 
 def cmd_batch_score(args) -> int:
     from recsys.batch import batch_score
+    from recsys.progress import terminal
 
     summary = batch_score(args.models, args.users, args.out, k=args.k,
                           chunk_size=args.chunk_size, exclude_seen=not args.include_seen,
-                          engine=args.engine, explain=args.explain)
+                          engine=args.engine, explain=args.explain, progress=terminal())
     print(json.dumps(summary))
     return 0
 

@@ -68,6 +68,7 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
                     "state": "bundle" if context.state is recommender.state else
                              "refit on events before the split window",
                     "features": list(recommender.ranker.features),
+                    "ranker_used": recommender.ranker_used,
                     "gain_importance": recommender.manifest.get("ranker", {}).get(
                         "gain_importance", {})},
         "per_case": per_case,

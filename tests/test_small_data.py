@@ -68,3 +68,12 @@ def test_too_few_trees_or_one_score_is_caught():
         "it kept 1 tree(s) (at least 2 needed)", "it gives every valid candidate the same score"]
     assert too_little_to_rank({"train_groups": 500, "best_iteration": 40},
                               np.array([0.1, 0.3]), config) == []
+
+
+def test_the_evaluation_says_the_ranker_is_not_used(small_bundle, movielens_dataset):
+    from recsys.evaluate import evaluate
+
+    _, path, _ = small_bundle
+    report = evaluate(path, movielens_dataset, "test", log=lambda _: None)
+    assert report["details"]["ranker_used"] is False
+    assert report["metrics"]["pipeline"]["ndcg@10"] >= 0
