@@ -77,3 +77,21 @@ def test_the_evaluation_says_the_ranker_is_not_used(small_bundle, movielens_data
     report = evaluate(path, movielens_dataset, "test", log=lambda _: None)
     assert report["details"]["ranker_used"] is False
     assert report["metrics"]["pipeline"]["ndcg@10"] >= 0
+
+
+def test_the_api_answers_in_retrieval_order_marked_as_a_fallback(small_bundle, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from serving.main import create_app
+    from serving.settings import Settings
+
+    recommender, path, _ = small_bundle
+    settings = Settings(models_dir=path.parent, event_store=tmp_path / "events.sqlite",
+                        poll_current_s=0)
+    user = max(recommender.users, key=lambda u: len(recommender.users[u].items))
+    with TestClient(create_app(settings)) as client:
+        body = client.get(f"/recommendations/{user}", params={"k": 5, "explain": True}).json()
+    assert body["source"] == "degraded" and body["fallback"] is True
+    scores = [item["score"] for item in body["items"]]
+    assert len(scores) == 5 and len(set(scores)) > 1 and scores == sorted(scores, reverse=True)
+    assert all(item["reasons"]["text"] for item in body["items"])
