@@ -134,7 +134,8 @@ def test_gate_refuses_a_candidate_worse_than_popularity():
     assert promoted is False and gate["failed"] == ["current", "popularity"]
     assert "< current 0.0500" in reason and "< popularity 0.1000" in reason
     # "always" still promotes, and the record still shows what the gate would have said
-    assert decide("always", gate_scores(0.0312, 0.03, 0.1004), config)[2]["failed"] == ["popularity"]
+    forced = decide("always", gate_scores(0.0312, 0.03, 0.1004), config)
+    assert forced[0] is True and forced[2]["failed"] == ["popularity"]
 
 
 def _bad_log(kind: str, new: pl.DataFrame, path: Path) -> Path:

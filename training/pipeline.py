@@ -181,7 +181,8 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     ranker_features = config.ranker_features()
     steps.start(f"training the ranker (up to {config.ranker.max_rounds} rounds, stopping early "
                 "on valid)")
-    with steps.bar(config.ranker.max_rounds, "round") as rounds:
+    fits = max(1, len(config.ranker.search))   # each searched setting is one more fit
+    with steps.bar(config.ranker.max_rounds * fits, "round") as rounds:
         ranker, ranker_report = train_ranker(train_rows, valid_rows, ranker_features,
                                              config.ranker, log=log, progress=rounds)
     step("ranker_fit")

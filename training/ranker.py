@@ -33,7 +33,7 @@ class RankerConfig:
     log_every: int = 50
     # Below these the ranker is not used (the bundle serves the retrieval order, marked): a
     # lambdarank model learned from a handful of queries, or stopped after a tree or two, gives
-    # near-constant scores (measured: 5 groups -> 1 tree, one score for every item).
+    # near-constant scores, which rank worse than the sources' own order.
     min_train_groups: int = 10
     min_trees: int = 2
     extra: dict = field(default_factory=dict)

@@ -97,7 +97,7 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
     shutil.rmtree(work, ignore_errors=True)
     try:
         steps.start(f"merging {log_report['new_events']:,} new events with the "
-                    f"{previous.events.height:,} {current} learned from")
+                    f"{previous.events.height:,} events {current} learned from")
         view = write_dataset(work / "train-view", previous, merged.filter(
             pl.col("timestamp") < holdout_start), note=f"retrain view before {holdout_start}")
         step("merge")
