@@ -13,8 +13,9 @@ CATEGORY_WIDTH = 32
 SOURCE_TEXT = {
     "model": "ranked by the model",
     "popularity": "popularity fallback",
-    "degraded": "retrieval order (the ranker is not used)",
+    "degraded": "retrieval order (the ranker failed)",
 }
+NOT_TRAINED_TEXT = "retrieval order (too little click data to train the ranker)"
 
 
 def recommend_for(recommender: Recommender, *, user_id: str | None = None,
@@ -39,6 +40,8 @@ def recommend_for(recommender: Recommender, *, user_id: str | None = None,
         if user_id not in recommender.users:
             who += f" (not in bundle {recommender.version}: no history)"
     source = SOURCE_TEXT.get(answer.source, answer.source)
+    if answer.source == "degraded" and not recommender.ranker_used:
+        source = NOT_TRAINED_TEXT
     return answer, f"{who}: {len(answer.item_ids)} items from {recommender.version}, {source}"
 
 

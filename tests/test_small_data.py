@@ -95,3 +95,13 @@ def test_the_api_answers_in_retrieval_order_marked_as_a_fallback(small_bundle, t
     scores = [item["score"] for item in body["items"]]
     assert len(scores) == 5 and len(set(scores)) > 1 and scores == sorted(scores, reverse=True)
     assert all(item["reasons"]["text"] for item in body["items"])
+
+
+def test_recommend_says_why_the_retrieval_order_is_served(small_bundle, capsys):
+    from recsys.cli import main
+
+    recommender, path, _ = small_bundle
+    user = max(recommender.users, key=lambda u: len(recommender.users[u].items))
+    assert main(["recommend", str(path), user, "--k", "3"]) == 0
+    headline = capsys.readouterr().out.splitlines()[0]
+    assert headline.endswith("retrieval order (too little click data to train the ranker)")
