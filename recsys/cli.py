@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print recommendations as a table, from the same Recommender "
                                    "the API uses. A user the bundle does not know gets the "
                                    "popularity fallback, and the table says so.")
-    p.add_argument("models", help="MODELS or MODELS/VERSION")
-    p.add_argument("user_id", nargs="?", help="a user id (or use --history)")
+    p.add_argument("models", metavar="MODELS", help="MODELS or MODELS/VERSION")
+    p.add_argument("user_id", metavar="USER_ID", nargs="?", help="a user id (or use --history)")
     p.add_argument("--history", default=None, metavar="ID,ID,...",
                    help="item ids the visitor interacted with, oldest first, instead of a user")
     p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
