@@ -129,8 +129,8 @@ def build_catalogue(models_dir: Path, *, n_items: int = 100_000, dim: int = 384,
         if len(rows) >= 3:
             cases.append(Case(user, rows[:-1], last_times[user] - 600, last_times[user],
                               [rows[-1]]))
-    train_rows = build_groups(context, cases[:3000], desc="train rows")
-    valid_rows = build_groups(context, cases[3000:], desc="valid rows")
+    train_rows = build_groups(context, cases[:3000])
+    valid_rows = build_groups(context, cases[3000:])
     ranker, report = train_ranker(train_rows, valid_rows, list(FEATURES),
                                   RankerConfig(max_rounds=300, early_stopping_rounds=30,
                                                log_every=0), log=log)

@@ -1,9 +1,10 @@
-"""`recsys batch-score`: users Parquet in, top-k recommendations Parquet out, with the API's
-`Recommender`. Streams the input in chunks, checkpoints each chunk, and publishes one file by rename.
+"""`recsys batch-score`: users Parquet in, top-k recommendations out (Parquet, or CSV when `--out`
+ends in .csv), with the API's `Recommender`. Streams the input in chunks, checkpoints each chunk,
+and publishes one file by rename.
 
-Output rows: (user_id, rank, item_id, score[, reasons]) with rank 1-based. A killed job leaves no
-file at `out`; rerunning it resumes from the finished chunks (kept in a hidden `.OUT.parts`
-directory beside `out`, tied to the input file, the model version and the options).
+Output rows: (user_id, rank, item_id, score[, reasons as a JSON string]) with rank 1-based. A
+killed job leaves no file at `out`; rerunning it resumes from the finished chunks (kept in a hidden
+`.OUT.parts` directory beside `out`, tied to the input file, the model version and the options).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -32,6 +34,7 @@ HISTORY_COLUMN = "history"
 MAX_K = 1000
 STATS_KEY = b"recsys.batch"  # per-chunk counts, kept in each checkpoint file's schema metadata
 ENGINES = ("local", "ray")
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 OUTPUT_SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()),
                            ("item_id", pa.string()), ("score", pa.float32())])
@@ -59,8 +62,9 @@ def batch_score(models: str | os.PathLike[str], users_path: str | os.PathLike[st
         raise RecsysError(f"--chunk-size must be at least 1, got {chunk_size}")
     if engine not in ENGINES:
         raise RecsysError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    users = inspect_users(users_path)
     out = Path(out_path)
+    output_format(out)
+    users = inspect_users(users_path)
     if out.resolve() == users.path.resolve():
         raise RecsysError(f"--out {out} would overwrite the input file")
 
@@ -83,6 +87,15 @@ def batch_score(models: str | os.PathLike[str], users_path: str | os.PathLike[st
         "seconds": round(seconds, 2), "users_per_s": round(users.rows / max(seconds, 1e-9), 1),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def output_format(out: Path) -> str:
+    """"parquet" or "csv", from the extension of `out`; any other extension is refused."""
+    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise RecsysError(f"--out {out}: unknown output format "
+                          f"{out.suffix or '(no extension)'!r}: name the file .parquet or .csv")
+    return fmt
 
 
 # -- input -------------------------------------------------------------------------------------
@@ -300,11 +313,13 @@ class Checkpoints:
 
 
 def merge_parquet(parts: list[Path], out: Path, schema: pa.Schema) -> int:
-    """Stream `parts` (in order) into one Parquet file at `out`, atomically; returns rows written."""
+    """Stream the Parquet `parts` (in order) into one file at `out`, atomically: Parquet, or CSV
+    when `out` ends in .csv (flat columns, reasons as a JSON string). Returns rows written."""
     rows = 0
     with atomic_path(out) as tmp:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; an output is for sharing
-        with pq.ParquetWriter(tmp, schema) as writer:
+        writer = pa_csv.CSVWriter(str(tmp), schema) if output_format(out) == "csv" \
+            else pq.ParquetWriter(tmp, schema)
+        with writer:
             for part in parts:
                 table = pq.read_table(part).replace_schema_metadata(None)
                 writer.write_table(table.select(schema.names).cast(schema))
@@ -312,15 +327,10 @@ def merge_parquet(parts: list[Path], out: Path, schema: pa.Schema) -> int:
     return rows
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-__all__ = ["batch_score", "inspect_users", "score_chunk", "merge_parquet", "OUTPUT_SCHEMA"]
+__all__ = ["batch_score", "inspect_users", "score_chunk", "merge_parquet", "output_format",
+           "OUTPUT_SCHEMA"]

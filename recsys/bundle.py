@@ -173,6 +173,23 @@ def list_versions(models_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda m: (m["created_at"] or "", m["version"]))
 
 
+def check_models_folder(models_dir: str | os.PathLike[str]) -> Path:
+    """MODELS as a folder holding at least one complete bundle; otherwise one line saying what
+    the path is instead."""
+    models_dir = Path(models_dir)
+    if not models_dir.exists():
+        raise NotFoundError(f"{models_dir}: no such models folder")
+    if not models_dir.is_dir():
+        raise NotFoundError(f"{models_dir}: not a folder")
+    if (models_dir / MANIFEST).exists():
+        raise NotFoundError(f"{models_dir} is one model bundle: give the models folder that "
+                            f"holds it ({models_dir.parent})")
+    if not list_versions(models_dir):
+        raise NotFoundError(f"{models_dir}: holds no model bundle (train one with "
+                            f"`recsys train DATASET --out {models_dir}`)")
+    return models_dir
+
+
 def resolve_bundle(path: str | os.PathLike[str]) -> Path:
     """Accept MODELS (use CURRENT) or MODELS/VERSION; return the bundle directory."""
     path = Path(path)

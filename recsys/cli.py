@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recsys", description="Text-aware recommendations: import, train, evaluate, serve.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("quickstart", help="demo: import the bundled MovieLens data, train, "
@@ -96,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "CURRENT appears)")
     p.set_defaults(run=cmd_serve)
 
-    p = sub.add_parser("batch-score", help="score users from Parquet to Parquet")
+    p = sub.add_parser("batch-score", help="score users from Parquet to Parquet or CSV")
     p.add_argument("models")
     p.add_argument("users", help="Parquet with a user_id column (optional history column)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="RECS.parquet, or RECS.csv for CSV")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--chunk-size", type=int, default=2000)
     p.add_argument("--include-seen", action="store_true", help="allow items already in history")
@@ -107,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local process, or Ray Data across a cluster")
     p.add_argument("--explain", action="store_true", help="write each recommendation's reasons")
     p.set_defaults(run=cmd_batch_score)
+
+    p = sub.add_parser("recommend", help="print one user's (or one history's) recommendations",
+                       description="Print recommendations as a table, from the same Recommender "
+                                   "the API uses. A user the bundle does not know gets the "
+                                   "popularity fallback, and the table says so.")
+    p.add_argument("models", metavar="MODELS", help="MODELS or MODELS/VERSION")
+    p.add_argument("user_id", metavar="USER_ID", nargs="?", help="a user id (or use --history)")
+    p.add_argument("--history", default=None, metavar="ID,ID,...",
+                   help="item ids the visitor interacted with, oldest first, instead of a user")
+    p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+    p.add_argument("--explain", action="store_true", help="add why each item is recommended")
+    p.set_defaults(run=cmd_recommend)
 
     p = sub.add_parser("retrain", help="retrain from a new click log, evaluate, maybe promote")
     p.add_argument("models")
@@ -116,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("events", help="the live event store")
     p.add_argument("action", choices=["export"])
-    p.add_argument("store", help="event store (SQLite file)")
+    p.add_argument("store", help="event store (SQLite file), or the models folder the server "
+                                 "keeps it in")
     p.add_argument("--out", required=True, help="click log Parquet to write")
     p.set_defaults(run=cmd_events)
 
@@ -229,6 +243,7 @@ def cmd_validate(args) -> int:
 def cmd_train(args) -> int:
     from training.pipeline import TrainConfig, train
 
+    check_dataset_folder(args.dataset)
     finetune = None
     if args.finetune:
         from training.finetune import FinetuneConfig
@@ -245,9 +260,16 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from recsys.evaluate import evaluate, format_table
     from recsys.io import write_json
+    from recsys.progress import Steps
 
-    report = evaluate(args.models, args.dataset, args.split, max_cases=args.max_cases)
+    check_dataset_folder(args.dataset)
+    writes = [name for name in (args.json, args.report) if name]
+    steps = Steps(3 if writes else 2)
+    report = evaluate(args.models, args.dataset, args.split, max_cases=args.max_cases,
+                      steps=steps)
     print(format_table(report))
+    if writes:
+        steps.start(f"writing {' and '.join(writes)}")
     if args.json:
         write_json(report, args.json)
         print(f"wrote {args.json}")
@@ -279,10 +301,11 @@ def cmd_serve(args) -> int:
 
 def cmd_batch_score(args) -> int:
     from recsys.batch import batch_score
+    from recsys.progress import terminal
 
     summary = batch_score(args.models, args.users, args.out, k=args.k,
                           chunk_size=args.chunk_size, exclude_seen=not args.include_seen,
-                          engine=args.engine, explain=args.explain)
+                          engine=args.engine, explain=args.explain, progress=terminal())
     print(json.dumps(summary))
     return 0
 
@@ -295,17 +318,39 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def cmd_recommend(args) -> int:
+    from recsys.answer_table import format_answer, recommend_for
+    from recsys.recommender import Recommender
+
+    history = None
+    if args.history is not None:
+        history = [item.strip() for item in args.history.split(",") if item.strip()]
+        if not history:
+            raise RecsysError("--history needs at least one item id (ID,ID,...)")
+    recommender = Recommender.load(args.models)
+    answer, headline = recommend_for(recommender, user_id=args.user_id, history=history,
+                                     k=args.k, explain=args.explain)
+    print(format_answer(recommender, answer, headline))
+    return 0
+
+
 def cmd_events(args) -> int:
     from serving.event_store import export_events
 
-    rows = export_events(args.store, args.out)
-    print(f"exported {rows} events from {args.store} -> {args.out}")
+    store = Path(args.store)
+    if store.is_dir():   # the server keeps its store in the models folder
+        if not (store / "events.sqlite").is_file():
+            raise RecsysError(f"{store}: folder holds no event store (events.sqlite)")
+        store = store / "events.sqlite"
+    rows = export_events(store, args.out)
+    print(f"exported {rows} events from {store} -> {args.out}")
     return 0
 
 
 def cmd_models(args) -> int:
     from recsys import bundle
 
+    bundle.check_models_folder(args.models)
     if args.action == "list":
         try:
             current = bundle.current_version(args.models)
@@ -332,6 +377,31 @@ def cmd_quickstart(args) -> int:
 
     quickstart(Path(args.workdir), host=args.host, port=args.port, serve=not args.no_serve)
     return 0
+
+
+def installed_version() -> str:
+    """The installed package's version (its metadata), as `recsys --version` prints it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recsys")
+    except PackageNotFoundError:
+        return "(not installed: no package metadata)"
+
+
+def check_dataset_folder(path: str) -> None:
+    """One line, before any work, when DATASET is not a dataset folder at all (a folder with some
+    of the files is left to the dataset's own checks, which name each problem)."""
+    from recsys.data.schema import EVENTS_FILE, ITEMS_FILE, META_FILE
+
+    folder = Path(path)
+    if not folder.exists():
+        raise RecsysError(f"{folder}: no such dataset folder")
+    if not folder.is_dir():
+        raise RecsysError(f"{folder}: not a folder (DATASET is a folder made by `recsys import`)")
+    if not any((folder / name).exists() for name in (META_FILE, ITEMS_FILE, EVENTS_FILE)):
+        raise RecsysError(f"{folder}: not a dataset folder (no {META_FILE}, {ITEMS_FILE} or "
+                          f"{EVENTS_FILE}; make one with `recsys import`)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -26,9 +27,17 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+ENCODE_CHUNK = 1024  # texts per encoder call when a step's bar reports progress
+
+
 def encode_cached(encoder: Encoder, texts: Sequence[str], cache_dir: Path | None = None,
-                  *, show_progress: bool | None = None) -> np.ndarray:
-    """Encode `texts`, reusing vectors cached for this encoder; returns float32 [n, d]."""
+                  *, show_progress: bool | None = None,
+                  progress: Callable[[int, int], Any] | None = None) -> np.ndarray:
+    """Encode `texts`, reusing vectors cached for this encoder; returns float32 [n, d].
+
+    `progress(texts, cached)`, when given, is called once the cache has been read and returns
+    the bar to advance per encoded text (the encoder's own bar is then off).
+    """
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     # bf16 vectors differ slightly from fp32 ones: they never share a cache file.
     suffix = "" if encoder.resolved_precision == "fp32" else f"-{encoder.resolved_precision}"
@@ -46,8 +55,12 @@ def encode_cached(encoder: Encoder, texts: Sequence[str], cache_dir: Path | None
             cached, cached_vectors = {}, np.zeros((0, 0), dtype=np.float32)
 
     missing = sorted({key: i for i, key in enumerate(keys) if key not in cached}.values())
-    fresh = encoder.encode([texts[i] for i in missing], show_progress=show_progress) if missing \
-        else np.zeros((0, 0), dtype=np.float32)
+    if progress is None:
+        fresh = encoder.encode([texts[i] for i in missing], show_progress=show_progress) \
+            if missing else np.zeros((0, 0), dtype=np.float32)
+    else:
+        fresh = _encode_with_bar(encoder, [texts[i] for i in missing],
+                                 progress(len(texts), len(texts) - len(missing)))
 
     dim = fresh.shape[1] if missing else cached_vectors.shape[1]
     out = np.empty((len(texts), dim), dtype=np.float32)
@@ -63,3 +76,15 @@ def encode_cached(encoder: Encoder, texts: Sequence[str], cache_dir: Path | None
                                     "vector": pl.Series(all_vectors, dtype=pl.Array(pl.Float32, dim))}),
                       cache_file)
     return out
+
+
+def _encode_with_bar(encoder: Encoder, texts: list, bar) -> np.ndarray:
+    parts = []
+    try:
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            chunk = texts[start:start + ENCODE_CHUNK]
+            parts.append(encoder.encode(chunk, show_progress=False))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return np.vstack(parts) if parts else np.zeros((0, 0), dtype=np.float32)

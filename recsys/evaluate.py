@@ -19,12 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from features.state import BehaviourState
 from recsys.data.dataset import load_dataset
 from recsys.interest import semantic_scores
 from recsys.metrics import impression_metrics, rank_of, ranking_metrics
+from recsys.progress import Steps
 from recsys.ranking import RankingContext
 from recsys.recommender import Recommender
 from recsys.splits import Case, Split
@@ -39,8 +39,10 @@ PER_CASE_K = 10
 
 def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", *,
              max_cases: int | None = None, seed: int = 0,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, steps: Steps | None = None) -> dict:
     started = time.perf_counter()
+    steps = steps or Steps(2, log)
+    steps.start(f"loading the bundle {models} and the dataset {dataset_path}")
     recommender = Recommender.load(models)
     dataset = load_dataset(dataset_path)
     data_split = Split.of(dataset, recommender.item_ids)
@@ -49,12 +51,13 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
         keep = np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)
         cases = [cases[i] for i in sorted(keep)]
     context = evaluation_context(recommender, data_split, split)
-    log(f"evaluating {recommender.version} on {dataset.name} {split}: {len(cases)} cases, "
-        f"protocol {data_split.protocol}")
-    if data_split.protocol == "impressions":
-        metrics, per_case = _impressions(recommender, context, cases)
-    else:
-        metrics, per_case = _full_ranking(recommender, context, cases)
+    steps.start(f"evaluating {recommender.version} on {dataset.name} {split}: {len(cases):,} "
+                f"cases, protocol {data_split.protocol}")
+    with steps.bar(len(cases), "case") as bar:
+        if data_split.protocol == "impressions":
+            metrics, per_case = _impressions(recommender, context, cases, bar)
+        else:
+            metrics, per_case = _full_ranking(recommender, context, cases, bar)
     per_case["history_length"] = [len(c.history) for c in cases]
     seconds = time.perf_counter() - started
     return {
@@ -65,6 +68,7 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
                     "state": "bundle" if context.state is recommender.state else
                              "refit on events before the split window",
                     "features": list(recommender.ranker.features),
+                    "ranker_used": recommender.ranker_used,
                     "gain_importance": recommender.manifest.get("ranker", {}).get(
                         "gain_importance", {})},
         "per_case": per_case,
@@ -86,15 +90,17 @@ def evaluation_context(recommender: Recommender, split: Split, which: str) -> Ra
                           base.retrieval, base.interest)
 
 
-def _chunks(cases: list[Case], n_items: int):
+def _chunks(cases: list[Case], n_items: int, bar=None):
     size = max(1, min(1000, SCORE_BLOCK // max(n_items, 1)))
-    for start in tqdm(range(0, len(cases), size), desc="evaluate", unit="chunk",
-                      disable=len(cases) <= size):
-        yield cases[start:start + size]
+    for start in range(0, len(cases), size):
+        chunk = cases[start:start + size]
+        yield chunk
+        if bar is not None:
+            bar.update(len(chunk))
 
 
 def _full_ranking(recommender: Recommender, context: RankingContext,
-                  cases: list[Case]) -> tuple[dict[str, dict[str, float]], dict]:
+                  cases: list[Case], bar=None) -> tuple[dict[str, dict[str, float]], dict]:
     n_items = len(recommender.item_ids)
     state = context.state
     pop_position = np.empty(n_items, dtype=np.float64)
@@ -102,7 +108,7 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
     popularity = 1.0 - pop_position / n_items               # in (0, 1], higher = more popular
     ranks: dict[str, list[list[float]]] = {f"{m}{s}": [] for m in METHODS for s in ("", "_masked")}
     scores_seen = _ScoreSample()
-    for chunk in _chunks(cases, n_items):
+    for chunk in _chunks(cases, n_items, bar):
         requests = context.requests([c.history for c in chunk], np.array([c.time for c in chunk]),
                                     np.array([c.last_time for c in chunk]))
         candidates, rows = context.rows(requests)
@@ -174,12 +180,12 @@ class _ScoreSample:
 
 
 def _impressions(recommender: Recommender, context: RankingContext,
-                 cases: list[Case]) -> tuple[dict[str, dict[str, float]], dict]:
+                 cases: list[Case], bar=None) -> tuple[dict[str, dict[str, float]], dict]:
     state = context.state
     per_method: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     labels: list[np.ndarray] = []
     scores_seen = _ScoreSample()
-    for chunk in _chunks(cases, len(recommender.item_ids)):
+    for chunk in _chunks(cases, len(recommender.item_ids), bar):
         requests = context.requests([c.history for c in chunk], np.array([c.time for c in chunk]),
                                     np.array([c.last_time for c in chunk]))
         shown = [list(dict.fromkeys(c.shown or [])) for c in chunk]

@@ -1,6 +1,8 @@
 """Atomic file output: write to a temporary name in the same directory, fsync, then rename.
 
-A crash at any point leaves either the old file or the new one, never half of one.
+A crash at any point leaves either the old file or the new one, never half of one. Files get the
+mode any new file of the process gets (0644 under umask 022), so a server running as another user
+can read what `train` wrote.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
+    try:
+        # mkstemp makes the file private (0600) whatever the umask; the renamed file must not be
+        os.fchmod(fd, 0o666 & ~process_umask())
+    finally:
+        os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -33,6 +39,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def process_umask() -> int:
+    """The process umask. Read from /proc where there is one: os.umask can only read it by
+    setting it, which for a moment changes it for every thread."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

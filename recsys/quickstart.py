@@ -21,9 +21,9 @@ def quickstart(workdir: Path, *, host: str = "127.0.0.1", port: int = 8000,
     print(f"[1/4] importing the bundled MovieLens latest-small demo data -> {dataset_dir}")
     import_dataset("movielens", DEMO_DATA, dataset_dir)
     print(f"[2/4] training -> {models_dir} (item texts are embedded once, then cached)")
-    train(dataset_dir, models_dir)
+    train(dataset_dir, models_dir, log=indented)
     print("[3/4] evaluating on the test split (the last 10% of time)")
-    report = evaluate(models_dir, dataset_dir, "test")
+    report = evaluate(models_dir, dataset_dir, "test", log=indented)
     print(format_table(report))
     write_json(report, workdir / "evaluation.json")
 
@@ -36,3 +36,8 @@ def quickstart(workdir: Path, *, host: str = "127.0.0.1", port: int = 8000,
 
         run(models_dir, host=host, port=port)
     return {"report": report, "curl": curl, "models": str(models_dir)}
+
+
+def indented(line: str) -> None:
+    """Train's and evaluate's own numbered steps, under the quickstart's."""
+    print(f"      {line}")

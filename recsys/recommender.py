@@ -92,7 +92,10 @@ class Recommender:
         self.item_vectors = item_vectors
         self.index = index
         self.state = state
-        self.ranker = ranker
+        # A ranker trained on too little data (training says so in the manifest) is not used:
+        # the retrieval order is served instead, and answers are marked degraded.
+        self.ranker_used = bool((manifest.get("ranker") or {}).get("used", True))
+        self.ranker = ranker if self.ranker_used else RetrievalOrder(ranker.features)
         self.users = users
         self.retrieval = retrieval
         self.context = RankingContext(item_vectors, self.item_categories, index, state, retrieval,
@@ -258,7 +261,7 @@ class Recommender:
                                              as_frame=keep_features)
         try:
             scores = self.ranker.predict(rows)
-            degraded = False
+            degraded = not self.ranker_used
         except Exception:  # the ranker must never take the service down: fall back to retrieval
             log.exception("ranker failed; serving retrieval order")
             scores = retrieval_order_scores(candidates)
@@ -386,6 +389,40 @@ def retrieval_order_scores(candidates: Candidates) -> np.ndarray:
     """A score that reproduces the sources' own order: best rank across sources first."""
     best = np.minimum(np.minimum(candidates.sem_rank, candidates.covis_rank), candidates.pop_rank)
     return (-best).astype(np.float32)
+
+
+class RetrievalOrder:
+    """Stands in for a ranker that training found unable to rank: scores candidates in the
+    sources' own order (as `retrieval_order_scores`), from the source-rank feature columns, so
+    serving, batch scoring, evaluation and the retrain gate all see the order that is served."""
+
+    compiled = False
+    _RANKS = ("sem_rank", "covis_rank", "pop_rank")
+
+    def __init__(self, features: Sequence[str]) -> None:
+        self.features = list(features)
+
+    def _ranks(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
+        if isinstance(rows, np.ndarray):
+            return rows[:, [FEATURES.index(name) for name in self._RANKS]]
+        return rows.select(self._RANKS).to_numpy()
+
+    def predict(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return (-self._ranks(rows).min(axis=1)).astype(np.float32)
+
+    def contributions(self, rows: pl.DataFrame) -> np.ndarray:
+        """The source that ranked each candidate best gets the whole score, so an explanation
+        names it (e.g. "similar to what you viewed"); [n, n_features + 1], the last the bias."""
+        out = np.zeros((len(rows), len(self.features) + 1))
+        if len(rows):
+            ranks = self._ranks(rows)
+            best = ranks.argmin(axis=1)
+            for source, name in enumerate(self._RANKS):
+                if name in self.features:
+                    out[best == source, self.features.index(name)] = 1.0
+        return out
 
 
 class FreshItemsIndex:

@@ -89,6 +89,30 @@ def test_explain_writes_reasons_as_json(models_dir, users_file, tmp_path):
     assert any(r.get("because_of") for r in reasons)
 
 
+def test_csv_out_writes_csv_with_the_parquet_rows(models_dir, users_file, tmp_path, capsys):
+    parquet, csv = tmp_path / "recs.parquet", tmp_path / "recs.csv"
+    run(models_dir, users_file, parquet, k=3, explain=True)
+    assert main(["batch-score", str(models_dir), str(users_file), "--out", str(csv), "--k", "3",
+                 "--explain"]) == 0
+    assert csv.read_text().splitlines()[0] == '"user_id","rank","item_id","score","reasons"'
+    from_csv = pl.read_csv(csv, schema_overrides={"user_id": pl.String, "item_id": pl.String})
+    expected = pl.read_parquet(parquet)
+    assert from_csv.select("user_id", "rank", "item_id").equals(
+        expected.select("user_id", "rank", "item_id").cast({"rank": pl.Int64}))
+    assert all("text" in json.loads(r) for r in from_csv["reasons"] if r != "{}")
+    assert not list(tmp_path.glob(".*"))   # no checkpoints or temp files left
+
+
+@pytest.mark.parametrize("name", ["recs.txt", "recs", "recs.json"])
+def test_unknown_output_extension_is_refused_before_scoring(models_dir, users_file, tmp_path,
+                                                            name, capsys):
+    out = tmp_path / name
+    assert main(["batch-score", str(models_dir), str(users_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown output format" in err and ".csv" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def _write(path: Path, table: pa.Table) -> Path:
     pq.write_table(table, path)
     return path

@@ -67,3 +67,112 @@ def test_no_command_prints_help(capsys):
 def test_promote_needs_an_existing_version(action, models_dir, capsys):
     assert main(["models", action, str(models_dir), "../etc"]) == EXIT_BAD_INPUT
     assert "invalid model version" in capsys.readouterr().err
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"recsys {version('recsys')}"
+
+
+def _table(out: str) -> tuple[str, list[str], list[list[str]]]:
+    headline, header, *rows = out.rstrip("\n").splitlines()
+    return headline, header.split(), [row.split() for row in rows]
+
+
+def test_recommend_prints_the_recommenders_answer_as_a_table(models_dir, recommender, capsys):
+    user = sorted(recommender.users)[0]
+    assert main(["recommend", str(models_dir), user, "--k", "5"]) == 0
+    headline, header, rows = _table(capsys.readouterr().out)
+    assert header == ["rank", "item_id", "title", "category", "score", "source"]
+    expected = recommender.recommend([user], k=5)[0]
+    assert [r[1] for r in rows] == expected.item_ids
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert all(r[-1] == "model" for r in rows)
+    assert headline == f"user {user}: 5 items from v1, ranked by the model"
+    title = recommender.titles[recommender.item_rows[expected.item_ids[0]]]
+    assert title.split()[0] in rows[0]
+
+
+def test_recommend_explain_adds_the_reasons(models_dir, recommender, capsys):
+    user = sorted(recommender.users)[1]
+    assert main(["recommend", str(models_dir), user, "--k", "3", "--explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[-1] == "why"
+    reasons = recommender.recommend([user], k=3, explain=True)[0].reasons
+    for line, reason in zip(lines[2:], reasons):
+        assert line.endswith(reason["text"])
+
+
+def test_recommend_for_an_unknown_user_says_it_is_the_popularity_fallback(models_dir, capsys):
+    assert main(["recommend", str(models_dir), "no-such-user", "--k", "4"]) == 0
+    headline, _, rows = _table(capsys.readouterr().out)
+    assert "popularity fallback" in headline and "not in bundle v1" in headline
+    assert len(rows) == 4 and all(r[-1] == "popularity" for r in rows)
+
+
+def test_recommend_for_a_history(models_dir, recommender, capsys):
+    history = recommender.item_ids[:3]
+    assert main(["recommend", str(models_dir), "--history", ",".join(history), "--k", "4"]) == 0
+    headline, _, rows = _table(capsys.readouterr().out)
+    assert headline.startswith("a history of 3 item(s): 4 items")
+    assert [r[1] for r in rows] == recommender.recommend_for_history([history], k=4)[0].item_ids
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--history", "{first},nope-1,nope-2"], "item id(s) not in bundle v1: nope-1, nope-2"),
+    ([], "give one of USER_ID and --history"),
+    (["someone", "--history", "{first}"], "give one of USER_ID and --history"),
+    (["someone", "--k", "0"], "--k must be between 1 and 1000"),
+])
+def test_recommend_refuses_bad_requests_in_one_line(models_dir, recommender, args, message,
+                                                    capsys):
+    args = [a.replace("{first}", recommender.item_ids[0]) for a in args]
+    assert main(["recommend", str(models_dir), *args]) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"error: {captured.err.strip()[7:]}"
+    assert len(captured.err.strip().splitlines()) == 1 and message in captured.err
+    assert captured.out == ""
+
+
+FOLDER_COMMANDS = {
+    "train": lambda f, o: ["train", f, "--out", str(o / "m")],
+    "evaluate models": lambda f, o: ["evaluate", f, "{dataset}"],
+    "evaluate dataset": lambda f, o: ["evaluate", "{models}", f],
+    "batch-score": lambda f, o: ["batch-score", f, "{users}", "--out", str(o / "r.parquet")],
+    "recommend": lambda f, o: ["recommend", f, "someone"],
+    "retrain": lambda f, o: ["retrain", f, "--events", "{users}"],
+    "models list": lambda f, o: ["models", "list", f],
+    "models promote": lambda f, o: ["models", "promote", f, "v1"],
+    "models rollback": lambda f, o: ["models", "rollback", f],
+    "events export": lambda f, o: ["events", "export", f, "--out", str(o / "e.parquet")],
+}
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty", "wrong kind"])
+@pytest.mark.parametrize("command", sorted(FOLDER_COMMANDS))
+def test_a_folder_with_nothing_usable_is_one_line_and_exit_2(command, folder, tmp_path,
+                                                             models_dir, recbole_dataset,
+                                                             capsys):
+    users = tmp_path / "users.parquet"
+    pl.DataFrame({"user_id": ["a"]}).write_parquet(users)
+    reads_a_dataset = command in ("train", "evaluate dataset")
+    target = {"missing": tmp_path / "nowhere", "empty": tmp_path / "empty",
+              "wrong kind": models_dir if reads_a_dataset else recbole_dataset}
+    target[folder].mkdir(exist_ok=True) if folder == "empty" else None
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.replace("{dataset}", str(recbole_dataset)).replace("{models}", str(models_dir))
+            .replace("{users}", str(users)) for a in FOLDER_COMMANDS[command](str(target[folder]),
+                                                                            out)]
+    assert main(args) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and \
+        str(target[folder]) in err, err
+    # at most the step line of the step that found the folder unusable
+    assert all(line.startswith("[1/") for line in captured.out.splitlines())
+    assert list(out.iterdir()) == []

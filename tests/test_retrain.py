@@ -55,11 +55,21 @@ def quiet(_):
 
 
 def test_retrain_records_every_step_in_the_new_manifest(models, replay_data):
-    record = retrain(models, replay_data["log"], promote="auto", version="r1", log=quiet)
+    lines: list[str] = []
+    record = retrain(models, replay_data["log"], promote="auto", version="r1", log=lines.append)
+    steps = [line for line in lines if line.startswith("[")]
+    assert [s[:5] for s in steps] == [f"[{i}/5]" for i in range(1, 6)]
+    assert steps[2] == "[3/5] training the candidate r1"
+    assert "      [2/6] embedding" in "\n".join(lines)   # the training steps, indented
     manifest = bundle.read_manifest(models / "r1")
     sealed = manifest["retrain"]
     assert sealed["version"] == "r1" and sealed["previous_version"] == "base"
     assert sealed["decision"] == record["decision"] and sealed["reason"] == record["reason"]
+    gate = sealed["gate"]   # both comparisons, from the same slice the metrics come from
+    assert gate["candidate"] == sealed["metrics"]["candidate"]["metrics"]["pipeline"]["ndcg@10"]
+    assert gate["vs_popularity"]["popularity"] == \
+        sealed["metrics"]["candidate"]["metrics"]["popularity"]["ndcg@10"]
+    assert record["promoted"] == (not gate["failed"])
     assert set(sealed["metrics"]) == {"candidate", "current"}
     for side in ("candidate", "current"):
         assert sealed["metrics"][side]["cases"] > 0
@@ -94,18 +104,38 @@ def test_promote_never_and_always_then_roll_back(models, replay_data):
     assert bundle.current_version(models) == "base"
 
 
-def test_gate_decision_respects_the_tolerance():
-    def scores(candidate, current):
-        return {"candidate": {"cases": 5, "metrics": {"pipeline": {"ndcg@10": candidate}}},
-                "current": {"cases": 5, "metrics": {"pipeline": {"ndcg@10": current}}}}
+def gate_scores(candidate, current, popularity):
+    return {"candidate": {"cases": 5, "metrics": {"pipeline": {"ndcg@10": candidate},
+                                                  "popularity": {"ndcg@10": popularity}}},
+            "current": {"cases": 5, "metrics": {"pipeline": {"ndcg@10": current}}}}
 
+
+def test_gate_decision_respects_the_tolerance():
     config = RetrainConfig(tolerance=0.01)
-    assert decide("auto", scores(0.100, 0.105), config)[0] is True
-    promoted, reason = decide("auto", scores(0.090, 0.105), config)
+    assert decide("auto", gate_scores(0.100, 0.105, 0.05), config)[0] is True
+    promoted, reason, gate = decide("auto", gate_scores(0.090, 0.105, 0.05), config)
     assert promoted is False and "0.0900 < current 0.1050" in reason
+    assert gate["failed"] == ["current"]
     empty = {"candidate": {"cases": 0, "metrics": {}}, "current": {"cases": 0, "metrics": {}}}
     assert decide("auto", empty, config)[0] is False
     assert decide("always", empty, config)[0] is True
+
+
+def test_gate_refuses_a_candidate_worse_than_popularity():
+    """The case that was auto-promoted: no worse than the current bundle, a third of popularity."""
+    config = RetrainConfig(tolerance=0.005)
+    promoted, reason, gate = decide("auto", gate_scores(0.0312, 0.0300, 0.1004), config)
+    assert promoted is False
+    assert reason == "candidate ndcg@10 0.0312 < popularity 0.1004 - tolerance 0.005"
+    assert gate["failed"] == ["popularity"]
+    assert gate["vs_current"] == {"current": 0.0300, "passed": True}
+    assert gate["vs_popularity"] == {"popularity": 0.1004, "passed": False}
+    promoted, reason, gate = decide("auto", gate_scores(0.02, 0.05, 0.1), config)
+    assert promoted is False and gate["failed"] == ["current", "popularity"]
+    assert "< current 0.0500" in reason and "< popularity 0.1000" in reason
+    # "always" still promotes, and the record still shows what the gate would have said
+    forced = decide("always", gate_scores(0.0312, 0.03, 0.1004), config)
+    assert forced[0] is True and forced[2]["failed"] == ["popularity"]
 
 
 def _bad_log(kind: str, new: pl.DataFrame, path: Path) -> Path:

@@ -27,6 +27,7 @@ from recsys.embedding_cache import encode_cached
 from recsys.encoder import Encoder, pick_device
 from recsys.index import ItemIndex
 from recsys.interest import InterestModel
+from recsys.progress import Steps, silence_library_bars
 from recsys.ranking import RankingContext
 from recsys.retrieval import RetrievalConfig
 from recsys.splits import Split, epoch_seconds
@@ -100,6 +101,8 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     config = config or TrainConfig()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    steps = Steps(6 if config.finetune is None else 8, log)
+    silence_library_bars()
 
     def step(name: str) -> None:
         nonlocal clock
@@ -107,6 +110,7 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
         timings[name] = round(now - clock, 2)
         clock = now
 
+    steps.start(f"reading the dataset {dataset_path}")
     dataset = load_dataset(dataset_path)
     items = dataset.items
     item_ids = items["item_id"].to_list()
@@ -114,8 +118,12 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
         f"protocol {dataset.protocol}")
     step("load")
 
+    def embedding_step(texts: int, cached: int):
+        steps.start(f"embedding {texts:,} items ({cached:,} cached)")
+        return steps.bar(texts - cached, "item")
+
     encoder = Encoder(config.encoder, device=config.device, max_length=config.max_length)
-    vectors = encode_cached(encoder, item_texts(items), config.cache_dir, show_progress=None)
+    vectors = encode_cached(encoder, item_texts(items), config.cache_dir, progress=embedding_step)
     finetune_report, finetune_dir = None, Path(models_dir) / f".finetune-{os.getpid()}"
     interest = None   # the learned user side; None = the recency-weighted mean of item vectors
     label_side = None  # (vectors, index, interest) that score the ranker's label rows
@@ -126,11 +134,12 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
         # The two runs share the time budget.
         tuning = config.finetune.for_device(pick_device(config.device))
         halves = replace(config, finetune=replace(tuning, time_budget_s=tuning.time_budget_s / 2))
-        log("fine-tuning for the ranker's label rows (training clicks before the label window)")
+        steps.start("fine-tuning for the ranker's label rows (training clicks before the label "
+                    "window)")
         _, label_vectors, label_report, label_interest = finetune_step(
             dataset, item_ids, item_texts(items), vectors, finetune_dir / "labels", halves,
             before_labels=True, log=log)
-        log("fine-tuning the shipped encoder (every training click)")
+        steps.start("fine-tuning the shipped encoder (every training click)")
         encoder, vectors, finetune_report, interest = finetune_step(
             dataset, item_ids, item_texts(items), vectors, finetune_dir / "all", halves, log=log)
         finetune_report["ranker_label_rows"] = {
@@ -140,10 +149,14 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     elif config.interest is not None:
         interest = InterestModel.load(Path(config.interest), vectors.shape[1])
     step("embed")
-    index = ItemIndex(**config.index).fit(vectors)
+    index = ItemIndex(**config.index)
+    steps.start(f"indexing {len(item_ids):,} item vectors ({index.resolved_kind(len(item_ids))})")
+    index = index.fit(vectors)
     label_vectors, label_index, label_interest = label_side or (vectors, index, interest)
     step("index")
 
+    steps.start("building the ranker's training and valid rows")
+    rows_bar = steps.bar(unit="case")
     split = Split.of(dataset, item_ids)
     real_time = dataset.has_real_time
     categories = category_codes(items)
@@ -155,21 +168,28 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     train_rows = label_rows(
         split, lambda state: RankingContext(label_vectors, categories, label_index, state,
                                             retrieval, label_interest),
-        n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed)
+        n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed,
+        progress=rows_bar)
     valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval,
                                              interest),
                               split.cases("valid"), max_cases=config.max_train_cases,
-                              seed=config.ranker.seed, desc="valid rows")
+                              seed=config.ranker.seed, progress=rows_bar)
+    rows_bar.close()
     log(f"ranker data: {train_rows.n_groups}/{train_rows.n_cases} train groups, "
         f"{valid_rows.n_groups}/{valid_rows.n_cases} valid groups with a positive candidate")
     step("ranker_rows")
     ranker_features = config.ranker_features()
-    ranker, ranker_report = train_ranker(train_rows, valid_rows, ranker_features, config.ranker,
-                                         log=log)
+    steps.start(f"training the ranker (up to {config.ranker.max_rounds} rounds, stopping early "
+                "on valid)")
+    fits = max(1, len(config.ranker.search))   # each searched setting is one more fit
+    with steps.bar(config.ranker.max_rounds * fits, "round") as rounds:
+        ranker, ranker_report = train_ranker(train_rows, valid_rows, ranker_features,
+                                             config.ranker, log=log, progress=rounds)
     step("ranker_fit")
 
     histories, last_times = user_histories(train_events)
     writer = BundleWriter(models_dir, version)
+    steps.start(f"writing the bundle {writer.version} -> {models_dir}")
     try:
         write_parts(writer.path, items=items, vectors=vectors, index=index, state=full_state,
                     ranker=ranker, users=users_table(histories, last_times), encoder=encoder,

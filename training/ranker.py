@@ -31,6 +31,11 @@ class RankerConfig:
     seed: int = 0
     threads: int = 0
     log_every: int = 50
+    # Below these the ranker is not used (the bundle serves the retrieval order, marked): a
+    # lambdarank model learned from a handful of queries, or stopped after a tree or two, gives
+    # near-constant scores, which rank worse than the sources' own order.
+    min_train_groups: int = 10
+    min_trees: int = 2
     extra: dict = field(default_factory=dict)
     # Settings to try (each a dict of the fields above, e.g. {"num_leaves": 63}); the one with
     # the best valid NDCG after early stopping is kept. Empty: train once with the fields above.
@@ -55,8 +60,13 @@ class RankerConfig:
 
 
 def train_ranker(train: RankerData, valid: RankerData, features: list[str],
-                 config: RankerConfig, *, log=print) -> tuple[Ranker, dict]:
-    """Fit lambdarank on `train` groups, stop early on `valid` NDCG; returns the model and a report."""
+                 config: RankerConfig, *, log=print, progress=None) -> tuple[Ranker, dict]:
+    """Fit lambdarank on `train` groups, stop early on `valid` NDCG; returns the model and a report.
+
+    The report's "used" is False (and "not_used_because" says why, also logged as one warning
+    line) when the data was too small to learn a ranking: the bundle then serves the retrieval
+    order. `progress` (a bar with `update(n)`) advances once per boosting round.
+    """
     if train.n_groups == 0:
         raise RecsysError("no training group has a clicked item among its candidates: "
                           "not enough click history to train a ranker")
@@ -76,7 +86,7 @@ def train_ranker(train: RankerData, valid: RankerData, features: list[str],
             raise ValueError(f"unknown ranker settings {sorted(unknown)} in the search")
         setting = replace(config, **override, search=())
         booster, score = _fit(train_set, valid_set, setting, metric,
-                              shared_dataset=bool(config.search))
+                              shared_dataset=bool(config.search), progress=progress)
         tried.append({"setting": override, f"valid_{metric}_candidates": score,
                       "best_iteration": int(booster.best_iteration), "booster": booster,
                       "config": setting})
@@ -105,11 +115,33 @@ def train_ranker(train: RankerData, valid: RankerData, features: list[str],
     best = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
     log(f"ranker: {report['best_iteration']} trees, valid {metric} over candidates "
         f"{report[f'valid_{metric}_candidates']:.4f} in {report['seconds']:.1f}s")
-    return Ranker(best, features, threads=config.threads), report
+    ranker = Ranker(best, features, threads=config.threads)
+    problems = too_little_to_rank(report, ranker.predict(valid.features), config)
+    report["used"] = not problems
+    if problems:
+        report["not_used_because"] = problems
+        log(f"warning: the ranker is not used: {'; '.join(problems)}; the bundle serves the "
+            "retrieval order (answers marked \"degraded\"); more click history fixes this")
+    return ranker, report
+
+
+def too_little_to_rank(report: dict, valid_scores: np.ndarray, config: RankerConfig) -> list[str]:
+    """Why this ranker cannot rank (empty when it can): too few groups, trees, or one score."""
+    problems = []
+    if report["train_groups"] < config.min_train_groups:
+        problems.append(f"it learned from {report['train_groups']} query groups (at least "
+                        f"{config.min_train_groups} needed)")
+    if report["best_iteration"] < config.min_trees:
+        problems.append(f"it kept {report['best_iteration']} tree(s) (at least "
+                        f"{config.min_trees} needed)")
+    if valid_scores.size and np.ptp(valid_scores) == 0:
+        problems.append("it gives every valid candidate the same score")
+    return problems
 
 
 def _fit(train_set: lgb.Dataset, valid_set: lgb.Dataset, config: RankerConfig,
-         metric: str, *, shared_dataset: bool = False) -> tuple[lgb.Booster, float]:
+         metric: str, *, shared_dataset: bool = False,
+         progress=None) -> tuple[lgb.Booster, float]:
     """One lambdarank fit with early stopping on valid; returns it and its best valid score."""
     record: dict = {}
     params = config.params()
@@ -121,12 +153,17 @@ def _fit(train_set: lgb.Dataset, valid_set: lgb.Dataset, config: RankerConfig,
             if not math.isfinite(value):
                 raise RecsysError(f"ranker metric {name} became {value} at round {env.iteration}")
 
+    def advance(env: lgb.callback.CallbackEnv) -> None:
+        progress.update(1)
+
+    # with a progress bar the rounds show there, not as unlabelled metric lines
+    report_rounds = advance if progress is not None else \
+        lgb.log_evaluation(config.log_every) if config.log_every else (lambda env: None)
     booster = lgb.train(
         params, train_set, num_boost_round=config.max_rounds,
         valid_sets=[valid_set], valid_names=["valid"],
         callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False),
-                   lgb.log_evaluation(config.log_every) if config.log_every else lambda env: None,
-                   lgb.record_evaluation(record), fail_on_nan],
+                   report_rounds, lgb.record_evaluation(record), fail_on_nan],
     )
     curve = record.get("valid", {}).get(metric, [])
     return booster, float(curve[booster.best_iteration - 1]) if curve else float("-inf")

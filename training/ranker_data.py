@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
 from features.state import BehaviourState
 from recsys.ranking import RankingContext
@@ -35,18 +34,21 @@ class RankerData:
 
 
 def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: int | None = None,
-                 seed: int = 0, desc: str = "ranker rows") -> RankerData:
+                 seed: int = 0, progress=None) -> RankerData:
     """Retrieve candidates for every case (or take its logged impression list) and label them.
 
     Groups whose candidates miss every target are dropped: they carry no ranking signal.
+    `progress` (a bar) gets these cases added to its total and advances per case.
     """
     cases = list(cases)
     if max_cases is not None and len(cases) > max_cases:
         keep = np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)
         cases = [cases[i] for i in sorted(keep)]
     frames, labels, groups, items, group_cases = [], [], [], [], []
-    for start in tqdm(range(0, len(cases), CHUNK), desc=desc, unit="chunk",
-                      disable=len(cases) <= CHUNK):
+    if progress is not None:
+        progress.total = (progress.total or 0) + len(cases)
+        progress.refresh()
+    for start in range(0, len(cases), CHUNK):
         chunk = cases[start:start + CHUNK]
         requests = context.requests([c.history for c in chunk],
                                     np.array([c.time for c in chunk]),
@@ -64,6 +66,8 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
         items.append(candidates.item[order][keep_row])
         groups.extend(int(s) for s in sizes[keep_group])
         group_cases.extend(start + int(j) for j in np.flatnonzero(keep_group))
+        if progress is not None:
+            progress.update(len(chunk))
     features = pl.concat(frames) if frames else pl.DataFrame()
     return RankerData(features, np.concatenate(labels) if labels else np.zeros(0, np.float32),
                       groups, len(cases), len(groups),
@@ -90,8 +94,9 @@ def label_state(split: Split, n_items: int) -> tuple[BehaviourState, list[Case]]
 
 
 def label_rows(split: Split, context_for: Callable[[BehaviourState], RankingContext], *,
-               n_items: int, max_cases: int | None = None, seed: int = 0) -> RankerData:
+               n_items: int, max_cases: int | None = None, seed: int = 0,
+               progress=None) -> RankerData:
     """The ranker's training rows: label cases carved from the end of the training part."""
     state, cases = label_state(split, n_items)
     return build_groups(context_for(state), cases, max_cases=max_cases, seed=seed,
-                        desc="train rows")
+                        progress=progress)

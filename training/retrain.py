@@ -30,6 +30,7 @@ from recsys.data.validate import find_problems, normalize_events
 from recsys.errors import DataError, RecsysError
 from recsys.interest import INTEREST_FILE
 from recsys.io import fsync_dir
+from recsys.progress import Steps
 from recsys.recommender import Recommender
 from recsys.retrieval import RetrievalConfig
 from training.pipeline import TrainConfig, dataset_fingerprint, train
@@ -72,6 +73,8 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
         timings[name] = round(moment - clock[0], 2)
         clock[0] = moment
 
+    steps = Steps(5, log)
+    steps.start(f"checking the click log {events_path}")
     current = bundles.current_version(models)
     current_path = models / current
     current_manifest = bundles.read_manifest(current_path)
@@ -93,21 +96,29 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
     work = models / f".retrain-{version}"
     shutil.rmtree(work, ignore_errors=True)
     try:
+        steps.start(f"merging {log_report['new_events']:,} new events with the "
+                    f"{previous.events.height:,} events {current} learned from")
         view = write_dataset(work / "train-view", previous, merged.filter(
             pl.col("timestamp") < holdout_start), note=f"retrain view before {holdout_start}")
         step("merge")
         train_config = train_config_from(current_manifest, current_path, config)
+        steps.start(f"training the candidate {version}")
         candidate_path = train(view, work / "models", train_config, version=version,
-                               make_current=False, log=log)
+                               make_current=False, log=lambda line: log(f"      {line}"))
         step("train")
         candidate = Recommender.load(candidate_path)
         serving = Recommender.load(current_path)
         gate_end = new_end + timedelta(microseconds=1)
-        scores = {name: evaluate_window(rec, merged, holdout_start, gate_end,
-                                        max_cases=config.max_eval_cases)
-                  for name, rec in (("candidate", candidate), ("current", serving))}
+        steps.start(f"evaluating the candidate and {current} on the gate slice")
+        with steps.bar(2, "bundle") as bar:
+            scores = {}
+            for name, rec in (("candidate", candidate), ("current", serving)):
+                scores[name] = evaluate_window(rec, merged, holdout_start, gate_end,
+                                               max_cases=config.max_eval_cases)
+                bar.update(1)
         step("evaluate")
-        promoted, reason = decide(promote, scores, config)
+        promoted, reason, gate = decide(promote, scores, config)
+        steps.start(f"publishing {version} ({'promoted' if promoted else 'not promoted'})")
         dataset_dir = models / DATASETS_DIR / version
         write_dataset(dataset_dir, previous, merged, note=f"merged by retrain {version}",
                       atomic=True)
@@ -116,7 +127,7 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
             "version": version, "previous_version": current, "promote_mode": promote,
             "promoted": promoted, "decision": "promoted" if promoted else "kept current",
             "reason": reason, "metric": config.metric, "tolerance": config.tolerance,
-            "metrics": scores,
+            "gate": gate, "metrics": scores,
             "data": {
                 "previous": {"path": str(previous.path), "events": previous.events.height,
                              "start": str(previous.events["timestamp"].min()),
@@ -286,21 +297,36 @@ def _ranker_config(saved: dict) -> RankerConfig:
 
 
 # -- the gate and publishing --------------------------------------------------------------------
-def decide(promote: str, scores: dict, config: RetrainConfig) -> tuple[bool, str]:
-    if promote == "always":
-        return True, "--promote always"
-    if promote == "never":
-        return False, "--promote never"
+def decide(promote: str, scores: dict, config: RetrainConfig) -> tuple[bool, str, dict]:
+    """Promote (in "auto") only if the candidate is not worse than the current bundle AND not
+    worse than the popularity order on the gate slice, each within the tolerance.
+
+    Returns (promote?, reason, gate): gate holds each comparison with its numbers and whether it
+    passed, and "failed" names the comparisons that failed.
+    """
     candidate = scores["candidate"]["metrics"].get("pipeline", {}).get(config.metric)
-    current = scores["current"]["metrics"].get("pipeline", {}).get(config.metric)
-    if candidate is None or current is None:
+    baselines = {"current": scores["current"]["metrics"].get("pipeline", {}).get(config.metric),
+                 "popularity": scores["candidate"]["metrics"].get("popularity", {}).get(
+                     config.metric)}
+    gate: dict = {"candidate": candidate, "tolerance": config.tolerance}
+    for name, value in baselines.items():
+        gate[f"vs_{name}"] = {name: value, "passed": None if candidate is None or value is None
+                              else candidate >= value - config.tolerance}
+    gate["failed"] = [name for name in baselines if gate[f"vs_{name}"]["passed"] is False]
+    if promote == "always":
+        return True, "--promote always", gate
+    if promote == "never":
+        return False, "--promote never", gate
+    if candidate is None or None in baselines.values():
         return False, (f"the gate slice has no case to evaluate ({scores['candidate']['cases']} "
-                       "cases): not promoting blind")
-    if candidate >= current - config.tolerance:
-        return True, (f"candidate {config.metric} {candidate:.4f} >= current {current:.4f} - "
-                      f"tolerance {config.tolerance}")
-    return False, (f"candidate {config.metric} {candidate:.4f} < current {current:.4f} - "
-                   f"tolerance {config.tolerance}")
+                       "cases): not promoting blind"), gate
+    compared = [f"candidate {config.metric} {candidate:.4f} "
+                f"{'>=' if gate[f'vs_{name}']['passed'] else '<'} {name} {value:.4f} - tolerance "
+                f"{config.tolerance}" for name, value in baselines.items()]
+    if gate["failed"]:
+        return False, "; ".join(c for c, name in zip(compared, baselines)
+                                if name in gate["failed"]), gate
+    return True, "; ".join(compared), gate
 
 
 def publish_candidate(candidate_path: Path, models: Path, version: str, record: dict,
