@@ -335,7 +335,7 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_events(args) -> int:
-    from serving.event_store import export_events
+    from recsys.store.export import export_events
 
     store = Path(args.store)
     if store.is_dir():   # the server keeps its store in the models folder

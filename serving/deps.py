@@ -11,10 +11,10 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from recsys.index import set_search_threads
+from recsys.store import EventStore
 from serving.auth import ADMIN, DATA, KeyChecker, RateLimiter
 from serving.batching import Coalescer
 from serving.errors import Overloaded, RateLimited
-from serving.event_store import EventStore
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.settings import Settings

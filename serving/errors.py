@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from recsys.errors import BundleError, DataError, NotFoundError, RecsysError
+from recsys.store import StoreUnavailable
 from serving.auth import AuthError, retry_after_header
-from serving.event_store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from recsys.errors import NotFoundError
 from recsys.recommender import Recommender
-from serving.event_store import EventStore
+from recsys.store import EventStore
 from serving.schemas import MAX_LIST
 from serving.service import live_since
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from recsys.store import EventStore
+from recsys.store.sqlite import SqliteEventStore
 from serving import errors, service
 from serving.batching import Coalescer
 from serving.auth import KeyChecker, RateLimiter
 from serving.deps import AppContext, ModelPool
-from serving.event_store import EventStore, SqliteEventStore
 from serving.metrics import Metrics
 from serving.middleware import ServingMiddleware
 from serving.model_holder import Loader, ModelHolder

@@ -24,7 +24,7 @@ from recsys.bundle import (CURRENT, check_version_name, current_version, read_ma
 from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
 from recsys.recommender import Filters, History, Recommender
-from serving.event_store import EventStore, StoredItem
+from recsys.store import EventStore, StoredItem
 
 log = logging.getLogger(__name__)
 

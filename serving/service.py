@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from recsys.recommender import POPULARITY, Filters, History, Recommendation, Recommender
+from recsys.store import EventStore
 from serving.errors import NoModel
-from serving.event_store import EventStore
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ import pytest
 
 from recsys.cli import main as cli
 from recsys.data.schema import EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS
-from serving.event_store import (Event, EventStoreError, SqliteEventStore, StoredItem,
-                                 StoreUnavailable, export_events)
+from recsys.store import Event, EventStoreError, StoredItem, StoreUnavailable
+from recsys.store.export import export_events
+from recsys.store.sqlite import SqliteEventStore
 from tests.faults import FullDisk
 
 
@@ -80,7 +81,7 @@ def test_torn_wal_tail_is_discarded_with_a_warning(tmp_path, caplog):
     wal = f"{crashed}-wal"
     with open(wal, "ab") as handle:
         handle.write(b"\x00" * 100)  # half a frame of a write that never finished
-    with caplog.at_level(logging.WARNING, logger="serving.event_store"):
+    with caplog.at_level(logging.WARNING, logger="recsys.store.sqlite"):
         recovered = SqliteEventStore(crashed)
     assert "partial record" in caplog.text
     assert recovered.count() == 10

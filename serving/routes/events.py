@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from recsys.store import Event
 from serving.deps import Ctx, DataCaller
-from serving.event_store import Event
 from serving.schemas import ErrorResponse, EventsRequest, EventsResponse, ShownListIn
 
 router = APIRouter(tags=["events"], responses={

@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from recsys.store import StoredItem
 from serving import lookup, service
 from serving.deps import Ctx, DataCaller
 from serving.errors import NoModel
-from serving.event_store import StoredItem
 from serving.schemas import (MAX_ID, MAX_K, DeletedResponse, ErrorResponse, ItemResponse,
                              ItemsRequest, ItemsResponse, RecommendationResponse)
 

@@ -1,9 +1,7 @@
-"""The live event store: events (and cold-start items) written durably before they are acknowledged.
+"""The embedded live store: events and item changes in one SQLite file.
 
-`EventStore` is the interface the API uses; `SqliteEventStore` is the embedded default (SQLite in
-WAL mode, synchronous=FULL: a committed write survives kill -9 and power loss). A shared server
-(Postgres, Redis streams...) replaces it by implementing the same methods.
-Every row carries a CRC of its content, so bytes flipped on disk are found at start-up.
+SQLite in WAL mode, synchronous=FULL: a committed write survives kill -9 and power loss. Every
+row carries a CRC of its content, so bytes flipped on disk are found at start-up.
 """
 
 from __future__ import annotations
@@ -18,88 +16,14 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-import polars as pl
 
-from recsys.errors import NotFoundError, RecsysError
-from recsys.io import write_parquet
+from recsys.store import (POPULAR_TTL_S, POSITIVE_TYPES, Event, EventStoreError, StoredItem,
+                          StoreUnavailable)
 
 log = logging.getLogger(__name__)
-
-POSITIVE_TYPES = frozenset({"click", "purchase", "add_to_cart"})  # extend the user's history
-POPULAR_TTL_S = 2.0
-
-
-class EventStoreError(RecsysError):
-    """The store is corrupt or unreadable: the server refuses to start on it."""
-
-
-class StoreUnavailable(RecsysError):
-    """A write could not be made durable (disk full, I/O error): nothing was acknowledged."""
-
-
-@dataclass(frozen=True)
-class Event:
-    event_id: str
-    user_id: str
-    item_id: str
-    timestamp: float          # epoch seconds
-    type: str
-    request_id: str | None = None
-    value: float | None = None
-
-
-@dataclass(frozen=True)
-class StoredItem:
-    """A cold-start item as the API received it, with its vector (None when deleted)."""
-
-    item_id: str
-    title: str
-    text: str
-    category: str | None
-    vector: np.ndarray | None
-    encoder: str              # fingerprint of the encoder that made `vector`
-    deleted: bool
-    updated: float
-
-
-class EventStore(Protocol):
-    def append(self, events: Sequence[Event]) -> list[bool]:
-        """Store events durably; True for each new one, False for a duplicate id."""
-
-    def events(self, since_seq: int = 0) -> Iterator[tuple[int, Event]]:
-        """Every stored event in arrival order, with its sequence number."""
-
-    def count(self) -> int: ...
-
-    def recent_items(self, user_id: str, limit: int, since: float) -> tuple[list[str], float]:
-        """Item ids of the user's latest positive events after `since` (oldest first, at most
-        `limit`), and the time of their last event of any kind (NaN if none)."""
-
-    def recent_events(self, user_id: str, limit: int,
-                      since: float) -> tuple[list[tuple[str, float, str]], float]:
-        """The events `recent_items` picks, as (item id, epoch seconds, type), and the same
-        last time."""
-
-    def popular_items(self, k: int, exclude: set[str]) -> list[tuple[str, int]]:
-        """The most clicked items in the store (the fallback when no model is loaded)."""
-
-    def put_items(self, items: Sequence[StoredItem]) -> None: ...
-
-    def items(self, since_seq: int = 0) -> list[tuple[int, StoredItem]]:
-        """Cold-start item changes after `since_seq`, oldest first, with their sequence."""
-
-    def item(self, item_id: str) -> StoredItem | None:
-        """The latest change of one cold-start item (None if the API never changed it)."""
-
-    def items_seq(self) -> int:
-        """The sequence number of the latest item change (0 if none)."""
-
-    def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -377,37 +301,4 @@ def _warn_on_torn_wal(db_path: Path) -> None:
                     "cut off by a crash; it was never acknowledged and is discarded", db_path, torn)
 
 
-def export_events(store_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> int:
-    """Write every stored event as a click log (the dataset events schema); returns rows written."""
-    store_path = Path(store_path)
-    if not store_path.exists():
-        raise NotFoundError(f"{store_path}: no event store there")
-    store = SqliteEventStore(store_path)
-    try:
-        columns: dict[str, list] = {k: [] for k in ("event_id", "user_id", "item_id", "ts_us",
-                                                     "type", "request_id", "value")}
-        for _, e in store.events():
-            columns["event_id"].append(e.event_id)
-            columns["user_id"].append(e.user_id)
-            columns["item_id"].append(e.item_id)
-            columns["ts_us"].append(int(round(e.timestamp * 1_000_000)))
-            columns["type"].append(e.type)
-            columns["request_id"].append(e.request_id)
-            columns["value"].append(e.value)
-    finally:
-        store.close()
-    frame = pl.DataFrame({
-        "event_id": pl.Series(columns["event_id"], dtype=pl.String),
-        "user_id": pl.Series(columns["user_id"], dtype=pl.String),
-        "item_id": pl.Series(columns["item_id"], dtype=pl.String),
-        "timestamp": pl.Series(columns["ts_us"], dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
-        "type": pl.Series(columns["type"], dtype=pl.String),
-        "request_id": pl.Series(columns["request_id"], dtype=pl.String),
-        "value": pl.Series(columns["value"], dtype=pl.Float64),
-    })
-    write_parquet(frame, out_path)
-    return frame.height
-
-
-__all__ = ["Event", "EventStore", "EventStoreError", "POSITIVE_TYPES", "SqliteEventStore",
-           "StoreUnavailable", "StoredItem", "export_events"]
+__all__ = ["SqliteEventStore"]

@@ -1,0 +1,109 @@
+"""The live store: events and item changes written durably before they are acknowledged.
+
+`EventStore` is the interface the API, batch scoring and retraining use; `open_store` opens one
+from a URL or path. `SqliteEventStore` (recsys.store.sqlite) is the embedded default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from recsys.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+POSITIVE_TYPES = frozenset({"click", "purchase", "add_to_cart"})  # extend the user's history
+POPULAR_TTL_S = 2.0
+
+
+class EventStoreError(RecsysError):
+    """The store is corrupt or unreadable: the server refuses to start on it."""
+
+
+class StoreUnavailable(RecsysError):
+    """A write could not be made durable (disk full, I/O error): nothing was acknowledged."""
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    user_id: str
+    item_id: str
+    timestamp: float          # epoch seconds
+    type: str
+    request_id: str | None = None
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """A cold-start item as the API received it, with its vector (None when deleted)."""
+
+    item_id: str
+    title: str
+    text: str
+    category: str | None
+    vector: np.ndarray | None
+    encoder: str              # fingerprint of the encoder that made `vector`
+    deleted: bool
+    updated: float
+
+
+class EventStore(Protocol):
+    def append(self, events: Sequence[Event]) -> list[bool]:
+        """Store events durably; True for each new one, False for a duplicate id."""
+
+    def events(self, since_seq: int = 0) -> Iterator[tuple[int, Event]]:
+        """Every stored event in arrival order, with its sequence number."""
+
+    def count(self) -> int: ...
+
+    def recent_items(self, user_id: str, limit: int, since: float) -> tuple[list[str], float]:
+        """Item ids of the user's latest positive events after `since` (oldest first, at most
+        `limit`), and the time of their last event of any kind (NaN if none)."""
+
+    def recent_events(self, user_id: str, limit: int,
+                      since: float) -> tuple[list[tuple[str, float, str]], float]:
+        """The events `recent_items` picks, as (item id, epoch seconds, type), and the same
+        last time."""
+
+    def popular_items(self, k: int, exclude: set[str]) -> list[tuple[str, int]]:
+        """The most clicked items in the store (the fallback when no model is loaded)."""
+
+    def put_items(self, items: Sequence[StoredItem]) -> None: ...
+
+    def items(self, since_seq: int = 0) -> list[tuple[int, StoredItem]]:
+        """Cold-start item changes after `since_seq`, oldest first, with their sequence."""
+
+    def item(self, item_id: str) -> StoredItem | None:
+        """The latest change of one cold-start item (None if the API never changed it)."""
+
+    def items_seq(self) -> int:
+        """The sequence number of the latest item change (0 if none)."""
+
+    def close(self) -> None: ...
+
+
+def open_store(location: str | os.PathLike[str], *, verify: bool = True) -> EventStore:
+    """The store at `location`: a path or `sqlite:///path` (the embedded SQLite file)."""
+    text = os.fspath(location)
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme != "sqlite":
+            raise RecsysError(f"unknown store URL scheme {scheme!r} in {text!r}; "
+                              "use sqlite:///PATH")
+        text = rest
+    from recsys.store.sqlite import SqliteEventStore
+
+    return SqliteEventStore(Path(text), verify=verify)
+
+
+__all__ = ["Event", "EventStore", "EventStoreError", "POSITIVE_TYPES", "StoreUnavailable",
+           "StoredItem", "open_store"]
