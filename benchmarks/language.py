@@ -2,6 +2,8 @@
 
     python benchmarks/language.py [--ebnerd DIR] [--mind DIR] [--encoders default,multilingual]
                                   [--json benchmarks/results/language.json]
+    python benchmarks/language.py --speed [--sample 256] [--repeats 3]
+                                  [--json benchmarks/results/language_speed.json]
 
 For each MIND-layout source (EB-NeRD sample: Danish; MIND sample: English) and each encoder:
 import it (`recsys import mind`), train a bundle with an empty embedding cache (so the encoding
@@ -10,11 +12,15 @@ impressions protocol): the semantic baseline's per-impression AUC / nDCG@10, and
 semantic-signal check (`recsys.semantic_signal`). The samples are small (a few dozen test
 impressions), so the same two figures are also given over every logged impression with a
 history, from the same vectors: more cases, a narrower interval.
+
+`--speed`: texts/s of each encoder on the same sample of item texts (half Danish, half English),
+the encoders taking turns in each repeat so that load from other processes hits them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import tempfile
@@ -89,6 +95,33 @@ def run(source: Path, encoder_name: str, work: Path) -> dict:
     }
 
 
+def speed(sources: list[Path], encoders: list[str], sample: int, repeats: int) -> dict:
+    from recsys.encoder import Encoder
+    from training.pipeline import item_texts
+
+    texts: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="recsys-language-") as tmp:
+        for source in sources:
+            import_dataset("mind", source, Path(tmp) / source.name)
+            texts += item_texts(load_dataset(Path(tmp) / source.name).items)[:sample // 2]
+    models = {name: Encoder(ENCODERS[name], device="cpu") for name in encoders}
+    for encoder in models.values():
+        encoder.encode(texts[:16], show_progress=False)        # load and warm up
+    rates: dict[str, list[float]] = {name: [] for name in encoders}
+    for _ in range(repeats):
+        for name, encoder in models.items():
+            started = time.perf_counter()
+            encoder.encode(texts, show_progress=False)
+            rates[name].append(len(texts) / (time.perf_counter() - started))
+    medians = {name: float(np.median(r)) for name, r in rates.items()}
+    base = medians[encoders[0]]
+    return {"texts": len(texts), "repeats": repeats, "max_length": 128,
+            "texts_per_s": {n: [round(v, 1) for v in r] for n, r in rates.items()},
+            "median_texts_per_s": {n: round(v, 1) for n, v in medians.items()},
+            f"speed_vs_{encoders[0]}": {n: round(v / base, 2) for n, v in medians.items()},
+            "load_average": [round(v, 2) for v in __import__("os").getloadavg()]}
+
+
 def table(runs: list[dict]) -> str:
     def signal(s: dict) -> str:
         return f"{s['auc']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
@@ -112,13 +145,27 @@ def main(argv=None) -> int:
     parser.add_argument("--ebnerd", type=Path, default=DATA / "ebnerd-sample")
     parser.add_argument("--mind", type=Path, default=DATA / "mind-sample")
     parser.add_argument("--encoders", default="default,multilingual")
-    parser.add_argument("--json", type=Path,
-                        default=Path(__file__).resolve().parent / "results" / "language.json")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="default: benchmarks/results/language.json (language_speed.json "
+                             "with --speed)")
+    parser.add_argument("--speed", action="store_true", help="encoding speed only")
+    parser.add_argument("--sample", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     encoders = args.encoders.split(",")
     unknown = sorted(set(encoders) - set(ENCODERS))
     if unknown:
         parser.error(f"unknown encoders {unknown}; known: {sorted(ENCODERS)}")
+    results = Path(__file__).resolve().parent / "results"
+    if args.speed:
+        measured = speed([args.ebnerd, args.mind], encoders, args.sample, args.repeats)
+        print(json.dumps(measured, indent=2))
+        out = args.json or results / "language_speed.json"
+        write_json({"command": "python benchmarks/language.py " + " ".join(argv or sys.argv[1:]),
+                    **measured}, out)
+        print(f"wrote {out}")
+        return 0
+    args.json = args.json or results / "language.json"
     runs = []
     with tempfile.TemporaryDirectory(prefix="recsys-language-") as tmp:
         for source in (args.ebnerd, args.mind):

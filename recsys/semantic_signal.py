@@ -62,8 +62,8 @@ class SemanticSignal:
             return None
         return (f"warning: the semantic score is no better than random on {split} "
                 f"(AUC {self.auc:.3f}, 95% CI {self.low:.3f}-{self.high:.3f}, {self.cases} cases): "
-                "the encoder may not read this catalogue's language; try --encoder multilingual "
-                "(README, 'Language')")
+                "the item texts, as encoded, do not predict clicks; if they are not in English, "
+                "train with --encoder multilingual (README, 'Language')")
 
 
 def semantic_signal(context: RankingContext, cases: Sequence[Case], *,
