@@ -120,7 +120,7 @@ def _summarise(per_case: np.ndarray, negatives: int) -> SemanticSignal:
     auc = float(per_case.mean())
     # Cases are the independent units: pairs within one case share a profile.
     margin = Z_95 * float(per_case.std(ddof=1)) / np.sqrt(cases) if cases > 1 else 0.5
-    low, high = max(0.0, auc - margin), min(1.0, auc + margin)
+    low, high = max(0.0, auc - float(margin)), min(1.0, auc + float(margin))
     if cases < MIN_CASES:
         verdict = "too_few_cases"
     elif low > 0.5:
