@@ -97,6 +97,14 @@ def test_multilingual_encoder_cannot_be_fine_tuned(multilingual):
         multilingual.model
 
 
+def test_finetuning_the_multilingual_encoder_is_a_clear_error(tmp_path, capsys, recbole_dataset):
+    assert main(["train", str(recbole_dataset), "--out", str(tmp_path / "models"),
+                 "--encoder", "multilingual", "--finetune", "--finetune-budget", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "error: the multilingual encoder is inference only" in err and "Traceback" not in err
+    assert not (tmp_path / "models" / "CURRENT").exists()
+
+
 def test_missing_package_gives_the_install_hint(monkeypatch, tmp_path, capsys, recbole_dataset):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
