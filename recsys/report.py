@@ -187,7 +187,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _signal_paragraph(report: dict) -> str:
-    """The semantic-signal check under the metrics table (absent from reports before it)."""
+    """The semantic-signal check, at the top where a failed one cannot be missed (absent from
+    reports written before it)."""
     if "semantic_signal" not in report:
         return ""
     signal = SemanticSignal(**report["semantic_signal"])
@@ -223,9 +224,9 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}</style></head>
 <body><h1>Evaluation report</h1>
 <p>{html.escape(title)}: {details.get('cases', '?')} cases over {details.get('items', '?')} items;
 behavioural state: {html.escape(str(details.get('state', '?')))}.</p>
+{_signal_paragraph(report)}
 {figures}
 <h2>Metrics</h2>{_table(['method'] + names, metric_rows)}
-{_signal_paragraph(report)}
 <h2>NDCG@10 by history length</h2>{_table(['history', 'cases'] + methods, bucket_rows)}
 <h2>Details</h2><pre>{html.escape(json.dumps(details, indent=2, default=str))}</pre>
 </body></html>
