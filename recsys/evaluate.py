@@ -7,7 +7,9 @@ items removed before ranking). The impressions protocol ranks each logged list i
 
 JSON contract (`--json FILE`, stable): {"dataset", "split", "protocol", "model_version",
 "metrics": {METHOD: {METRIC: value}}, "details": {...}, "per_case": {...}} with METHOD in
-pipeline, popularity, covisitation, semantic. `per_case` holds what the HTML report plots:
+pipeline, popularity, covisitation, semantic. "semantic_signal" is the semantic score's AUC
+of the targets against sampled catalogue items on these cases (`recsys.semantic_signal`:
+auc, low, high, cases, negatives_per_target, verdict). `per_case` holds what the HTML report plots:
 "history_length" and, per method, "ndcg@10" (one value per case, unmasked), and "scores"
 (pipeline ranker scores of clicked and of not-clicked candidates, the latter sampled).
 """
@@ -27,6 +29,7 @@ from recsys.metrics import impression_metrics, rank_of, ranking_metrics
 from recsys.progress import Steps
 from recsys.ranking import RankingContext
 from recsys.recommender import Recommender
+from recsys.semantic_signal import SemanticSignal, semantic_signal
 from recsys.splits import Case, Split
 
 METHODS = ("pipeline", "popularity", "covisitation", "semantic")
@@ -59,10 +62,12 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
         else:
             metrics, per_case = _full_ranking(recommender, context, cases, bar)
     per_case["history_length"] = [len(c.history) for c in cases]
+    signal = semantic_signal(context, cases, seed=seed)
     seconds = time.perf_counter() - started
     return {
         "dataset": dataset.name, "split": split, "protocol": data_split.protocol,
         "model_version": recommender.version, "metrics": metrics,
+        "semantic_signal": signal.to_dict(),
         "details": {"cases": len(cases), "items": len(recommender.item_ids),
                     "seconds": round(seconds, 1),
                     "state": "bundle" if context.state is recommender.state else
@@ -225,4 +230,6 @@ def format_table(report: dict) -> str:
              "method".ljust(14) + "".join(n.rjust(width) for n in names)]
     for method, values in metrics.items():
         lines.append(method.ljust(14) + "".join(f"{values[n]:.4f}".rjust(width) for n in names))
+    if "semantic_signal" in report:   # reports written before the check lack it
+        lines.append(SemanticSignal(**report["semantic_signal"]).describe(report["split"]))
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from features.build import FEATURE_GROUPS  # noqa: E402
 from recsys.errors import RecsysError  # noqa: E402
 from recsys.io import atomic_path, write_json, write_text  # noqa: E402
+from recsys.semantic_signal import SemanticSignal  # noqa: E402
 
 PLOTS = ("metrics.png", "importance.png", "ndcg_by_history.png", "score_distribution.png")
 # History-length buckets [low, high) for the NDCG-by-history plot.
@@ -50,6 +51,8 @@ def write_report(report: dict, out_dir: str | Path) -> Path:
     _save(_score_plot(per_case["scores"]), out / "score_distribution.png")
     summary = {key: report[key] for key in ("dataset", "split", "protocol", "model_version",
                                             "metrics")}
+    if "semantic_signal" in report:
+        summary["semantic_signal"] = report["semantic_signal"]
     summary["details"] = report.get("details", {})
     summary["ndcg@10_by_history_length"] = buckets
     write_json(summary, out / "report.json")
@@ -183,6 +186,17 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _signal_paragraph(report: dict) -> str:
+    """The semantic-signal check, at the top where a failed one cannot be missed (absent from
+    reports written before it)."""
+    if "semantic_signal" not in report:
+        return ""
+    signal = SemanticSignal(**report["semantic_signal"])
+    style = (' style="color:#b00020;font-weight:bold"'
+             if signal.verdict == "no_better_than_random" else "")
+    return (f'<p id="semantic-signal"{style}>{html.escape(signal.describe(report["split"]))}</p>')
+
+
 def _page(report: dict, buckets: list[dict]) -> str:
     metrics = report["metrics"]
     names = list(next(iter(metrics.values())).keys())
@@ -210,6 +224,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}</style></head>
 <body><h1>Evaluation report</h1>
 <p>{html.escape(title)}: {details.get('cases', '?')} cases over {details.get('items', '?')} items;
 behavioural state: {html.escape(str(details.get('state', '?')))}.</p>
+{_signal_paragraph(report)}
 {figures}
 <h2>Metrics</h2>{_table(['method'] + names, metric_rows)}
 <h2>NDCG@10 by history length</h2>{_table(['history', 'cases'] + methods, bucket_rows)}

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from recsys.encoder import Encoder, bf16_supported, pick_device
+from recsys.encoder import (Encoder, bf16_supported, is_multilingual_dir, pick_device,
+                            resolve_model_dir)
+from recsys.errors import RecsysError
 from recsys.interest import INTEREST_FILE, InterestModel, semantic_scores
 from recsys.metrics import ranking_metrics
 from recsys.retrieval import PROFILE_DECAY, user_profiles
@@ -294,6 +296,9 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     negatives are mined from. Only training events make pairs (with `before_labels`, only those
     before the ranker's label window: `finetune_events`); valid cases only select.
     """
+    if is_multilingual_dir(resolve_model_dir(base_model)):
+        raise RecsysError("the multilingual encoder is inference only: fine-tuning "
+                          "(--finetune) needs a Hugging Face encoder directory (README, 'Language')")
     from datasets import Dataset as HFDataset
     from sentence_transformers import (SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)

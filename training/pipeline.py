@@ -30,6 +30,7 @@ from recsys.interest import InterestModel
 from recsys.progress import Steps, silence_library_bars
 from recsys.ranking import RankingContext
 from recsys.retrieval import RetrievalConfig
+from recsys.semantic_signal import semantic_signal
 from recsys.splits import Split, epoch_seconds
 from training.finetune import FinetuneConfig, finetune_step
 from training.ranker import RankerConfig, train_ranker
@@ -177,6 +178,10 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     rows_bar.close()
     log(f"ranker data: {train_rows.n_groups}/{train_rows.n_cases} train groups, "
         f"{valid_rows.n_groups}/{valid_rows.n_cases} valid groups with a positive candidate")
+    signal = semantic_signal(RankingContext(vectors, categories, index, full_state, retrieval,
+                                            interest), split.cases("valid"))
+    if signal.warning("valid"):
+        log(signal.warning("valid"))
     step("ranker_rows")
     ranker_features = config.ranker_features()
     steps.start(f"training the ranker (up to {config.ranker.max_rounds} rounds, stopping early "
