@@ -216,5 +216,5 @@ __all__ = ["DeletedResponse", "Diversity", "ErrorResponse", "EventIn", "EventsRe
            "EventsResponse", "HealthResponse", "HistoryEntry", "HistoryRequest", "Id", "ItemIn",
            "ItemResponse", "ItemsRequest", "ItemsResponse", "MAX_ID", "MAX_ITEMS_PER_PUT",
            "MAX_K", "MAX_LIST", "MAX_TEXT", "Origin", "ReadyResponse", "RecommendationResponse",
-           "ReloadRequest", "ReloadResponse", "ScoredItem", "ShownListIn", "Source",
+           "ReloadRequest", "ReloadResponse", "ScoredItem", "ShownListIn", "Source", "StoreLag",
            "UserHistoryResponse"]
