@@ -84,6 +84,16 @@ def test_recent_items_per_user_from_any_connection(store_location):
     store.close()
 
 
+def test_postgres_refuses_a_nul_byte_as_bad_input_not_as_an_outage(postgres_url):
+    from recsys.errors import DataError
+
+    store = open_store(postgres_url)
+    with pytest.raises(DataError, match="NUL"):
+        store.append([Event("bad\x00id", "u1", "i1", 1.0, "click")])
+    assert store.append(events(1)) == [True] and store.count() == 1  # not marked down
+    store.close()
+
+
 def test_postgres_down_raises_store_unavailable_then_recovers(postgres_server):
     """Reliability row 19 on PostgreSQL: with the database gone a write raises (the API answers
     503), nothing is half-stored, and the same store object works again once it is back."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from recsys.errors import DataError
 from recsys.store import (POPULAR_TTL_S, POSITIVE_TYPES, Event, EventStoreError, StoredItem,
                           StoreUnavailable)
 
@@ -107,12 +107,19 @@ class PostgresEventStore:
         return _Guarded(self)
 
     def _failed(self, exc: BaseException, what: str) -> StoreUnavailable:
-        if isinstance(exc, (self._psycopg.OperationalError, self._psycopg.InterfaceError)) or \
-                type(exc).__name__ == "PoolTimeout":
+        if isinstance(exc, (self._psycopg.OperationalError, self._psycopg.InterfaceError)) and \
+                not self._pool_busy():
             self._down_until = time.monotonic() + RETRY_AFTER_S
         log.error("store %s: %s failed: %s", self.name, what, _one_line(exc))
         return StoreUnavailable(f"{what} failed: the store {self.name} is unavailable "
                                 f"({_one_line(exc)})")
+
+    def _pool_busy(self) -> bool:
+        """Every connection is open and in use: a wait for one timed out under load, which says
+        nothing about the database being down (then the pool could not keep its connections)."""
+        stats = self._pool.get_stats()
+        return stats.get("pool_size", 0) >= self._pool.max_size and \
+            stats.get("pool_available", 0) == 0
 
     # -- events ---------------------------------------------------------------------------------
     def append(self, events: Sequence[Event]) -> list[bool]:
@@ -254,6 +261,9 @@ class _Guarded:
         except Exception as close_exc:  # noqa: BLE001 - the original error says more
             if exc is None:
                 raise self.store._failed(close_exc, "a store operation") from close_exc
+        if isinstance(exc, self.store._psycopg.DataError):  # e.g. a NUL byte in an id
+            raise DataError(f"the store {self.store.name} refused a value: "
+                            f"{_one_line(exc)}") from exc
         if exc is not None and isinstance(exc, self.store._psycopg.Error):
             raise self.store._failed(exc, "a store operation") from exc
         return False
