@@ -94,6 +94,19 @@ def test_postgres_refuses_a_nul_byte_as_bad_input_not_as_an_outage(postgres_url)
     store.close()
 
 
+def test_postgres_pool_busy_under_load_is_not_taken_for_an_outage(postgres_url):
+    """Waiting too long for a free connection answers that request 503, but the next request
+    goes to the database at once: only a database that is down makes the store fail fast."""
+    from recsys.store.postgres import PostgresEventStore
+
+    store = PostgresEventStore(postgres_url, max_connections=1)
+    with store._pool.connection():  # the one connection, held by another request
+        with pytest.raises(StoreUnavailable):
+            store.append(events(1))
+    assert store.append(events(1)) == [True]
+    store.close()
+
+
 def test_postgres_down_raises_store_unavailable_then_recovers(postgres_server):
     """Reliability row 19 on PostgreSQL: with the database gone a write raises (the API answers
     503), nothing is half-stored, and the same store object works again once it is back."""
