@@ -5,7 +5,11 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo test test-slow clean postgres
+
+# The PostgreSQL tests start a throwaway server from Debian's binaries; installed where missing
+# (apt-get: root, as in CI). Without them those tests skip and say why.
+PG_INITDB := $(wildcard /usr/lib/postgresql/*/bin/initdb)
 
 install: $(VENV)/.installed
 
@@ -20,11 +24,16 @@ $(VENV)/.installed: pyproject.toml $(wildcard setup.py features/*.c)
 demo: install
 	$(VENV)/bin/recsys quickstart
 
-test: install
+test: install postgres
 	$(VENV)/bin/pytest
 
-test-slow: install
+test-slow: install postgres
 	$(VENV)/bin/pytest -m slow
+
+postgres:
+ifeq ($(PG_INITDB),)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+endif
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from recsys.store import EventStore
-from recsys.store.sqlite import SqliteEventStore
+from recsys.store import EventStore, open_store
 from serving import errors, service
 from serving.batching import Coalescer
 from serving.auth import KeyChecker, RateLimiter
@@ -64,19 +63,20 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         set_search_threads(1)  # one OpenMP thread per search: the pool gives the parallelism
         event_store, scratch = store, None
         if event_store is None:
-            store_path = settings.event_store_path()
-            if store_path is None:
+            location = settings.store_location()
+            if location is None:
                 scratch = tempfile.TemporaryDirectory(prefix="recsys-events-")
-                store_path = Path(scratch.name) / "events.sqlite"
-                log.warning("no models folder (yet) and no RECSYS_EVENT_STORE: events are kept "
-                            "in %s only while the server runs", store_path)
-            event_store = SqliteEventStore(store_path)  # EventStoreError stops the start
+                location = str(Path(scratch.name) / "events.sqlite")
+                log.warning("no models folder (yet) and no RECSYS_STORE: events are kept "
+                            "in %s only while the server runs", location)
+            event_store = open_store(location)  # EventStoreError stops the start
         holder = ModelHolder(settings.models_dir, store=event_store, threads=1,
                              ranker_timeout_s=settings.ranker_timeout_ms / 1000.0,
                              compiled_ranker=settings.compiled_ranker, loader=loader,
                              on_change=metrics.model_loaded, on_refused=metrics.model_refused)
         holder.load_current(waiting=settings.wait_for_model)
         holder.start_polling(settings.poll_current_s)
+        holder.start_following(settings.follow_store_s)
         pool = ModelPool(settings.model_threads, settings.max_pending)
         batcher = Coalescer(pool.executor, max_running=settings.model_threads,
                             max_batch=settings.batch_max, max_pending=settings.max_pending,
@@ -130,9 +130,9 @@ def run(models: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 
                            "the server notices the model)")
     sock = bind_socket(host, port)
     try:
-        store_path = settings.event_store_path()
-        if store_path is not None:
-            SqliteEventStore(store_path).close()  # a corrupt store: one clear line, exit 2
+        location = settings.store_location()
+        if location is not None:
+            open_store(location).close()  # corrupt or unreachable: one clear line, exit 2
         settings.log_format = json_logs.resolve_format(settings.log_format)
         json_logs.configure(settings.log_level, settings.log_format)
         options = dict(log_config=None, access_log=False, timeout_graceful_shutdown=10,

@@ -24,7 +24,7 @@ from recsys.bundle import (CURRENT, check_version_name, current_version, read_ma
 from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
 from recsys.recommender import Filters, History, Recommender
-from recsys.store import EventStore, StoredItem
+from recsys.store import EventStore, StoredItem, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,10 @@ class ModelHolder:
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._follower: threading.Thread | None = None
+        self._synced_at: float | None = None    # epoch seconds of the last store check that worked
+        self._store_seq = 0                     # the latest item change the store had then
+        self.store_error: str | None = None     # why the last store check failed
 
     @property
     def current(self) -> Recommender | None:
@@ -260,6 +264,13 @@ class ModelHolder:
         return vectors
 
     def refresh_items(self) -> Recommender | None:
+        """The serving model with the item changes stored by any replica applied: kept so by the
+        follower thread when it runs (within RECSYS_FOLLOW_STORE_S), else checked here."""
+        if self._follower is not None:
+            return self._current
+        return self.apply_item_changes()
+
+    def apply_item_changes(self) -> Recommender | None:
         """The serving model, with item changes stored since it was made (by this process or
         another replica sharing the store) applied first: one cheap query when nothing changed."""
         current = self._current
@@ -271,6 +282,42 @@ class ModelHolder:
             self._current, self._items_seq = self._apply_stored_items(self._current,
                                                                       self._items_seq)
             return self._current
+
+    # -- following the store --------------------------------------------------------------------
+    def start_following(self, every_s: float) -> None:
+        """Apply item changes other replicas store, checking every `every_s` seconds."""
+        if every_s <= 0 or self.store is None:
+            return
+        self.sync_store()
+        self._follower = threading.Thread(target=self._follow, args=(every_s,), daemon=True,
+                                          name="store-follower")
+        self._follower.start()
+
+    def _follow(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.sync_store()
+
+    def sync_store(self) -> None:
+        """One check of the store; a failure is remembered for /health, never raised: the
+        replica keeps serving what it has and catches up on the next check that works."""
+        try:
+            seq = self.store.items_seq()
+            if seq > self._items_seq and self._current is not None:
+                self.apply_item_changes()
+            self._store_seq, self._synced_at, self.store_error = seq, time.time(), None
+        except StoreUnavailable as exc:
+            self.store_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a follower that dies would silently go stale
+            log.exception("applying stored item changes failed")
+            self.store_error = f"{type(exc).__name__}: {exc}"
+
+    def store_lag(self) -> dict:
+        """How far behind the store this replica is, for /health."""
+        return {"reachable": self.store_error is None,
+                "seconds_since_sync": None if self._synced_at is None
+                else round(max(0.0, time.time() - self._synced_at), 3),
+                "item_changes_behind": max(0, self._store_seq - self._items_seq),
+                "error": self.store_error}
 
     def _require(self) -> Recommender:
         if self._current is None:
@@ -300,8 +347,9 @@ class ModelHolder:
 
     def close(self) -> None:
         self._stop.set()
-        if self._poller is not None:
-            self._poller.join(timeout=5)
+        for thread in (self._poller, self._follower):
+            if thread is not None:
+                thread.join(timeout=5)
         self._ranker_pool.shutdown(wait=False, cancel_futures=True)
         self._loader.shutdown(wait=False, cancel_futures=True)
 

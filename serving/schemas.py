@@ -172,12 +172,23 @@ class UserHistoryResponse(BaseModel):
     model_version: str
 
 
+class StoreLag(BaseModel):
+    reachable: bool = Field(description="the last check of the live store worked")
+    seconds_since_sync: float | None = Field(
+        description="since this replica last read the store's item changes (None: never)")
+    item_changes_behind: int = Field(
+        description="item changes in the store (as last read) this replica has not applied")
+    error: str | None = None
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "no_model"]
     model_version: str
     source: Literal["model", "popularity"] = Field(
         description="what recommendations come from now: the model, or (without one) the "
                     "popularity of live events")
+    store: StoreLag | None = Field(None, description="how far behind the live store this "
+                                   "replica is (other replicas' item changes)")
 
 
 class ReadyResponse(BaseModel):
@@ -205,5 +216,5 @@ __all__ = ["DeletedResponse", "Diversity", "ErrorResponse", "EventIn", "EventsRe
            "EventsResponse", "HealthResponse", "HistoryEntry", "HistoryRequest", "Id", "ItemIn",
            "ItemResponse", "ItemsRequest", "ItemsResponse", "MAX_ID", "MAX_ITEMS_PER_PUT",
            "MAX_K", "MAX_LIST", "MAX_TEXT", "Origin", "ReadyResponse", "RecommendationResponse",
-           "ReloadRequest", "ReloadResponse", "ScoredItem", "ShownListIn", "Source",
+           "ReloadRequest", "ReloadResponse", "ScoredItem", "ShownListIn", "Source", "StoreLag",
            "UserHistoryResponse"]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from recsys.recommender import POPULARITY, Filters, History, Recommendation, Recommender
-from recsys.store import EventStore
+from recsys.store import EventStore, StoreUnavailable
 from serving.errors import NoModel
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,12 @@ def _history(recommender: Recommender, job: RecommendJob, store: EventStore,
              live_items: int) -> History:
     if job.history is not None:
         return recommender.history_of(job.history)
-    recent, last = store.recent_items(job.user_id, live_items, live_since(recommender))
+    try:
+        recent, last = store.recent_items(job.user_id, live_items, live_since(recommender))
+    except StoreUnavailable:
+        # the store is down (logged by it, /health says so): answer from the bundle's history
+        # alone rather than fail the request; the live events count again once it is back
+        recent, last = [], math.nan
     return recommender.live_history(job.user_id, recent, last)
 
 

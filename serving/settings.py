@@ -61,13 +61,18 @@ class Settings(BaseSettings):
     # many per engine call (1: every request alone). See serving/batching.py.
     batch_max: int = Field(32, ge=1, le=1000)
 
-    # Live state.
-    event_store: Path | None = None                 # default: MODELS/events.sqlite
+    # Live state. RECSYS_STORE: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB (the
+    # one several replicas share); RECSYS_EVENT_STORE: a SQLite path (the older setting).
+    # Default: MODELS/events.sqlite.
+    store: SecretStr | None = None                  # secret: a PostgreSQL URL holds a password
+    event_store: Path | None = None
+    # How often a replica looks for item changes other replicas stored (and /health's lag).
+    follow_store_s: float = Field(0.2, gt=0, le=5)
     future_skew_s: float = Field(300.0, ge=0)       # reject events stamped further ahead
     live_history_items: int = Field(50, ge=1)       # latest stored events of a user used
 
     # Model lifecycle: how often to look at CURRENT (0 = only on POST /admin/reload).
-    poll_current_s: float = Field(5.0, ge=0)
+    poll_current_s: float = Field(2.0, ge=0)
     # Start without a model and serve the first one CURRENT names (/ready 503 until then),
     # instead of refusing to start on a models folder that holds none yet.
     wait_for_model: bool = False
@@ -103,6 +108,15 @@ class Settings(BaseSettings):
         if self.models_dir is None or not self.models_dir.is_dir():
             return None
         return self.models_dir / "events.sqlite"
+
+    def store_location(self) -> str | None:
+        """RECSYS_STORE, else the SQLite path of `event_store_path` (None: no store yet)."""
+        if self.store is not None:
+            if self.event_store is not None:
+                raise SettingsError("set RECSYS_STORE or RECSYS_EVENT_STORE, not both")
+            return self.store.get_secret_value()
+        path = self.event_store_path()
+        return None if path is None else str(path)
 
     def check_secure(self) -> "Settings":
         """Refuse settings that would serve data to a network without keys, or weak keys."""

@@ -60,3 +60,30 @@ def recommender(models_dir):
     from recsys.recommender import Recommender
 
     return Recommender.load(models_dir)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/postgres_server.py), stopped at the end;
+    skipped only where the system has no PostgreSQL binaries (`make test` installs them)."""
+    from tests.postgres_server import TempPostgres, binaries
+
+    if binaries() is None:
+        pytest.skip("no PostgreSQL binaries in /usr/lib/postgresql/*/bin (Debian's postgresql "
+                    "package; `make test` installs it)")
+    server = TempPostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A fresh, empty database on the session's server: its URL."""
+    import re
+    import uuid
+
+    name = re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    return postgres_server.create_database(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,11 @@ def test_put_item_is_retrievable_at_once_and_delete_stops_it(api, model):
 def test_health_ready_live_metrics(api):
     assert api.get("/live").json() == {"live": True}
     assert api.get("/ready").json()["ready"] is True
-    assert api.get("/health").json() == {"status": "ok", "model_version": "v1", "source": "model"}
+    health = api.get("/health").json()
+    assert {k: health[k] for k in ("status", "model_version", "source")} == \
+        {"status": "ok", "model_version": "v1", "source": "model"}
+    assert health["store"]["reachable"] is True and health["store"]["item_changes_behind"] == 0
+    assert 0 <= health["store"]["seconds_since_sync"] < 5
     api.get("/recommendations/metrics-user")
     text = api.get("/metrics").text
     assert 'recsys_model_info{version="v1"} 1.0' in text
@@ -167,7 +172,13 @@ def test_two_replicas_sharing_the_store_see_each_others_events_and_items(api, mo
             "type": "click"}]}).json() == {"accepted": 0, "duplicates": 1}
         text = model.titles[11] + " (replica edition)"
         api.put("/items", json={"items": [{"item_id": "replica-item", "text": text}]})
-        similar = other.get(f"/items/{model.item_ids[11]}/similar", params={"k": 5}).json()
-        assert "replica-item" in [i["item_id"] for i in similar["items"]]
+        deadline = time.monotonic() + 1.0  # the other replica's follower applies it within 1 s
+        while "replica-item" not in [i["item_id"] for i in other.get(
+                f"/items/{model.item_ids[11]}/similar", params={"k": 5}).json()["items"]]:
+            assert time.monotonic() < deadline, "the item added on one replica is not served"
+            time.sleep(0.02)
         assert other.delete("/items/replica-item").status_code == 200
-        assert api.get("/items/replica-item/similar").status_code == 404
+        deadline = time.monotonic() + 1.0
+        while api.get("/items/replica-item/similar").status_code != 404:
+            assert time.monotonic() < deadline, "the item deleted on one replica is still served"
+            time.sleep(0.02)

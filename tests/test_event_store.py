@@ -1,9 +1,11 @@
-"""The SQLite event store: idempotent appends, corruption found at start, export to a click log."""
+"""The live stores: one contract run against SQLite and PostgreSQL (idempotent appends, ordered
+item changes, reads from any connection), then SQLite's corruption checks and the export."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 
 import numpy as np
 import polars as pl
@@ -11,7 +13,7 @@ import pytest
 
 from recsys.cli import main as cli
 from recsys.data.schema import EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS
-from recsys.store import Event, EventStoreError, StoredItem, StoreUnavailable
+from recsys.store import Event, EventStoreError, StoredItem, StoreUnavailable, open_store
 from recsys.store.export import export_events
 from recsys.store.sqlite import SqliteEventStore
 from tests.faults import FullDisk
@@ -22,21 +24,36 @@ def events(n, start=0, user="u1"):
             for i in range(start, start + n)]
 
 
-def test_append_is_idempotent_and_ordered(tmp_path):
-    store = SqliteEventStore(tmp_path / "ev.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path) -> str:
+    """Where a store lives, for each backend: every open_store(location) is another connection
+    to the same store (another replica)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ev.sqlite'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_append_is_idempotent_and_ordered(store_location):
+    store = open_store(store_location)
     assert store.append(events(3)) == [True, True, True]
     assert store.append(events(4)) == [False, False, False, True]
-    assert store.count() == 4
-    assert [e.event_id for _, e in store.events()] == ["e0", "e1", "e2", "e3"]
-    assert [e.event_id for _, e in store.events(since_seq=2)] == ["e2", "e3"]
+    assert store.append([]) == []
+    repeated = events(1, start=9)
+    assert store.append(repeated + repeated) == [True, False]  # a retry inside one batch
+    assert store.count() == 5
+    assert [e.event_id for _, e in store.events()] == ["e0", "e1", "e2", "e3", "e9"]
+    seqs = [seq for seq, _ in store.events()]
+    assert [e.event_id for _, e in store.events(since_seq=seqs[1])] == ["e2", "e3", "e9"]
+    first = next(iter(store.events()))[1]
+    assert first == events(1)[0]  # every field back as it went in
     store.close()
-    reopened = SqliteEventStore(tmp_path / "ev.sqlite")
-    assert reopened.count() == 4
+    reopened = open_store(store_location)
+    assert reopened.count() == 5
     reopened.close()
 
 
-def test_items_round_trip_with_vectors(tmp_path):
-    store = SqliteEventStore(tmp_path / "ev.sqlite")
+def test_items_round_trip_with_vectors(store_location):
+    store = open_store(store_location)
     vector = np.arange(4, dtype=np.float32)
     store.put_items([StoredItem("a", "A", "text a", "cat", vector, "fp", False, 10.0),
                      StoredItem("b", "", "", None, None, "", True, 11.0)])
@@ -47,16 +64,17 @@ def test_items_round_trip_with_vectors(tmp_path):
     store.put_items([StoredItem("a", "A2", "text a2", None, vector, "fp", False, 12.0)])
     assert store.items_seq() > seen  # every change gets a new sequence number
     assert [(i.item_id, i.title) for _, i in store.items(since_seq=seen)] == [("a", "A2")]
+    assert store.item("a").title == "A2" and store.item("never-stored") is None
     store.close()
 
 
-def test_recent_items_per_user_from_any_connection(tmp_path):
-    store = SqliteEventStore(tmp_path / "ev.sqlite")
+def test_recent_items_per_user_from_any_connection(store_location):
+    store = open_store(store_location)
     assert store.items_seq() == 0 and store.recent_items("u1", 5, 0.0)[0] == []
     store.append([Event("a", "u1", "i1", 100.0, "click"), Event("b", "u1", "i2", 300.0, "click"),
                   Event("c", "u1", "i3", 200.0, "purchase"), Event("d", "u1", "i4", 400.0, "view"),
                   Event("e", "u2", "i9", 500.0, "click")])
-    other = SqliteEventStore(tmp_path / "ev.sqlite")  # another replica on the same store
+    other = open_store(store_location)  # another replica on the same store
     items, last = other.recent_items("u1", 5, since=0.0)
     assert items == ["i1", "i3", "i2"] and last == 400.0  # by time; views are not history
     assert other.recent_items("u1", 2, since=0.0)[0] == ["i3", "i2"]
@@ -64,6 +82,59 @@ def test_recent_items_per_user_from_any_connection(tmp_path):
     assert other.popular_items(2, set()) == [("i1", 1), ("i2", 1)]
     other.close()
     store.close()
+
+
+def test_postgres_refuses_a_nul_byte_as_bad_input_not_as_an_outage(postgres_url):
+    from recsys.errors import DataError
+
+    store = open_store(postgres_url)
+    with pytest.raises(DataError, match="NUL"):
+        store.append([Event("bad\x00id", "u1", "i1", 1.0, "click")])
+    assert store.append(events(1)) == [True] and store.count() == 1  # not marked down
+    store.close()
+
+
+def test_postgres_pool_busy_under_load_is_not_taken_for_an_outage(postgres_url):
+    """Waiting too long for a free connection answers that request 503, but the next request
+    goes to the database at once: only a database that is down makes the store fail fast."""
+    from recsys.store.postgres import PostgresEventStore
+
+    store = PostgresEventStore(postgres_url, max_connections=1)
+    with store._pool.connection():  # the one connection, held by another request
+        with pytest.raises(StoreUnavailable):
+            store.append(events(1))
+    assert store.append(events(1)) == [True]
+    store.close()
+
+
+def test_postgres_down_raises_store_unavailable_then_recovers(postgres_server):
+    """Reliability row 19 on PostgreSQL: with the database gone a write raises (the API answers
+    503), nothing is half-stored, and the same store object works again once it is back."""
+    from tests.postgres_server import TempPostgres
+
+    server = TempPostgres()  # its own server: stopping the session's would fail other tests
+    try:
+        server.start()
+        store = open_store(server.url())
+        assert store.append(events(2)) == [True, True]
+        server.stop()
+        with pytest.raises(StoreUnavailable, match="unavailable"):
+            store.append(events(3, start=2))
+        with pytest.raises(StoreUnavailable):  # failing fast while it is known to be down
+            store.recent_items("u1", 5, 0.0)
+        server.start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert store.count() == 2
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the store did not reconnect"
+                time.sleep(0.2)
+        assert store.append(events(3, start=1)) == [False, True, True]
+        store.close()
+    finally:
+        server.remove()
 
 
 def test_torn_wal_tail_is_discarded_with_a_warning(tmp_path, caplog):

@@ -172,3 +172,19 @@ def test_waiting_server_is_not_ready_until_a_model_appears(models_dir, tmp_path)
             assert time.monotonic() < deadline, "the model was never picked up"
             time.sleep(0.1)
         assert client.get("/ready").json()["model_version"] == "v1"
+
+
+def test_unreachable_or_unknown_store_is_refused_without_its_password(capsys, models,
+                                                                      monkeypatch):
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("RECSYS_STORE", f"postgresql://recsys:s3cret-pass@127.0.0.1:{port}/db")
+    line = refused(capsys, ["serve", str(models), "--port", str(free_port())])
+    assert f"cannot open the store postgresql://recsys:***@127.0.0.1:{port}/db" in line
+    assert "s3cret" not in line
+    get_settings.cache_clear()
+    monkeypatch.setenv("RECSYS_STORE", "mysql://db/x")
+    assert "unknown store URL scheme 'mysql'" in refused(capsys, ["serve", str(models), "--port",
+                                                                  str(free_port())])
+    get_settings.cache_clear()
+    monkeypatch.setenv("RECSYS_EVENT_STORE", str(models / "events.sqlite"))
+    assert "not both" in refused(capsys, ["serve", str(models), "--port", str(free_port())])

@@ -92,13 +92,18 @@ class EventStore(Protocol):
 
 
 def open_store(location: str | os.PathLike[str], *, verify: bool = True) -> EventStore:
-    """The store at `location`: a path or `sqlite:///path` (the embedded SQLite file)."""
+    """The store at `location`: a path or `sqlite:///path` (the embedded SQLite file), or
+    `postgresql://user:password@host:port/database` (a shared PostgreSQL database)."""
     text = os.fspath(location)
     if "://" in text:
         scheme, _, rest = text.partition("://")
+        if scheme in ("postgresql", "postgres"):
+            from recsys.store.postgres import PostgresEventStore
+
+            return PostgresEventStore(text)
         if scheme != "sqlite":
-            raise RecsysError(f"unknown store URL scheme {scheme!r} in {text!r}; "
-                              "use sqlite:///PATH")
+            raise RecsysError(f"unknown store URL scheme {scheme!r}; use sqlite:///PATH or "
+                              "postgresql://USER@HOST:PORT/DATABASE")
         text = rest
     from recsys.store.sqlite import SqliteEventStore
 

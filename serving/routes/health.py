@@ -30,10 +30,14 @@ async def ready(ctx: Ctx, response: Response) -> dict:
 
 @router.get("/health", response_model=HealthResponse)
 async def health(ctx: Ctx) -> dict:
+    """The model serving now, and how far behind the live store this replica is."""
     recommender = ctx.holder.current
+    store = ctx.holder.store_lag() if ctx.holder.store is not None else None
     if recommender is None:
-        return {"status": "no_model", "model_version": NO_MODEL, "source": "popularity"}
-    return {"status": "ok", "model_version": recommender.version, "source": "model"}
+        return {"status": "no_model", "model_version": NO_MODEL, "source": "popularity",
+                "store": store}
+    return {"status": "ok", "model_version": recommender.version, "source": "model",
+            "store": store}
 
 
 @router.get("/metrics", response_class=Response,

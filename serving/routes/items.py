@@ -60,7 +60,7 @@ async def put_items(ctx: Ctx, _: DataCaller, request: ItemsRequest) -> dict:
         stored = [StoredItem(i.item_id, i.title, i.text, i.category, vectors[j], fingerprint,
                              False, now) for j, i in enumerate(items)]
         ctx.store.put_items(stored)  # durable first: a restart, or another replica, serves them too
-        ctx.holder.refresh_items()
+        ctx.holder.apply_item_changes()
         return stored
 
     await ctx.pool.run(embed_and_store)
@@ -72,7 +72,7 @@ async def put_items(ctx: Ctx, _: DataCaller, request: ItemsRequest) -> dict:
 async def delete_item(ctx: Ctx, _: DataCaller,
                       item_id: Annotated[str, Path(min_length=1, max_length=MAX_ID)]) -> dict:
     """Stop serving an item (404 if it is not served now)."""
-    recommender = ctx.holder.refresh_items()
+    recommender = ctx.holder.apply_item_changes()  # an item another replica added just now
     if recommender is None:
         raise NoModel("no model is loaded")
     if item_id not in recommender.item_rows:
@@ -82,7 +82,7 @@ async def delete_item(ctx: Ctx, _: DataCaller,
 
     def retire() -> None:
         ctx.store.put_items([StoredItem(item_id, "", "", None, None, "", True, time.time())])
-        ctx.holder.refresh_items()
+        ctx.holder.apply_item_changes()
 
     await ctx.pool.run(retire)
     ctx.metrics.items_changed.labels(action="delete").inc()
