@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from recsys.batch import batch_score
 from recsys.cli import main as cli
-from recsys.live_state import LIVE_HISTORY_ITEMS, LiveSnapshot
+from recsys.live_state import LIVE_HISTORY_ITEMS, LiveSnapshot, apply_snapshot
 from recsys.recommender import Recommender
 from recsys.store import Event
 from recsys.store.sqlite import SqliteEventStore
@@ -252,3 +252,42 @@ def test_an_item_added_through_the_api_and_clicked_is_in_the_retrained_bundle(ba
     out = tmp_path / "recs.parquet"
     batch_score(models, users, out, k=20, progress=False, live=False)
     assert doomed not in set(pl.read_parquet(out)["item_id"].to_list())
+
+
+def test_batch_and_the_api_agree_on_a_real_time_bundle_after_its_clock_moved(base_models,
+                                                                             tmp_path):
+    """Live events much later than the bundle's data move its clock (item age, recency): batch
+    scoring must measure from the same moment as the server that took them in."""
+    source, new = base_models
+    models = copy_models(source, tmp_path / "models")
+    bundle = Recommender.load(models)
+    known = sorted(bundle.users)[0]
+    clicked = new["item_id"].unique(maintain_order=True).to_list()[:4]
+    now = time.time()
+    with app_on(models) as client:
+        assert client.put("/items", json={"items": [{
+            "item_id": "api-film", "title": "A new film",
+            "text": bundle.titles[bundle.item_rows[clicked[0]]]}]}).status_code == 200
+        events = [{"event_id": f"{user}-{n}", "user_id": user, "item_id": item, "type": "click",
+                   "timestamp": now - 60 + n} for user in (LIVE_USER, known)
+                  for n, item in enumerate(clicked)]
+        assert client.post("/events", json={"events": events}).status_code == 200
+        answers = {user: client.get(f"/recommendations/{user}", params={"k": 10}).json()
+                   for user in (LIVE_USER, known)}
+        server_clock = client.app.state.context.holder.current.clock()
+    store = SqliteEventStore(models / "events.sqlite")
+    assert server_clock == pytest.approx(now - 57, abs=1e-5)   # the latest event posted
+    assert apply_snapshot(bundle, LiveSnapshot.read(store)).clock() == \
+        pytest.approx(server_clock, abs=1e-5)
+    assert bundle.clock() < now - 365 * 86400   # the bundle's own clock is left where it was
+    store.close()
+    users = users_file(tmp_path / "users.parquet", [LIVE_USER, known])
+    out = tmp_path / "recs.parquet"
+    summary = batch_score(models, users, out, k=10, progress=False)
+    assert summary["sources"] == dict(Counter(answer["source"] for answer in answers.values()))
+    frame = pl.read_parquet(out)
+    for user, answer in answers.items():
+        rows = frame.filter(pl.col("user_id") == user).sort("rank")
+        assert rows["item_id"].to_list() == [item["item_id"] for item in answer["items"]], user
+        assert rows["score"].to_list() == pytest.approx(
+            [item["score"] for item in answer["items"]], rel=1e-5, abs=1e-5), user
