@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from recsys.errors import DataError, NotFoundError, RecsysError
 from recsys.io import atomic_path, fsync_dir
+from recsys.store.export import shown
 
 USER_COLUMN = "user_id"
 HISTORY_COLUMN = "history"
@@ -79,11 +80,11 @@ def batch_score(models: str | os.PathLike[str], users_path: str | os.PathLike[st
     if store is not None and not live:
         raise RecsysError("--store and --no-live contradict each other: choose one")
     store_location = live_store_location(models, store) if live else None
-
-    live_report = None
     if engine == "ray" and store_location is not None:
         raise RecsysError(f"--engine ray scores the bundle alone, without the live store "
-                          f"{store_location}: add --no-live, or use --engine local")
+                          f"{shown(store_location)}: add --no-live, or use --engine local")
+
+    live_report = None
     if engine == "ray":
         from recsys.ray_engine import score_with_ray
 
@@ -256,7 +257,7 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
     live, live_report = None, None
     if store_location is not None:
         recommender, live = _with_live_state(recommender, store_location, parts)
-        live_report = {"store": store_location, "events_seq": live.events_seq,
+        live_report = {"store": shown(store_location), "events_seq": live.events_seq,
                        "items_seq": live.items_seq, "item_changes": len(live.item_changes),
                        "live_users": live.users}
     counts = new_counts()

@@ -8,6 +8,7 @@ first attempt saw.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -158,8 +159,6 @@ def apply_snapshot(recommender: Recommender, snapshot: LiveSnapshot,
     live = apply_item_changes(recommender, snapshot.item_changes,
                               encode or bundle_encoder(recommender))
     if live is recommender:
-        import copy
-
         live = copy.copy(recommender)   # observe_time below must not move the caller's clock
     live.observe_time(snapshot.latest_event_s)
     return live

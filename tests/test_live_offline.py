@@ -291,3 +291,36 @@ def test_batch_and_the_api_agree_on_a_real_time_bundle_after_its_clock_moved(bas
         assert rows["item_id"].to_list() == [item["item_id"] for item in answer["items"]], user
         assert rows["score"].to_list() == pytest.approx(
             [item["score"] for item in answer["items"]], rel=1e-5, abs=1e-5), user
+
+
+def test_a_bad_item_changes_file_is_refused_by_file_row_and_column(tmp_path):
+    from recsys.errors import DataError
+    from recsys.store.export import ITEM_CHANGES_SCHEMA
+    from training.retrain import read_export
+
+    export = tmp_path / "export"
+    export.mkdir()
+    with pytest.raises(DataError, match="events.parquet"):
+        read_export(export)
+    pl.DataFrame({"event_id": ["e"]}).write_parquet(export / "events.parquet")
+    assert read_export(export) == (export / "events.parquet", None)   # a click log alone
+    stamp = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    pl.DataFrame({"item_id": ["a", "b"], "title": ["A", ""], "text": ["an item", ""],
+                  "category": [None, None], "deleted": [False, False],
+                  "updated_at": [stamp, stamp], "seq": [1, 2]},
+                 schema=ITEM_CHANGES_SCHEMA).write_parquet(export / "item_changes.parquet")
+    with pytest.raises(DataError) as bad:
+        read_export(export)
+    assert "item_changes.parquet" in str(bad.value) and "row 1" in str(bad.value) and \
+        "text" in str(bad.value)
+    pl.DataFrame({"item_id": ["a"]}).write_parquet(export / "item_changes.parquet")
+    with pytest.raises(DataError, match="title"):
+        read_export(export)
+
+
+def test_a_store_url_is_printed_without_its_password():
+    from recsys.store.export import shown
+
+    assert shown("postgresql://bob:secret@db:5432/recsys") == "postgresql://bob:***@db:5432/recsys"
+    assert shown("postgresql://db/recsys") == "postgresql://db/recsys"
+    assert shown("sqlite:///srv/models/events.sqlite") == "sqlite:///srv/models/events.sqlite"

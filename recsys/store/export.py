@@ -39,6 +39,15 @@ def existing_store(location: str | os.PathLike[str]) -> str:
     return text
 
 
+def shown(location: str) -> str:
+    """`location` fit to print: a URL's password replaced by ***."""
+    scheme, sep, rest = location.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return location
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def export_live_state(location: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict:
     """Write DIR/events.parquet and DIR/item_changes.parquet; returns the counts written."""
     out = Path(out_dir)
@@ -58,7 +67,7 @@ def export_live_state(location: str | os.PathLike[str], out_dir: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(changes, out / ITEM_CHANGES_NAME)
     write_parquet(events, out / EVENTS_NAME)
-    return {"store": found, "events": events.height, "item_changes": changes.height}
+    return {"store": shown(found), "events": events.height, "item_changes": changes.height}
 
 
 def events_frame(store: EventStore) -> pl.DataFrame:
@@ -102,4 +111,4 @@ def item_changes_frame(store: EventStore) -> pl.DataFrame:
 
 
 __all__ = ["EVENTS_NAME", "ITEM_CHANGES_NAME", "ITEM_CHANGES_SCHEMA", "existing_store",
-           "export_live_state", "events_frame", "item_changes_frame"]
+           "export_live_state", "events_frame", "item_changes_frame", "shown"]
