@@ -324,3 +324,28 @@ def test_a_store_url_is_printed_without_its_password():
     assert shown("postgresql://bob:secret@db:5432/recsys") == "postgresql://bob:***@db:5432/recsys"
     assert shown("postgresql://db/recsys") == "postgresql://db/recsys"
     assert shown("sqlite:///srv/models/events.sqlite") == "sqlite:///srv/models/events.sqlite"
+
+
+def test_item_changes_apply_to_the_catalogue_last_change_winning():
+    from recsys.store.export import ITEM_CHANGES_SCHEMA
+    from training.retrain import apply_item_changes
+
+    old = datetime(2019, 1, 1, tzinfo=timezone.utc)
+    items = pl.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"],
+                          "text": ["a text", "b text", "c text"], "category": ["x", "y", None],
+                          "created_at": [old, old, old]}).with_columns(
+        pl.col("created_at").dt.cast_time_unit("us"))
+    at = [datetime(2020, 1, d, tzinfo=timezone.utc) for d in range(1, 6)]
+    changes = pl.DataFrame({
+        "item_id": ["a", "n", "b", "gone", "gone"], "title": ["A2", "N", "", "G", ""],
+        "text": ["a new text", "n text", "", "g text", ""], "category": ["x", "z", None, None, None],
+        "deleted": [False, False, True, False, True], "updated_at": at, "seq": [1, 2, 3, 4, 5]},
+        schema=ITEM_CHANGES_SCHEMA)
+    catalogue, deleted, report = apply_item_changes(items, changes)
+    assert catalogue.schema == items.schema
+    rows = {r["item_id"]: r for r in catalogue.iter_rows(named=True)}
+    assert sorted(rows) == ["a", "c", "n"]
+    assert rows["a"]["text"] == "a new text" and rows["a"]["created_at"] == old  # kept
+    assert rows["n"]["created_at"] == at[1] and rows["n"]["category"] == "z"
+    assert sorted(deleted.to_list()) == ["b", "gone"]
+    assert report == {"added": 1, "changed": 1, "deleted": 1}
