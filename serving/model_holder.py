@@ -24,7 +24,8 @@ from recsys.bundle import (CURRENT, check_version_name, current_version, read_ma
 from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
 from recsys.recommender import Filters, History, Recommender
-from recsys.store import EventStore, StoredItem, StoreUnavailable
+from recsys.live_state import apply_item_changes
+from recsys.store import EventStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -227,41 +228,19 @@ class ModelHolder:
 
     def _apply_stored_items(self, recommender: Recommender,
                             since_seq: int = 0) -> tuple[Recommender, int]:
-        """`recommender` with the cold-start item changes stored after `since_seq` applied,
-        and the sequence number of the last change applied."""
+        """`recommender` with the cold-start item changes stored after `since_seq` applied (by
+        the rules batch scoring uses too), and the sequence number of the last change applied."""
         if self.store is None:
             return recommender, since_seq
         changes = self.store.items(since_seq)
         if not changes:
             return recommender, since_seq
-        latest: dict[str, StoredItem] = {}
-        for seq, item in changes:  # in order, so the last change of an item wins
-            latest.pop(item.item_id, None)
-            latest[item.item_id] = item
-        live = [i for i in latest.values() if not i.deleted]
-        if live:
-            recommender = recommender.with_items(
-                [i.item_id for i in live], [i.title for i in live], [i.category for i in live],
-                self._vectors_for(recommender, live), now=max(i.updated for i in live))
-        recommender = recommender.without_items([i.item_id for i in latest.values() if i.deleted])
-        return recommender, changes[-1][0]
+        return apply_item_changes(recommender, changes, self._encode_with(recommender)), \
+            changes[-1][0]
 
-    def _vectors_for(self, recommender: Recommender, items: list[StoredItem]) -> np.ndarray:
-        """Stored vectors where this bundle's encoder made them, new embeddings otherwise."""
-        dim = recommender.item_vectors.shape[1]
-        fingerprint = recommender.manifest.get("encoder", {}).get("fingerprint", "")
-        vectors = np.zeros((len(items), dim), dtype=np.float32)
-        stale = []
-        for j, item in enumerate(items):
-            if item.vector is not None and item.encoder == fingerprint and item.vector.size == dim:
-                vectors[j] = item.vector
-            else:
-                stale.append(j)
-        if stale:
-            encoded = self.encoder(recommender).encode([items[j].text for j in stale],
-                                                       show_progress=False)  # stderr is the log
-            vectors[stale] = encoded
-        return vectors
+    def _encode_with(self, recommender: Recommender):
+        # no progress bar: the server's stderr is its log stream
+        return lambda texts: self.encoder(recommender).encode(texts, show_progress=False)
 
     def refresh_items(self) -> Recommender | None:
         """The serving model with the item changes stored by any replica applied: kept so by the
