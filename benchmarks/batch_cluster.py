@@ -67,7 +67,8 @@ class TwoNodeCluster:
                     "RAY_AUTH_TOKEN_PATH": str(token)}
 
     def _node_ports(self, head: bool) -> list[str]:
-        low = random.randrange(20_000, 29_000, 200) if head else random.randrange(30_000, 39_000, 200)
+        # worker ports below the kernel's ephemeral range, where the free ports below come from
+        low = random.randrange(*((20_000, 26_000) if head else (26_000, 32_000)), 200)
         ports = ["--min-worker-port", str(low), "--max-worker-port", str(low + 199),
                  "--node-manager-port", str(_free_port()),
                  "--object-manager-port", str(_free_port()),
