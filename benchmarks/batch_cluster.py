@@ -15,6 +15,7 @@ Results: benchmarks/results/batch_cluster.json.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -220,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     users_path = work / f"users-{args.users}.parquet"
     result: dict = {"command": " ".join(["benchmarks/batch_cluster.py"] + (argv or sys.argv[1:])),
                     "model_version": recommender.version, "items": len(recommender.item_ids),
-                    "cpus": psutil.cpu_count(), "k": args.k, "chunk_size": args.chunk_size}
+                    "cpus": psutil.cpu_count(), "k": args.k, "chunk_size": args.chunk_size,
+                    "ray_version": importlib.metadata.version("ray"),
+                    "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     result["input"] = _load_batch_benchmark().synthetic_users(recommender, args.users, users_path,
                                                               row_group=args.chunk_size)
     del recommender
@@ -247,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"run {run + 1} {engine}: {summary}", flush=True)
     reference.unlink(missing_ok=True)
     result["runs"] = runs
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]  # the machine is shared
     result["median"] = {
         engine: {"users_per_s": statistics.median(r["users_per_s"] for r in done),
                  "seconds": statistics.median(r["seconds"] for r in done)}

@@ -125,7 +125,9 @@ def score_with_ray(models, users, out: Path, *, k: int, chunk_size: int, exclude
     counts, nodes = new_counts(), {}
     with _Cluster(workers) as ray:
         parts = Checkpoints(out, job_key(users, version, options))
-        n_workers = int(workers) if workers else max(1, int(ray.cluster_resources()["CPU"]))
+        # the CPU slots free now: an actor asked for beyond them would wait, and its chunks too
+        n_workers = int(workers) if workers else \
+            max(1, int(ray.available_resources().get("CPU", 1)))
         scorer = ray.remote(num_cpus=1, max_restarts=ACTOR_RESTARTS,
                             max_task_retries=ACTOR_RESTARTS)(BundleScorer)
         actors = [scorer.remote(str(bundle), k, exclude_seen, explain) for _ in range(n_workers)]

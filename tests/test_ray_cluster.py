@@ -58,7 +58,7 @@ class FakeRay(types.ModuleType):
     def is_initialized(self) -> bool:
         return True   # "already connected": the engine neither starts nor stops anything
 
-    def cluster_resources(self) -> dict:
+    def available_resources(self) -> dict:
         return {"CPU": 2}
 
     def remote(self, **options):
