@@ -3,7 +3,7 @@ the same users: users/s and wall seconds, medians of a few runs of each.
 
     .venv/bin/recsys import recbole tests/fixtures/recbole --out /tmp/bc/data
     .venv/bin/recsys train /tmp/bc/data --out /tmp/bc/models --version b1
-    .venv/bin/python benchmarks/batch_cluster.py --models /tmp/bc/models --users 20000 --runs 3
+    .venv/bin/python benchmarks/batch_cluster.py --models /tmp/bc/models --users 40000 --runs 5
 
 The cluster is two `ray start` processes (a head, and a second node joined with `--address`),
 one CPU slot each, so the engine's two actors land one on each node; every Ray run records the
