@@ -182,7 +182,7 @@ def test_driver_killed_on_two_nodes_resumes_from_finished_chunks(cluster, models
                                                                  tmp_path):
     """SIGKILL `recsys batch-score --engine ray` on a two-node cluster, rerun: the finished
     chunks are not scored again, both nodes score the rest, the rows are the local engine's."""
-    n_users, chunk = 3000, 100
+    n_users, chunk = 6000, 100
     users = synthetic_users(recommender, tmp_path / "users.parquet", n_users)
     local, out = tmp_path / "local.parquet", tmp_path / "recs.parquet"
     batch_score(models_dir, users, local, k=4, chunk_size=chunk, progress=False)
