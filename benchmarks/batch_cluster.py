@@ -181,7 +181,7 @@ def run_once(engine: str, models: Path, users: Path, out: Path, *, k: int,
                   "chunks": summary["chunks"]}
     else:
         checked = inspect_users(users)
-        counts, _ = score_with_ray(models, checked, out, k=k, chunk_size=chunk_size,
+        counts, _, _ = score_with_ray(models, checked, out, k=k, chunk_size=chunk_size,
                                    exclude_seen=True, explain=False, progress=False)
         result = {"users_in": checked.rows, "rows_out": counts["rows"], "chunks": counts["chunks"],
                   "workers": counts["workers"], "chunks_per_node": counts["nodes"]}

@@ -80,17 +80,14 @@ def batch_score(models: str | os.PathLike[str], users_path: str | os.PathLike[st
     if store is not None and not live:
         raise RecsysError("--store and --no-live contradict each other: choose one")
     store_location = live_store_location(models, store) if live else None
-    if engine == "ray" and store_location is not None:
-        raise RecsysError(f"--engine ray scores the bundle alone, without the live store "
-                          f"{shown(store_location)}: add --no-live, or use --engine local")
 
     live_report = None
     if engine == "ray":
         from recsys.ray_engine import score_with_ray
 
-        counts, version = score_with_ray(models, users, out, k=k, chunk_size=chunk_size,
-                                         exclude_seen=exclude_seen, explain=explain,
-                                         workers=workers, progress=progress)
+        counts, version, live_report = score_with_ray(
+            models, users, out, k=k, chunk_size=chunk_size, exclude_seen=exclude_seen,
+            explain=explain, workers=workers, progress=progress, store_location=store_location)
     else:
         counts, version, live_report = _score_local(
             models, users, out, k=k, chunk_size=chunk_size, exclude_seen=exclude_seen,
@@ -103,6 +100,7 @@ def batch_score(models: str | os.PathLike[str], users_path: str | os.PathLike[st
         "chunks": counts["chunks"], "resumed_chunks": counts.get("resumed", 0),
         "seconds": round(seconds, 2), "users_per_s": round(users.rows / max(seconds, 1e-9), 1),
         "peak_rss_mb": peak_rss_mb(), "live_store": live_report,
+        **({"workers": counts["workers"], "nodes": counts["nodes"]} if "nodes" in counts else {}),
     }
 
 
@@ -256,10 +254,10 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
     parts = Checkpoints(out, job_key(users, recommender.version, options))
     live, live_report = None, None
     if store_location is not None:
-        recommender, live = _with_live_state(recommender, store_location, parts)
-        live_report = {"store": shown(store_location), "events_seq": live.events_seq,
-                       "items_seq": live.items_seq, "item_changes": len(live.item_changes),
-                       "live_users": live.users}
+        from recsys.live_state import apply_snapshot
+
+        live, live_report = read_live_state(store_location, parts)
+        recommender = apply_snapshot(recommender, live)
     counts = new_counts()
     bar = tqdm(total=users.rows, unit="user", desc="batch-score", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -283,10 +281,11 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
     return counts, recommender.version, live_report
 
 
-def _with_live_state(recommender, store_location: str, parts: "Checkpoints"):
-    """The bundle with the store's live state applied, read up to the sequence numbers this job
-    recorded when it first ran (a resume), else up to now (and recorded for a resume)."""
-    from recsys.live_state import LiveSnapshot, apply_snapshot
+def read_live_state(store_location: str, parts: "Checkpoints"):
+    """The store's live state (a `LiveSnapshot`) and its summary, read up to the sequence
+    numbers this job recorded when it first ran (a resume), else up to now (and recorded for a
+    resume). Both engines apply it with `recsys.live_state.apply_snapshot`."""
+    from recsys.live_state import LiveSnapshot
     from recsys.store import open_store
 
     recorded = parts.job.get("live") or {}
@@ -298,7 +297,10 @@ def _with_live_state(recommender, store_location: str, parts: "Checkpoints"):
         store.close()
     if not recorded:
         parts.note(live={"events_seq": snapshot.events_seq, "items_seq": snapshot.items_seq})
-    return apply_snapshot(recommender, snapshot), snapshot
+    report = {"store": shown(store_location), "events_seq": snapshot.events_seq,
+              "items_seq": snapshot.items_seq, "item_changes": len(snapshot.item_changes),
+              "live_users": snapshot.users}
+    return snapshot, report
 
 
 def new_counts() -> dict:

@@ -87,13 +87,17 @@ def _worker_count(ray, workers: int | None) -> int:
 class BundleScorer:
     """One Ray actor: loads the bundle once, then scores every chunk it is given."""
 
-    def __init__(self, bundle: str, k: int, exclude_seen: bool, explain: bool) -> None:
+    def __init__(self, bundle: str, k: int, exclude_seen: bool, explain: bool,
+                 live=None) -> None:
         from recsys.index import set_search_threads
+        from recsys.live_state import apply_snapshot
         from recsys.recommender import Recommender
 
         set_search_threads(1)  # one model copy per CPU slot: no nested thread pools
         self.recommender = Recommender.load(bundle, threads=1)
-        self.options = {"k": k, "exclude_seen": exclude_seen, "explain": explain}
+        if live is not None:  # the driver's snapshot of the live store, as the local engine's
+            self.recommender = apply_snapshot(self.recommender, live)
+        self.options = {"k": k, "exclude_seen": exclude_seen, "explain": explain, "live": live}
 
     def score(self, chunk: int, batch: pa.RecordBatch) -> tuple[int, pa.Table, dict, str]:
         """(chunk, rows, counts, id of the Ray node that scored it)."""
@@ -106,31 +110,38 @@ class BundleScorer:
 
 
 def score_with_ray(models, users, out: Path, *, k: int, chunk_size: int, exclude_seen: bool,
-                   explain: bool, workers: int | None = None,
-                   progress: bool = True) -> tuple[dict, str]:
-    """Score `users` (a checked `recsys.batch.UsersFile`) on Ray; returns (counts, version).
+                   explain: bool, workers: int | None = None, progress: bool = True,
+                   store_location: str | None = None) -> tuple[dict, str, dict | None]:
+    """Score `users` (a checked `recsys.batch.UsersFile`) on Ray; returns (counts, version,
+    live-store summary or None). With `store_location` the driver reads the live store once
+    (`recsys.batch.read_live_state`, recorded for a resume) and every actor applies it.
 
     Besides the local engine's counts: `workers` (actors) and `nodes` ({Ray node id: chunks it
     scored in this run}; resumed chunks are not in it).
     """
     from tqdm import tqdm
 
-    from recsys.batch import Checkpoints, add_counts, job_key, new_counts, read_chunks
+    from recsys.batch import (Checkpoints, add_counts, job_key, new_counts, read_chunks,
+                              read_live_state)
     from recsys.bundle import read_manifest, resolve_bundle
 
     bundle = resolve_bundle(models)
     version = read_manifest(bundle)["version"]
     options = {"k": k, "chunk_size": chunk_size, "exclude_seen": exclude_seen,
-               "explain": explain, "engine": "ray"}
+               "explain": explain, "engine": "ray", "store": store_location}
     counts, nodes = new_counts(), {}
     with _Cluster(workers) as ray:
         parts = Checkpoints(out, job_key(users, version, options))
+        live, live_report = (read_live_state(store_location, parts) if store_location
+                             else (None, None))
         # the CPU slots free now: an actor asked for beyond them would wait, and its chunks too
         n_workers = int(workers) if workers else \
             max(1, int(ray.available_resources().get("CPU", 1)))
         scorer = ray.remote(num_cpus=1, max_restarts=ACTOR_RESTARTS,
                             max_task_retries=ACTOR_RESTARTS)(BundleScorer)
-        actors = [scorer.remote(str(bundle), k, exclude_seen, explain) for _ in range(n_workers)]
+        live_ref = ray.put(live) if live is not None else None
+        actors = [scorer.remote(str(bundle), k, exclude_seen, explain, live_ref)
+                  for _ in range(n_workers)]
         in_flight: dict = {}   # object ref -> (index of the actor scoring it, users in the chunk)
         load = [0] * n_workers
         bar = tqdm(total=users.rows, unit="user", desc="batch-score (ray)", file=sys.stderr,
@@ -169,7 +180,7 @@ def score_with_ray(models, users, out: Path, *, k: int, chunk_size: int, exclude
     parts.publish(explain)
     counts["workers"] = n_workers
     counts["nodes"] = nodes
-    return counts, version
+    return counts, version, live_report
 
 
 # -- bulk item embedding ----------------------------------------------------------------------

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import time
+import types
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -145,8 +147,20 @@ def test_batch_score_store_options_are_checked(live_models, tmp_path, capsys):
     assert not (tmp_path / "nowhere.sqlite").exists() and not out.exists()
     assert cli(["batch-score", models, users, "--out", str(out), "--store",
                 str(models), "--no-live"]) == 2
-    assert cli(["batch-score", models, users, "--out", str(out), "--engine", "ray"]) == 2
-    assert "--no-live" in capsys.readouterr().err
+
+
+def test_the_ray_engine_applies_the_same_live_state(live_models, tmp_path, monkeypatch):
+    from tests.test_ray_cluster import FakeRay
+
+    local, on_ray = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    batch_score(live_models["models"], live_models["users"], local, k=10, progress=False)
+    monkeypatch.setitem(sys.modules, "ray", FakeRay())
+    monkeypatch.setitem(sys.modules, "ray.data", types.ModuleType("ray.data"))
+    summary = batch_score(live_models["models"], live_models["users"], on_ray, k=10,
+                          progress=False, engine="ray")
+    assert summary["live_store"]["item_changes"] == 2
+    assert lists(on_ray) == lists(local)
+    assert live_models["doomed"] not in set(pl.read_parquet(on_ray)["item_id"].to_list())
 
 
 def test_the_snapshot_answers_as_the_store_does(tmp_path):

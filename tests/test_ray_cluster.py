@@ -79,6 +79,9 @@ class FakeRay(types.ModuleType):
 
         return actor_class
 
+    def put(self, value):
+        return value   # in one process an object is its own reference
+
     def wait(self, refs, num_returns=1):
         return refs[:num_returns], refs[num_returns:]
 
@@ -118,7 +121,7 @@ def test_rerun_after_a_crash_scores_only_the_unfinished_chunks(models_dir, recom
     assert len(finished) == 3
 
     rerun = FakeRay()
-    counts, version = run_fake(monkeypatch, rerun, models_dir, users, out)
+    counts, version, _ = run_fake(monkeypatch, rerun, models_dir, users, out)
     assert counts["resumed"] == 3 and counts["chunks"] == 10
     assert sorted(rerun.scored) == sorted(set(range(10)) - set(crashed.scored)), \
         "a finished chunk was scored again"
@@ -138,7 +141,7 @@ def test_other_options_never_reuse_a_crashed_runs_chunks(models_dir, recommender
     assert len(list((tmp_path / ".recs.parquet.parts").glob("part-*.parquet"))) == 2
 
     rerun = FakeRay()
-    counts, _ = run_fake(monkeypatch, rerun, models_dir, users, out, k=3)
+    counts, _, _ = run_fake(monkeypatch, rerun, models_dir, users, out, k=3)
     assert counts["resumed"] == 0 and sorted(rerun.scored) == [0, 1, 2, 3]
     assert pl.read_parquet(out).height == 200 * 3
 
@@ -171,7 +174,7 @@ import json, sys
 from recsys.batch import inspect_users
 from recsys.ray_engine import score_with_ray
 models, users, out = sys.argv[1:4]
-counts, _ = score_with_ray(models, inspect_users(users), __import__("pathlib").Path(out), k=4,
+counts, _, _ = score_with_ray(models, inspect_users(users), __import__("pathlib").Path(out), k=4,
                            chunk_size=100, exclude_seen=True, explain=False, progress=False)
 print(json.dumps(counts))
 """
