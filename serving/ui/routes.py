@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 MAX_QUERY = 200           # characters of a search query
 MAX_TRY_ITEMS = 50        # items picked on the Try it page
 DIVERSITY = ("none", "mmr", "category_cap")
+MODELS = "models"         # the Models page: shown to data and admin sessions alike
 
 templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -109,6 +110,8 @@ def visitor(request: Request, need: str | None = DATA) -> Visitor:
     session = state.signer.load(request.cookies.get(COOKIE))
     current = Visitor(request, ctx, session or Session(), session is None)
     if need == DATA and not current.can_read:
+        raise SignInNeeded(DATA)
+    if need == MODELS and not (current.can_read or current.is_admin):
         raise SignInNeeded(DATA)
     if need == ADMIN and not current.is_admin:
         raise SignInNeeded(ADMIN)
@@ -416,7 +419,7 @@ async def post_click(request: Request) -> Response:
 
 @router.get("/models")
 async def models_page(request: Request) -> Response:
-    v = visitor(request)
+    v = visitor(request, need=MODELS)
     ctx = v.ctx
     current = ctx.holder.current
     return page(v, "models.html", versions=views.model_versions(ctx.settings.models_dir),
