@@ -123,12 +123,16 @@ def console_errors(driver) -> list[str]:
 
 def sign_in(driver, base: str, key: str, then: str = "/ui") -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{base}/ui/login?next={then}")
     field = driver.find_element(By.ID, "key")
     field.clear()
     field.send_keys(key)
+    old = driver.find_element(By.TAG_NAME, "html")
     field.submit()
+    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
 
 
 PAGES = {  # name -> path, for every page of the explorer

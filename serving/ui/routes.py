@@ -49,7 +49,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 # Nothing on these pages is loaded from elsewhere, and nothing inline runs.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
                                "script-src 'self'; form-action 'self'; frame-ancestors 'none'; "
                                "base-uri 'none'",
     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
