@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo test test-slow clean browser
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,14 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest
+
+# The explorer's browser tests (tests/test_ui_browser.py) drive Debian's headless Chromium
+# through its chromedriver: installed here when missing (as root, or with sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test: browser
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
 test-slow: install
 	$(VENV)/bin/pytest -m slow
