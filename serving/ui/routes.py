@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 MAX_QUERY = 200           # characters of a search query
 MAX_TRY_ITEMS = 50        # items picked on the Try it page
 DIVERSITY = ("none", "mmr", "category_cap")
+HISTORY_SHOWN = 50        # latest history entries listed on the user page
 MODELS = "models"         # the Models page: shown to data and admin sessions alike
 
 templates = Environment(loader=FileSystemLoader(HERE / "templates"),
@@ -257,6 +258,8 @@ async def user_page(request: Request) -> Response:
                              ctx.settings.live_history_items)
     except NotFoundError:
         history = None
+    if history is not None:
+        history["items"] = history["items"][-HISTORY_SHOWN:]
     filters = service.make_filters(exclude=[], categories=categories or None,
                                    exclude_categories=[], exclude_seen=exclude_seen,
                                    diversity=diversity)
