@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import sys
@@ -74,8 +75,9 @@ def main() -> None:
                         event_store=workdir / "ui-events.sqlite")
     app = create_app(settings)
     result: dict = {"bundle": {"items": args.items, "users": args.users},
-                    "machine": {"cpus": __import__("os").cpu_count(),
-                                "python": platform.python_version()},
+                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                # the machine is shared: its load says how busy it was
+                                "load_average_1m_at_start": round(os.getloadavg()[0], 2)},
                     "target_ms": TARGET_MS}
     with TestClient(app, follow_redirects=False) as client:
         users = sorted(app.state.context.holder.current.users)[:args.pages + 1]
@@ -116,6 +118,7 @@ def main() -> None:
                 driver.quit()
                 server.stop()
             print(f"browser: {result['browser']}", flush=True)
+    result["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     result["meets_target"] = bool(
         result["server_side"]["median_ms"] < TARGET_MS
         and ("answer" not in result["browser"]
