@@ -49,7 +49,7 @@ def sign_in(client: TestClient, key: str) -> str:
     token = csrf_of(client.get("/ui/login").text)
     answer = client.post("/ui/login", data={"csrf": token, "key": key, "next": "/ui"})
     assert answer.status_code == 303 and answer.headers["location"] == "/ui", answer.text
-    return token
+    return csrf_of(client.get("/ui/login").text)
 
 
 @pytest.fixture
@@ -97,6 +97,44 @@ def test_the_key_is_asked_once_and_kept_as_a_signed_httponly_strict_cookie(app):
     forged = browser(app)
     forged.cookies.set(COOKIE, cookie[:-3] + "AAA", path="/ui")
     assert forged.get("/ui").status_code == 303
+
+
+def test_sessions_expire_and_the_token_changes_at_sign_in(app, monkeypatch):
+    from serving.ui import session as sessions
+
+    client = browser(app)
+    before = csrf_of(client.get("/ui/login").text)
+    after = sign_in(client, DATA_KEY)
+    assert after != before
+    assert client.post("/ui/live/click", data={"user_id": VISITOR, "item_id": HOSTILE_ITEM,
+                                               "csrf": before}).status_code == 403
+    assert client.get("/ui").status_code == 200
+    # a cookie the server signed, but whose 8 hours are over
+    signer = app.state.ui.signer
+    granted = sessions.Session(data="key-0123456789")
+    fresh = signer.dump(granted)
+    with monkeypatch.context() as past:
+        started = sessions.time.time() - sessions.SESSION_S - 1
+        past.setattr(sessions.time, "time", lambda: started)
+        stale = signer.dump(granted)
+    for cookie, status in ((fresh, 200), (stale, 303)):
+        visitor = browser(app)
+        visitor.cookies.set(COOKIE, cookie, path="/ui")
+        assert visitor.get("/ui").status_code == status
+
+
+def test_make_test_installs_the_browser_when_missing(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copy(root / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "pyproject.toml").write_text("")
+    dry = subprocess.run(["make", "-n", "-B", "test"], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout
+    assert "apt-get install -y -qq chromium chromium-driver" in dry
+    assert dry.index("chromium-driver") < dry.index("bin/pytest")
 
 
 def test_a_wrong_key_is_refused_and_redirects_stay_on_this_site(app):

@@ -484,6 +484,7 @@ async def login(request: Request) -> Response:
             v.session.data = caller
         else:
             v.session.admin = caller
+        v.session.csrf = Session().csrf  # a token seen before signing in is not reused after
         return _redirect(target, v)
     v.new_session = False  # keep the visitor's token: they may simply have mistyped
     return page(v, "login.html", 401, wanted=fields.get("need") or DATA, next=target,
