@@ -321,7 +321,7 @@ async def _search(ctx: AppContext, state: _UiState, recommender, query: str) -> 
     return await _run(ctx, search)
 
 
-@router.get("/items/{item_id}")
+@router.get("/items/{item_id:path}")
 async def item_page(request: Request, item_id: str) -> Response:
     v = visitor(request)
     ctx = v.ctx
@@ -471,6 +471,11 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request) -> Response:
     v = visitor(request, need=None)
     fields = await form(v)
+    # guesses share the rate limit of the address they come from
+    wait = v.ctx.limiter.acquire(f"ui-login:{request.client.host if request.client else '?'}")
+    if wait > 0:
+        v.ctx.metrics.rate_limited.inc()
+        raise PageRefused(429, f"too many sign-in attempts: try again in {math.ceil(wait)} s")
     key = fields.get("key", "")
     target = _local(fields.get("next"))
     for role in (DATA, ADMIN):
