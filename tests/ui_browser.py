@@ -140,7 +140,7 @@ PAGES = {  # name -> path, for every page of the explorer
     "user": f"/ui/users?user_id={VISITOR}&compare=v2",
     "items": "/ui/items?q=glass",
     "item": f"/ui/items/{HOSTILE_ITEM}",
-    "try": "/ui/try?q=glass",
+    "try": f"/ui/try?item={HOSTILE_ITEM}&q=glass",
     "models": "/ui/models",
     "live": f"/ui/live?user_id={VISITOR}",
 }
