@@ -27,6 +27,7 @@ from serving.model_holder import Loader, ModelHolder
 from serving.preflight import ServeRefused, bind_socket, check_models_dir
 from serving.routes import admin, events, health, items, recommendations, users
 from serving.settings import Settings, get_settings
+from serving.ui import install as install_explorer
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     for router in (recommendations.router, items.router, users.router, events.router,
                    health.router, admin.router):
         app.include_router(router)
+    install_explorer(app)
     errors.install(app)
     app.add_middleware(ServingMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     return app
