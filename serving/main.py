@@ -72,7 +72,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             event_store = open_store(location)  # EventStoreError stops the start
         holder = ModelHolder(settings.models_dir, store=event_store, threads=1,
                              ranker_timeout_s=settings.ranker_timeout_ms / 1000.0,
-                             compiled_ranker=settings.compiled_ranker, loader=loader,
+                             compiled_ranker=settings.compiled_ranker,
+                             load_encoder=settings.load_encoder, loader=loader,
                              on_change=metrics.model_loaded, on_refused=metrics.model_refused)
         holder.load_current(waiting=settings.wait_for_model)
         holder.start_polling(settings.poll_current_s)

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,6 +27,27 @@ MAX_ID = 200                # characters of any id
 MAX_TIME_TEXT = 64          # characters of an ISO 8601 timestamp
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
+
+
+def _addressable(value: str) -> str:
+    # the per-item routes (/items/{item_id}) carry one path segment: '/' splits it, and
+    # clients resolve '.' and '..' away before sending
+    if "/" in value or value in {".", ".."}:
+        raise ValueError("an item id must be usable in a URL path: no '/', and not '.' or '..'")
+    return value
+
+
+def _no_hash(value: str) -> str:
+    # an impression list is stored as one row per item, `EVENT_ID#position`: a client id with
+    # '#' could take one of those ids (or an impression could take its), and one event be lost
+    if "#" in value:
+        raise ValueError("an event id may not contain '#' (impression rows are stored as "
+                         "EVENT_ID#position)")
+    return value
+
+
+ItemId = Annotated[Id, AfterValidator(_addressable)]
+EventId = Annotated[Id, AfterValidator(_no_hash)]
 Source = Literal["model", "popularity", "degraded"]
 Diversity = Literal["none", "mmr", "category_cap"]
 EventType = Literal[tuple(sorted(EVENT_TYPES))]  # type: ignore[valid-type]
@@ -75,7 +97,7 @@ class HistoryRequest(Strict):
 class EventIn(Strict):
     """One event about one item (click, view, purchase, rating, a single impression...)."""
 
-    event_id: Id = Field(description="unique id: a retry with the same id is stored once")
+    event_id: EventId = Field(description="unique id: a retry with the same id is stored once")
     user_id: Id
     type: EventType
     item_id: Id
@@ -88,7 +110,7 @@ class ShownListIn(Strict):
     """An impression of a whole list: stored as one event per item (`EVENT_ID#position`),
     grouped by `request_id` (default: the event id)."""
 
-    event_id: Id = Field(description="unique id: a retry with the same id is stored once")
+    event_id: EventId = Field(description="unique id: a retry with the same id is stored once")
     user_id: Id
     type: Literal["impression"]
     items: list[Id] = Field(min_length=1, max_length=MAX_LIST, description="the list shown, "
@@ -107,7 +129,7 @@ class EventsResponse(BaseModel):
 
 
 class ItemIn(Strict):
-    item_id: Id
+    item_id: ItemId
     title: str = Field("", max_length=MAX_TEXT)
     text: str = Field(min_length=1, max_length=MAX_TEXT, description="what the encoder reads")
     category: Id | None = None
@@ -212,9 +234,9 @@ class ErrorResponse(BaseModel):
     detail: str | list
 
 
-__all__ = ["DeletedResponse", "Diversity", "ErrorResponse", "EventIn", "EventsRequest",
-           "EventsResponse", "HealthResponse", "HistoryEntry", "HistoryRequest", "Id", "ItemIn",
-           "ItemResponse", "ItemsRequest", "ItemsResponse", "MAX_ID", "MAX_ITEMS_PER_PUT",
-           "MAX_K", "MAX_LIST", "MAX_TEXT", "Origin", "ReadyResponse", "RecommendationResponse",
-           "ReloadRequest", "ReloadResponse", "ScoredItem", "ShownListIn", "Source", "StoreLag",
-           "UserHistoryResponse"]
+__all__ = ["DeletedResponse", "Diversity", "ErrorResponse", "EventId", "EventIn", "EventsRequest",
+           "EventsResponse", "HealthResponse", "HistoryEntry", "HistoryRequest", "Id", "ItemId",
+           "ItemIn", "ItemResponse", "ItemsRequest", "ItemsResponse", "MAX_ID",
+           "MAX_ITEMS_PER_PUT", "MAX_K", "MAX_LIST", "MAX_TEXT", "Origin", "ReadyResponse",
+           "RecommendationResponse", "ReloadRequest", "ReloadResponse", "ScoredItem",
+           "ShownListIn", "Source", "StoreLag", "UserHistoryResponse"]

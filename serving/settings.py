@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Recommendation requests that wait for a model thread are answered together, at most this
     # many per engine call (1: every request alone). See serving/batching.py.
     batch_max: int = Field(32, ge=1, le=1000)
+    # Load the text encoder (~490 MB RSS, PUT /items needs it) while a bundle is verified, so
+    # the first PUT /items pays nothing. Off: its files are checked then, and it loads on first use.
+    load_encoder: bool = False
 
     # Live state. RECSYS_STORE: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB (the
     # one several replicas share); RECSYS_EVENT_STORE: a SQLite path (the older setting).
