@@ -254,3 +254,74 @@ def test_d10_get_list_filters_refuse_what_post_refuses(api, name, value):
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", name, 1]
     post = api.post("/recommendations", json={name: ["ok", value]})
     assert post.status_code == 422
+
+
+# -- D8: /events pending cap; shedding before any other work ------------------------------------
+class SlowStore(SqliteEventStore):
+    def append(self, events):
+        time.sleep(0.4)
+        return super().append(events)
+
+
+def _together(n, ask):
+    import threading
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ask())) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def test_d8_events_beyond_the_pending_cap_get_503_at_once(models, tmp_path):
+    store = SlowStore(tmp_path / "slow.sqlite")
+    app = create_app(settings(models, max_pending_events=2), store=store)
+    with TestClient(app, headers=DATA) as client:
+        def post():
+            started = time.perf_counter()
+            r = client.post("/events", json={"events": [_click(f"d8-{time.monotonic_ns()}")]})
+            return r.status_code, time.perf_counter() - started, r.headers.get("Retry-After")
+
+        results = _together(8, post)
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses.count(200) >= 2 and statuses.count(503) >= 1, statuses
+        refusals = [(s, elapsed, retry) for s, elapsed, retry in results if s == 503]
+        assert all(retry == "1" for _, _, retry in refusals)
+        assert max(elapsed for _, elapsed, _ in refusals) < 0.3  # not queued behind the store
+        assert store.count() == statuses.count(200)  # every 200 stored, no 503 stored
+        assert 'recsys_overloaded_total 0.0' not in client.get("/metrics").text
+    store.close()
+
+
+def test_d8_a_full_queue_refuses_before_the_key_check_and_the_body(models, tmp_path):
+    store = SlowStore(tmp_path / "slow.sqlite")
+    with TestClient(create_app(settings(models, max_pending_events=1), store=store)) as client:
+        ctx = client.app.state.context
+        ctx.event_writes.pending = 1  # as if one batch were being written
+        started = time.perf_counter()
+        r = client.post("/events", content=b"{not json", headers={"X-API-Key": "wrong"})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert time.perf_counter() - started < 0.1  # the benchmark measures it under load
+        ctx.event_writes.pending = 0
+        assert client.post("/events", content=b"{not json",
+                           headers={"X-API-Key": "wrong"}).status_code == 401
+        ctx.pool.pending = ctx.pool.max_pending  # the model pool full: /items and /users too
+        assert client.get("/items/x", headers=DATA).status_code == 503
+        assert client.get("/health").status_code == 200  # health is never shed
+        ctx.pool.pending = 0
+    store.close()
+
+
+def test_d8_recommendations_shed_before_the_stack_when_the_batcher_is_full(api):
+    batcher = api.app.state.context.batcher
+    waiting = [(None, None)] * batcher.max_pending
+    batcher._waiting.extend(waiting)  # a queue as full as the cap
+    try:
+        r = api.get("/recommendations/u1?exclude=a", headers={"X-API-Key": "wrong"})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert api.post("/recommendations", json={}).status_code == 503
+    finally:
+        del batcher._waiting[:len(waiting)]
+    assert api.get("/recommendations/u1").status_code == 200
