@@ -124,5 +124,5 @@ check_data_caller = _access(DATA)
 DataCaller = Annotated[str, Depends(check_data_caller)]
 AdminCaller = Annotated[str, Depends(_access(ADMIN))]
 
-__all__ = ["AdminCaller", "AppContext", "Ctx", "DataCaller", "ModelPool", "PendingCap", "api_key_header",
-           "authorize", "check_data_caller", "get_context"]
+__all__ = ["AdminCaller", "AppContext", "Ctx", "DataCaller", "ModelPool", "PendingCap",
+           "api_key_header", "authorize", "check_data_caller", "get_context"]

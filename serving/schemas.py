@@ -174,14 +174,15 @@ class ShownListIn(Strict):
     event_id: EventId = Field(description="unique id: a retry with the same id is stored once")
     user_id: Id
     type: Literal["impression"]
-    items: Annotated[list[Id], FewErrors] = Field(min_length=1, max_length=MAX_LIST, description="the list shown, "
-                                                                           "in order")
+    items: Annotated[list[Id], FewErrors] = Field(min_length=1, max_length=MAX_LIST,
+                                                  description="the list shown, in order")
     timestamp: EventTime | None = None
     request_id: Id | None = None
 
 
 class EventsRequest(Body):
-    events: Annotated[list[EventIn | ShownListIn], FewErrors] = Field(min_length=1, max_length=MAX_LIST)
+    events: Annotated[list[EventIn | ShownListIn], FewErrors] = Field(min_length=1,
+                                                                      max_length=MAX_LIST)
 
 
 class EventsResponse(BaseModel):

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # many per engine call (1: every request alone). See serving/batching.py.
     batch_max: int = Field(32, ge=1, le=1000)
     # Load the text encoder (~490 MB RSS, PUT /items needs it) while a bundle is verified, so
-    # the first PUT /items pays nothing. Off: its files are checked then, and it loads on first use.
+    # the first PUT /items pays nothing. Off: its files are checked then; it loads on first use.
     load_encoder: bool = False
 
     # Live state. RECSYS_STORE: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB (the
