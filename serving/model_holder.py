@@ -92,10 +92,43 @@ class DeadlineRanker:
         return self.ranker.contributions(rows)
 
 
+def check_encoder_files(directory: Path) -> None:
+    """Refuse an encoder whose files cannot load, without loading its weights (~490 MB): the
+    configs parse, the tokenizer loads, and every weights file's header covers the file."""
+    import json
+
+    from safetensors import safe_open
+
+    from recsys import multilingual_encoder
+
+    try:
+        if multilingual_encoder.is_model_dir(directory):
+            weights = [directory / multilingual_encoder.WEIGHTS_FILE]
+            if not weights[0].is_file() or weights[0].stat().st_size == 0:
+                raise BundleError(f"missing or empty {weights[0].name}")
+            return
+        for name in ("config.json", "modules.json"):
+            json.loads((directory / name).read_text())
+        from tokenizers import Tokenizer
+
+        Tokenizer.from_file(str(directory / "tokenizer.json"))
+        weights = sorted(directory.glob("*.safetensors"))
+        if not weights:
+            raise BundleError("no model.safetensors weights")
+        for path in weights:
+            with safe_open(str(path), framework="numpy") as handle:
+                handle.keys()
+    except BundleError as exc:
+        raise BundleError(f"encoder cannot load: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means it cannot load
+        raise BundleError(f"encoder cannot load ({type(exc).__name__}: {exc})") from exc
+
+
 class ModelHolder:
     def __init__(self, models_dir: Path | None, *, store: EventStore | None = None,
                  threads: int = 1, ranker_timeout_s: float | None = 0.2,
-                 compiled_ranker: bool = False, loader: Loader | None = None,
+                 compiled_ranker: bool = False, load_encoder: bool = False,
+                 loader: Loader | None = None,
                  on_change: Callable[[str | None], None] = None,
                  on_refused: Callable[[str], None] = None) -> None:
         self.models_dir = None if models_dir is None else Path(models_dir)
@@ -103,6 +136,7 @@ class ModelHolder:
         self.threads = threads
         self.ranker_timeout_s = ranker_timeout_s
         self.compiled_ranker = compiled_ranker
+        self.load_encoder = load_encoder
         self.loader = loader or Recommender.load
         self.on_change = on_change or (lambda version: None)
         self.on_refused = on_refused or (lambda version: None)
@@ -162,16 +196,25 @@ class ModelHolder:
             raise NotFoundError(f"no model version {version} in {self.models_dir}")
         started = time.perf_counter()
         try:
-            read_manifest(bundle, verify=True)  # checksums of every file first
+            manifest = read_manifest(bundle, verify=True)  # checksums of every file first
+            if manifest.get("version") != version:
+                # served under one name, reported under another: refused (once: the poller
+                # skips refused versions) so /health never names a version it is not
+                raise BundleError(f"manifest version {manifest.get('version')!r} differs from "
+                                  f"its folder name {version!r} (a copied bundle? publish it "
+                                  "with `recsys models promote` from a real training run)")
             loaded = self.loader(bundle, verify=False, threads=self.threads)
             prepared = self._prepare(loaded)
             self._warm(prepared)
+            encoder = self._check_encoder(bundle / "encoder")
             with self._swap_lock:
                 # cold-start items, read under the lock so none added meanwhile is missed
                 prepared, items_seq = self._apply_stored_items(prepared)
                 if promote:
                     set_current(self.models_dir, version)
                 self._current, self._items_seq = prepared, items_seq
+                if encoder is not None:
+                    self._encoders = {prepared.version: encoder}
         except Exception as exc:  # any failure refuses the bundle; the old keeps serving
             reason = str(exc) if isinstance(exc, RecsysError) else \
                 f"{type(exc).__name__}: {exc}"
@@ -213,6 +256,18 @@ class ModelHolder:
         recommender.recommend_histories([History(rows), History()], 10, Filters())
         if rows:
             recommender.similar_items(recommender.item_ids[rows[0]], 10)
+
+    def _check_encoder(self, directory: Path):
+        """A bundle whose encoder cannot load is refused here, not at its first PUT /items (500
+        each). With `load_encoder` the encoder is loaded and tried now, and returned for use."""
+        check_encoder_files(directory)
+        if not self.load_encoder:
+            return None
+        from recsys.encoder import Encoder
+
+        encoder = Encoder.load(directory, device="cpu")
+        encoder.encode(["warm-up"], show_progress=False)
+        return encoder
 
     # -- cold-start items -----------------------------------------------------------------------
     def encoder(self, recommender: Recommender):
