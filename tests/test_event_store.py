@@ -16,7 +16,7 @@ from recsys.data.schema import EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS
 from recsys.store import Event, EventStoreError, StoredItem, StoreUnavailable, open_store
 from recsys.store.export import export_events
 from recsys.store.sqlite import SqliteEventStore
-from tests.faults import FullDisk
+from tests.faults import run_with_full_disk
 
 
 def events(n, start=0, user="u1"):
@@ -182,16 +182,14 @@ def test_garbage_file_refuses_to_start(tmp_path):
         SqliteEventStore(path)
 
 
-def test_disk_full_raises_store_unavailable_and_stores_nothing(tmp_path):
-    store = SqliteEventStore(tmp_path / "ev.sqlite")
-
-    real = store._db
-    store._db = FullDisk(real)
-    with pytest.raises(StoreUnavailable, match="disk is full"):
-        store.append(events(3))
-    store._db = real
-    assert store.count() == 0
-    assert store.append(events(1)) == [True]  # the connection is usable again
+def test_disk_full_raises_store_unavailable_and_keeps_every_acknowledged_event(tmp_path):
+    path = tmp_path / "ev.sqlite"
+    seen = run_with_full_disk("store", path)
+    assert seen["statuses"][0] == "ok" and "could not be stored" in seen["statuses"][-1]
+    assert seen["resend"] == [True] * len(seen["refused"])  # usable again once there is room
+    store = SqliteEventStore(path)  # and the file passes its start-up checks
+    stored = [e.event_id for _, e in store.events()]
+    assert stored == seen["acked"] + seen["refused"]
     store.close()
 
 

@@ -19,11 +19,12 @@ from safetensors.numpy import save_file
 from recsys.bundle import rollback, set_current
 from recsys.cli import main as cli
 from recsys.recommender import Recommender
+from recsys.store.sqlite import SqliteEventStore
 from serving.json_logs import JsonFormatter
 from serving.main import create_app
 from serving.settings import Settings
 from serving.testing import ADMIN_KEY, DATA_KEY, OTHER_DATA_KEY, copy_bundle, copy_models
-from tests.faults import FullDisk
+from tests.faults import run_with_full_disk
 
 DATA = {"X-API-Key": DATA_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -389,21 +390,18 @@ def test_row15_burst_gets_429_with_retry_after_other_keys_unaffected(models):
 
 
 # -- row 19: disk full while ingesting ----------------------------------------------------------
-def test_row19_disk_full_is_503_never_an_ack_for_a_lost_event(api):
-    store = api.app.state.context.store
-
-    recommender, _ = users(api)
-    event = {"event_id": "full-1", "user_id": "disk-user", "item_id": recommender.item_ids[0],
-             "type": "click"}
-    real = store._db
-    store._db = FullDisk(real)
-    try:
-        r = api.post("/events", json={"events": [event]})
-    finally:
-        store._db = real
-    assert r.status_code == 503 and "Retry-After" in r.headers
-    assert api.get("/recommendations/disk-user").json()["source"] == "popularity"
-    assert api.post("/events", json={"events": [event]}).json() == {"accepted": 1, "duplicates": 0}
+def test_row19_disk_full_is_503_never_an_ack_for_a_lost_event(models, tmp_path):
+    item = Recommender.load(models / "v1").item_ids[0]
+    store_path = tmp_path / "events.sqlite"
+    seen = run_with_full_disk("server", store_path, models, item)
+    codes = [code for code, _ in seen["statuses"]]
+    assert codes[0] == 200 and codes[-1] == 503 and set(codes) == {200, 503}, codes
+    assert seen["statuses"][-1][1] is not None  # Retry-After on the refusal
+    assert seen["resend"] == {"accepted": len(seen["refused"]), "duplicates": 0}
+    store = SqliteEventStore(store_path)
+    stored = {e.event_id for _, e in store.events()}
+    store.close()
+    assert set(seen["acked"]) <= stored, "an acknowledged event was lost"
 
 
 # -- row 20: duplicate, late or future events -----------------------------------------------------
