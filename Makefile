@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-slow clean postgres
+.PHONY: install demo test test-slow clean postgres browser
 
 # The PostgreSQL tests start a throwaway server from Debian's binaries; installed where missing
 # (apt-get: root, as in CI). Without them those tests skip and say why.
@@ -27,12 +27,20 @@ demo: install
 test: install postgres
 	$(VENV)/bin/pytest
 
+# The explorer's browser tests (tests/test_ui_browser.py) drive Debian's headless Chromium
+# through its chromedriver: installed here when missing (as root, or with sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test: browser
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
 test-slow: install postgres
 	$(VENV)/bin/pytest -m slow
 
 postgres:
 ifeq ($(PG_INITDB),)
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+	$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql
 endif
 
 clean:

@@ -5,6 +5,11 @@ and publishes one file by rename.
 Output rows: (user_id, rank, item_id, score[, reasons as a JSON string]) with rank 1-based. A
 killed job leaves no file at `out`; rerunning it resumes from the finished chunks (kept in a hidden
 `.OUT.parts` directory beside `out`, tied to the input file, the model version and the options).
+
+By default the live store (the models folder's events.sqlite, or `store=`) is applied as the
+server applies it (recsys.live_state): items deleted through the API never come out, items added
+can, and each user's live events extend their history. It is read once at the start, and the
+sequence numbers read are kept with the checkpoints, so a resumed run scores the same state.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recsys.errors import DataError, RecsysError
+from recsys.errors import DataError, NotFoundError, RecsysError
 from recsys.io import atomic_path, fsync_dir
+from recsys.store.export import shown
 
 USER_COLUMN = "user_id"
 HISTORY_COLUMN = "history"
@@ -53,8 +59,12 @@ class UsersFile:
 def batch_score(models: str | os.PathLike[str], users_path: str | os.PathLike[str],
                 out_path: str | os.PathLike[str], *, k: int = 10, chunk_size: int = 2000,
                 exclude_seen: bool = True, engine: str = "local", explain: bool = False,
-                progress: bool = True, workers: int | None = None) -> dict:
-    """Score every user in `users_path`, write `out_path` atomically, return the run summary."""
+                progress: bool = True, workers: int | None = None, store: str | None = None,
+                live: bool = True) -> dict:
+    """Score every user in `users_path`, write `out_path` atomically, return the run summary.
+
+    `store`: the live store's URL or path (default: MODELS/events.sqlite when there is one);
+    `live=False` scores the bundle alone."""
     started = time.perf_counter()
     if not 1 <= k <= MAX_K:
         raise RecsysError(f"--k must be between 1 and {MAX_K}, got {k}")
@@ -67,17 +77,21 @@ def batch_score(models: str | os.PathLike[str], users_path: str | os.PathLike[st
     users = inspect_users(users_path)
     if out.resolve() == users.path.resolve():
         raise RecsysError(f"--out {out} would overwrite the input file")
+    if store is not None and not live:
+        raise RecsysError("--store and --no-live contradict each other: choose one")
+    store_location = live_store_location(models, store) if live else None
 
+    live_report = None
     if engine == "ray":
         from recsys.ray_engine import score_with_ray
 
-        counts, version = score_with_ray(models, users, out, k=k, chunk_size=chunk_size,
-                                         exclude_seen=exclude_seen, explain=explain,
-                                         workers=workers, progress=progress)
+        counts, version, live_report = score_with_ray(
+            models, users, out, k=k, chunk_size=chunk_size, exclude_seen=exclude_seen,
+            explain=explain, workers=workers, progress=progress, store_location=store_location)
     else:
-        counts, version = _score_local(models, users, out, k=k, chunk_size=chunk_size,
-                                       exclude_seen=exclude_seen, explain=explain,
-                                       progress=progress)
+        counts, version, live_report = _score_local(
+            models, users, out, k=k, chunk_size=chunk_size, exclude_seen=exclude_seen,
+            explain=explain, progress=progress, store_location=store_location)
     seconds = time.perf_counter() - started
     return {
         "engine": engine, "model_version": version, "input": str(users.path), "output": str(out),
@@ -85,8 +99,28 @@ def batch_score(models: str | os.PathLike[str], users_path: str | os.PathLike[st
         "k": k, "sources": counts["sources"], "unknown_history_items": counts["unknown_items"],
         "chunks": counts["chunks"], "resumed_chunks": counts.get("resumed", 0),
         "seconds": round(seconds, 2), "users_per_s": round(users.rows / max(seconds, 1e-9), 1),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "live_store": live_report,
+        **({"workers": counts["workers"], "nodes": counts["nodes"]} if "nodes" in counts else {}),
     }
+
+
+def live_store_location(models: str | os.PathLike[str], store: str | None) -> str | None:
+    """The live store to apply: `store` (a URL or path, which must exist), else the models
+    folder's own when there is one (MODELS or MODELS/VERSION given), else None."""
+    from recsys.bundle import MANIFEST
+    from recsys.store.export import STORE_FILE, existing_store
+
+    if store is not None:
+        try:
+            return existing_store(store)
+        except NotFoundError as exc:
+            raise NotFoundError(f"--store {exc}") from exc
+    models = Path(models)
+    # MODELS/VERSION names one bundle: the store is its models folder's
+    for folder in [models] + ([models.parent] if (models / MANIFEST).is_file() else []):
+        if (folder / STORE_FILE).is_file():
+            return str(folder / STORE_FILE)
+    return None
 
 
 def output_format(out: Path) -> str:
@@ -160,12 +194,15 @@ def read_chunks(users: UsersFile, chunk_size: int) -> Iterator[tuple[int, pa.Rec
 
 # -- scoring one chunk (shared by the local and the Ray engine) ---------------------------------
 def score_chunk(recommender, batch: pa.RecordBatch | pa.Table, *, k: int, exclude_seen: bool,
-                explain: bool) -> tuple[pa.Table, dict]:
+                explain: bool, live=None) -> tuple[pa.Table, dict]:
     """Recommendations for one chunk of users in one `recommend_histories` call.
 
     A row's `history`, when given, is what that user is scored on (unknown item ids skipped);
-    otherwise a user the bundle knows gets their training history, anyone else popularity.
+    otherwise a user gets their training history followed, with a `live` snapshot (whose item
+    changes `recommender` already has), by their live events as the server ranks them; a user
+    with neither gets popularity.
     """
+    from recsys.live_state import live_history
     from recsys.recommender import Filters, History
 
     user_ids = [str(u) for u in batch.column(USER_COLUMN).to_pylist()]
@@ -174,7 +211,8 @@ def score_chunk(recommender, batch: pa.RecordBatch | pa.Table, *, k: int, exclud
     histories, unknown = [], 0
     for user, items in zip(user_ids, given):
         if items is None:
-            histories.append(recommender.users.get(user) or History())
+            histories.append(live_history(recommender, live, user) if live is not None
+                             else recommender.users.get(user) or History())
             continue
         rows = [recommender.item_rows[i] for i in items if i is not None and i in recommender.item_rows]
         unknown += len(items) - len(rows)
@@ -206,13 +244,20 @@ def score_chunk(recommender, batch: pa.RecordBatch | pa.Table, *, k: int, exclud
 
 # -- the local engine --------------------------------------------------------------------------
 def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int,
-                 exclude_seen: bool, explain: bool, progress: bool) -> tuple[dict, str]:
+                 exclude_seen: bool, explain: bool, progress: bool,
+                 store_location: str | None = None) -> tuple[dict, str, dict | None]:
     from recsys.recommender import Recommender
 
     recommender = Recommender.load(models)
     options = {"k": k, "chunk_size": chunk_size, "exclude_seen": exclude_seen,
-               "explain": explain, "engine": "local"}
+               "explain": explain, "engine": "local", "store": store_location}
     parts = Checkpoints(out, job_key(users, recommender.version, options))
+    live, live_report = None, None
+    if store_location is not None:
+        from recsys.live_state import apply_snapshot
+
+        live, live_report = read_live_state(store_location, parts)
+        recommender = apply_snapshot(recommender, live)
     counts = new_counts()
     bar = tqdm(total=users.rows, unit="user", desc="batch-score", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -221,7 +266,7 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
             stats = parts.done(chunk)
             if stats is None:
                 table, stats = score_chunk(recommender, batch, k=k, exclude_seen=exclude_seen,
-                                           explain=explain)
+                                           explain=explain, live=live)
                 parts.write(chunk, table, stats)
             else:
                 counts["resumed"] += 1
@@ -233,7 +278,29 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
     finally:
         bar.close()
     parts.publish(explain)
-    return counts, recommender.version
+    return counts, recommender.version, live_report
+
+
+def read_live_state(store_location: str, parts: "Checkpoints"):
+    """The store's live state (a `LiveSnapshot`) and its summary, read up to the sequence
+    numbers this job recorded when it first ran (a resume), else up to now (and recorded for a
+    resume). Both engines apply it with `recsys.live_state.apply_snapshot`."""
+    from recsys.live_state import LiveSnapshot
+    from recsys.store import open_store
+
+    recorded = parts.job.get("live") or {}
+    store = open_store(store_location)
+    try:
+        snapshot = LiveSnapshot.read(store, events_seq=recorded.get("events_seq"),
+                                     items_seq=recorded.get("items_seq"))
+    finally:
+        store.close()
+    if not recorded:
+        parts.note(live={"events_seq": snapshot.events_seq, "items_seq": snapshot.items_seq})
+    report = {"store": shown(store_location), "events_seq": snapshot.events_seq,
+              "items_seq": snapshot.items_seq, "item_changes": len(snapshot.item_changes),
+              "live_users": snapshot.users}
+    return snapshot, report
 
 
 def new_counts() -> dict:
@@ -268,18 +335,25 @@ class Checkpoints:
     def __init__(self, out: Path, key: str) -> None:
         self.out = out
         self.dir = out.parent / f".{out.name}.parts"
+        self.job: dict = {}   # job.json: the key, and what the job noted for its resumes
         job = self.dir / "job.json"
         if self.dir.exists():
             try:
-                same = json.loads(job.read_text()).get("key") == key
+                self.job = json.loads(job.read_text())
             except (OSError, ValueError):
-                same = False
-            if not same:
+                self.job = {}
+            if self.job.get("key") != key:
                 shutil.rmtree(self.dir)
         if not self.dir.exists():
             self.dir.mkdir(parents=True)
-            with atomic_path(job) as tmp:
-                tmp.write_text(json.dumps({"key": key}))
+            self.job = {}
+            self.note(key=key)
+
+    def note(self, **fields) -> None:
+        """Keep `fields` in job.json, for a resume of this job to read back from `job`."""
+        self.job = {**self.job, **fields}
+        with atomic_path(self.dir / "job.json") as tmp:
+            tmp.write_text(json.dumps(self.job))
 
     def path(self, chunk: int) -> Path:
         return self.dir / f"part-{chunk:07d}.parquet"

@@ -217,7 +217,15 @@ def read_manifest(bundle: str | os.PathLike[str], *, verify: bool = True) -> dic
         if not (bundle / required).exists():
             raise BundleError(f"{bundle}: missing file {required}")
     if verify:
-        for name, expected in manifest.get("files", {}).items():
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            raise BundleError(f"{bundle}: manifest has no file list to verify")
+        # an empty or partial list must not turn verification off for what it leaves out
+        unlisted = [name for name in REQUIRED_FILES if name not in files]
+        if unlisted:
+            raise BundleError(f"{bundle}: manifest does not list {', '.join(unlisted)}; "
+                              "every required file must be listed with its checksum")
+        for name, expected in files.items():
             file = bundle / name
             if not file.exists():
                 raise BundleError(f"{bundle}: missing file {name}")

@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local process, or Ray Data across a cluster")
     p.add_argument("--explain", action="store_true", help="write each recommendation's reasons")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="the live store to apply as the server does (default: MODELS/"
+                        "events.sqlite when there is one)")
+    p.add_argument("--no-live", action="store_true",
+                   help="score the bundle alone, without the live store's events and items")
     p.set_defaults(run=cmd_batch_score)
 
     p = sub.add_parser("recommend", help="print one user's (or one history's) recommendations",
@@ -125,15 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retrain", help="retrain from a new click log, evaluate, maybe promote")
     p.add_argument("models")
-    p.add_argument("--events", required=True, help="the new click log (Parquet, events schema)")
+    p.add_argument("--events", required=True, metavar="DIR_OR_FILE",
+                   help="a folder written by `events export` (events and item changes), or a "
+                        "click log Parquet (events schema)")
     p.add_argument("--promote", default="auto", choices=["auto", "never", "always"])
     p.set_defaults(run=cmd_retrain)
 
     p = sub.add_parser("events", help="the live event store")
     p.add_argument("action", choices=["export"])
-    p.add_argument("store", help="event store (SQLite file), or the models folder the server "
-                                 "keeps it in")
-    p.add_argument("--out", required=True, help="click log Parquet to write")
+    p.add_argument("store", help="event store (a URL, the SQLite file), or the models folder "
+                                 "the server keeps it in")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to write events.parquet and item_changes.parquet in")
     p.set_defaults(run=cmd_events)
 
     p = sub.add_parser("models", help="list, promote or roll back model versions")
@@ -307,7 +315,8 @@ def cmd_batch_score(args) -> int:
 
     summary = batch_score(args.models, args.users, args.out, k=args.k,
                           chunk_size=args.chunk_size, exclude_seen=not args.include_seen,
-                          engine=args.engine, explain=args.explain, progress=terminal())
+                          engine=args.engine, explain=args.explain, progress=terminal(),
+                          store=args.store, live=not args.no_live)
     print(json.dumps(summary))
     return 0
 
@@ -337,15 +346,11 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_events(args) -> int:
-    from recsys.store.export import export_events
+    from recsys.store.export import export_live_state
 
-    store = Path(args.store)
-    if store.is_dir():   # the server keeps its store in the models folder
-        if not (store / "events.sqlite").is_file():
-            raise RecsysError(f"{store}: folder holds no event store (events.sqlite)")
-        store = store / "events.sqlite"
-    rows = export_events(store, args.out)
-    print(f"exported {rows} events from {store} -> {args.out}")
+    counts = export_live_state(args.store, args.out)
+    print(f"exported {counts['events']} events and {counts['item_changes']} item changes from "
+          f"{counts['store']} -> {args.out}")
     return 0
 
 

@@ -1,17 +1,22 @@
-"""The `--engine ray` path: batch scoring and bulk item embedding on Ray Data
-(read_parquet -> map_batches with one model copy per worker, a GPU each where the cluster has
-them -> write_parquet), merged into one output file published by rename.
+"""The `--engine ray` path: batch scoring on a Ray cluster (one bundle copy per actor, one actor
+per CPU slot), checkpointed chunk by chunk like the local engine; and bulk item embedding on Ray
+Data.
+
+Scoring: the driver reads the users file in the local engine's chunks, skips the chunks a killed
+run already finished, and hands the others to the actors; each scored chunk comes back through
+Ray's object store and the driver checkpoints it in the local engine's format
+(`recsys.batch.Checkpoints`, `.OUT.parts/`), then publishes one file by rename. Only the bundle
+has to be on storage every node reads; the input and the output stay with the driver.
 
 Ray is an optional extra (`pip install 'recsys[ray]'`). Locally `ray.init()` starts a one-machine
-cluster; set RAY_ADDRESS to use a running one (the bundle and the files must then be on storage
-every node can read). A killed Ray job leaves no output file; a rerun starts the job again.
+cluster; set RAY_ADDRESS to use a running one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,10 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.errors import RecsysError
+from recsys.errors import DataError, RecsysError
 
 INSTALL_HINT = "the ray engine needs Ray: pip install 'recsys[ray]' (or: pip install 'ray[data]')"
-STATS_COLUMN = "_chunk_stats"  # per-batch counts, on the first row of each batch, dropped on merge
+IN_FLIGHT_PER_ACTOR = 2   # one chunk being scored, one queued: an actor never waits on the driver
+ACTOR_RESTARTS = 2        # a dead actor (its worker or node lost) is restarted, its chunk retried
 
 
 def require_ray():
@@ -36,12 +42,17 @@ def require_ray():
 
 
 class _Cluster:
-    """Connect to RAY_ADDRESS, or start a local Ray for this job and stop it afterwards."""
+    """Connect to RAY_ADDRESS, or start a local Ray for this job and stop it afterwards.
 
-    def __init__(self, workers: int | None) -> None:
+    `spare_slots`: CPU slots a local Ray gets beyond the workers (Ray Data's read and write tasks
+    need one: with every slot held by a model actor they are never scheduled).
+    """
+
+    def __init__(self, workers: int | None, spare_slots: int = 0) -> None:
         self.ray = require_ray()
         self.started = False
         self.workers = workers
+        self.spare_slots = spare_slots
 
     def __enter__(self):
         ray = self.ray
@@ -52,9 +63,8 @@ class _Cluster:
             if address:
                 ray.init(address=address, **options)
             else:
-                # one CPU slot beyond the model workers for Ray Data's read and write tasks:
-                # with every slot held by a worker the reads never get scheduled
-                ray.init(num_cpus=(self.workers or os.cpu_count() or 1) + 1, **options)
+                ray.init(num_cpus=(self.workers or os.cpu_count() or 1) + self.spare_slots,
+                         **options)
             self.started = True
         return ray
 
@@ -75,77 +85,102 @@ def _worker_count(ray, workers: int | None) -> int:
 
 
 class BundleScorer:
-    """One Ray actor: loads the bundle once, then scores every batch it is given."""
+    """One Ray actor: loads the bundle once, then scores every chunk it is given."""
 
-    def __init__(self, bundle: str, k: int, exclude_seen: bool, explain: bool) -> None:
+    def __init__(self, bundle: str, k: int, exclude_seen: bool, explain: bool,
+                 live=None) -> None:
         from recsys.index import set_search_threads
+        from recsys.live_state import apply_snapshot
         from recsys.recommender import Recommender
 
-        set_search_threads(1)  # one model copy per core: no nested thread pools
+        set_search_threads(1)  # one model copy per CPU slot: no nested thread pools
         self.recommender = Recommender.load(bundle, threads=1)
-        self.options = {"k": k, "exclude_seen": exclude_seen, "explain": explain}
+        if live is not None:  # the driver's snapshot of the live store, as the local engine's
+            self.recommender = apply_snapshot(self.recommender, live)
+        self.options = {"k": k, "exclude_seen": exclude_seen, "explain": explain, "live": live}
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def score(self, chunk: int, batch: pa.RecordBatch) -> tuple[int, pa.Table, dict, str]:
+        """(chunk, rows, counts, id of the Ray node that scored it)."""
+        import ray
+
         from recsys.batch import score_chunk
 
         table, stats = score_chunk(self.recommender, batch, **self.options)
-        marks = [json.dumps(stats)] + [None] * (table.num_rows - 1) if table.num_rows else []
-        return table.append_column(STATS_COLUMN, pa.array(marks, pa.string()))
+        return chunk, table, stats, ray.get_runtime_context().get_node_id()
 
 
 def score_with_ray(models, users, out: Path, *, k: int, chunk_size: int, exclude_seen: bool,
-                   explain: bool, workers: int | None = None,
-                   progress: bool = True) -> tuple[dict, str]:
-    """Score `users` (a checked `recsys.batch.UsersFile`) on Ray; returns (counts, version)."""
-    from recsys.batch import EXPLAIN_SCHEMA, OUTPUT_SCHEMA, new_counts
+                   explain: bool, workers: int | None = None, progress: bool = True,
+                   store_location: str | None = None) -> tuple[dict, str, dict | None]:
+    """Score `users` (a checked `recsys.batch.UsersFile`) on Ray; returns (counts, version,
+    live-store summary or None). With `store_location` the driver reads the live store once
+    (`recsys.batch.read_live_state`, recorded for a resume) and every actor applies it.
+
+    Besides the local engine's counts: `workers` (actors) and `nodes` ({Ray node id: chunks it
+    scored in this run}; resumed chunks are not in it).
+    """
+    from tqdm import tqdm
+
+    from recsys.batch import (Checkpoints, add_counts, job_key, new_counts, read_chunks,
+                              read_live_state)
     from recsys.bundle import read_manifest, resolve_bundle
 
     bundle = resolve_bundle(models)
     version = read_manifest(bundle)["version"]
-    parts = out.parent / f".{out.name}.ray-parts"
-    shutil.rmtree(parts, ignore_errors=True)  # Ray output of a killed run: redo it
+    options = {"k": k, "chunk_size": chunk_size, "exclude_seen": exclude_seen,
+               "explain": explain, "engine": "ray", "store": store_location}
+    counts, nodes = new_counts(), {}
     with _Cluster(workers) as ray:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True   # output in input order, rerun = same file
-        context.enable_progress_bars = progress
-        n_workers = _worker_count(ray, workers)
-        gpu = 1 if _gpus(ray) and not workers else 0
-        columns = ["user_id"] + (["history"] if users.has_history else [])
-        # A small file is read as one block, which one actor would score alone: split it so
-        # every worker gets blocks (this materialises the ids and histories in the object store,
-        # which spills to disk when they do not fit in memory).
-        blocks = max(n_workers, min(-(-users.rows // chunk_size), 8 * n_workers))
-        dataset = ray.data.read_parquet(str(users.path)).select_columns(columns
-                                                                        ).repartition(blocks)
-        scored = dataset.map_batches(
-            BundleScorer, fn_constructor_kwargs={"bundle": str(bundle), "k": k,
-                                                 "exclude_seen": exclude_seen, "explain": explain},
-            batch_size=chunk_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1, num_gpus=gpu)
+        parts = Checkpoints(out, job_key(users, version, options))
+        live, live_report = (read_live_state(store_location, parts) if store_location
+                             else (None, None))
+        # the CPU slots free now: an actor asked for beyond them would wait, and its chunks too
+        n_workers = int(workers) if workers else \
+            max(1, int(ray.available_resources().get("CPU", 1)))
+        scorer = ray.remote(num_cpus=1, max_restarts=ACTOR_RESTARTS,
+                            max_task_retries=ACTOR_RESTARTS)(BundleScorer)
+        live_ref = ray.put(live) if live is not None else None
+        actors = [scorer.remote(str(bundle), k, exclude_seen, explain, live_ref)
+                  for _ in range(n_workers)]
+        in_flight: dict = {}   # object ref -> (index of the actor scoring it, users in the chunk)
+        load = [0] * n_workers
+        bar = tqdm(total=users.rows, unit="user", desc="batch-score (ray)", file=sys.stderr,
+                   disable=not progress, dynamic_ncols=True)
+
+        def finish_one() -> None:
+            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+            actor, rows = in_flight.pop(ref)
+            load[actor] -= 1
+            chunk, table, stats, node = ray.get(ref)
+            parts.write(chunk, table, stats)
+            add_counts(counts, stats)
+            nodes[node] = nodes.get(node, 0) + 1
+            bar.update(rows)
+
         try:
-            with warnings.catch_warnings():
-                # fewer input blocks than workers (a tiny input) is fine: some workers idle
-                warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors")
-                scored.write_parquet(str(parts))
-            counts = new_counts()
-            files = sorted(parts.glob("*.parquet"))
-            schema = EXPLAIN_SCHEMA if explain else OUTPUT_SCHEMA
-            _merge_scored(files, out, schema, counts)
+            for chunk, (_, batch) in enumerate(read_chunks(users, chunk_size)):
+                stats = parts.done(chunk)
+                if stats is not None:
+                    counts["resumed"] += 1
+                    add_counts(counts, stats)
+                    bar.update(batch.num_rows)
+                    continue
+                while len(in_flight) >= IN_FLIGHT_PER_ACTOR * n_workers:
+                    finish_one()
+                actor = load.index(min(load))
+                in_flight[actors[actor].score.remote(chunk, batch)] = (actor, batch.num_rows)
+                load[actor] += 1
+            while in_flight:
+                finish_one()
+        except DataError:
+            parts.discard()  # the input is bad: its checkpoints are worth nothing
+            raise
         finally:
-            shutil.rmtree(parts, ignore_errors=True)
+            bar.close()
+    parts.publish(explain)
     counts["workers"] = n_workers
-    return counts, version
-
-
-def _merge_scored(files: list[Path], out: Path, schema: pa.Schema, counts: dict) -> None:
-    from recsys.batch import add_counts, merge_parquet
-
-    # Read the per-batch counts first (one small column), then stream the rows into `out`.
-    for file in files:
-        marks = pq.read_table(file, columns=[STATS_COLUMN]).column(STATS_COLUMN)
-        for mark in marks.drop_null().to_pylist():
-            add_counts(counts, json.loads(mark))
-    merge_parquet(files, out, schema)
+    counts["nodes"] = nodes
+    return counts, version, live_report
 
 
 # -- bulk item embedding ----------------------------------------------------------------------
@@ -191,7 +226,7 @@ def embed_with_ray(items_path: str | os.PathLike[str], out_path: str | os.PathLi
     text_column = "text" if "text" in names else "title"
     parts = out.parent / f".{out.name}.ray-parts"
     shutil.rmtree(parts, ignore_errors=True)
-    with _Cluster(workers) as ray:
+    with _Cluster(workers, spare_slots=1) as ray:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = progress

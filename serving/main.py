@@ -17,16 +17,17 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from recsys.store import EventStore, open_store
-from serving import errors, service
+from serving import errors, service, shedding
 from serving.batching import Coalescer
 from serving.auth import KeyChecker, RateLimiter
-from serving.deps import AppContext, ModelPool
+from serving.deps import AppContext, ModelPool, PendingCap
 from serving.metrics import Metrics
 from serving.middleware import ServingMiddleware
 from serving.model_holder import Loader, ModelHolder
 from serving.preflight import ServeRefused, bind_socket, check_models_dir
 from serving.routes import admin, events, health, items, recommendations, users
 from serving.settings import Settings, get_settings
+from serving.ui import install as install_explorer
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,13 @@ open."""
 
 
 class RecsysAPI(FastAPI):
-    """FastAPI, with the recommendations fast path (serving.routes.recommendations.fast_path)
-    tried before its middleware stack."""
+    """FastAPI, with load shedding (serving.shedding) and the recommendations fast path
+    (serving.routes.recommendations.fast_path) tried before its middleware stack."""
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and await recommendations.fast_path(self, scope, receive,
-                                                                       send):
+        if scope["type"] == "http" and (await shedding.refuse_if_full(self, scope, receive, send)
+                                        or await recommendations.fast_path(self, scope, receive,
+                                                                           send)):
             return
         await super().__call__(scope, receive, send)
 
@@ -72,7 +74,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             event_store = open_store(location)  # EventStoreError stops the start
         holder = ModelHolder(settings.models_dir, store=event_store, threads=1,
                              ranker_timeout_s=settings.ranker_timeout_ms / 1000.0,
-                             compiled_ranker=settings.compiled_ranker, loader=loader,
+                             compiled_ranker=settings.compiled_ranker,
+                             load_encoder=settings.load_encoder, loader=loader,
                              on_change=metrics.model_loaded, on_refused=metrics.model_refused)
         holder.load_current(waiting=settings.wait_for_model)
         holder.start_polling(settings.poll_current_s)
@@ -87,7 +90,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             settings=settings, holder=holder, store=event_store, metrics=metrics,
             pool=pool, keys=KeyChecker(settings.api_keys, settings.admin_key),
             limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
-            batcher=batcher)
+            batcher=batcher, event_writes=PendingCap(settings.max_pending_events))
         try:
             yield
         finally:
@@ -102,6 +105,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     for router in (recommendations.router, items.router, users.router, events.router,
                    health.router, admin.router):
         app.include_router(router)
+    install_explorer(app)
     errors.install(app)
     app.add_middleware(ServingMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     return app

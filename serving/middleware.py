@@ -12,6 +12,7 @@ import time
 from serving.metrics import Metrics
 
 access_log = logging.getLogger("recsys.access")
+log = logging.getLogger(__name__)
 
 
 class ServingMiddleware:
@@ -29,6 +30,7 @@ class ServingMiddleware:
         async def send_tracking(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                status["sent"] = True
             await send(message)
 
         declared = _content_length(scope)
@@ -41,7 +43,15 @@ class ServingMiddleware:
                 await _too_large(send_tracking, self.max_body_bytes)
             else:
                 replay = _replay(body, receive) if body is not None else receive
-                await self.app(scope, replay, send_tracking)
+                try:
+                    await self.app(scope, replay, send_tracking)
+                except Exception:  # noqa: BLE001
+                    # answered here, not re-raised: an exception leaving the app makes the
+                    # server close the connection, resetting the client's next request on it
+                    log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                    if status.get("sent"):
+                        raise
+                    await _internal_error(send_tracking)
         route = scope.get("route")
         record(self.metrics, scope["method"], getattr(route, "path", None) or "unmatched",
                status["code"], time.perf_counter() - started,
@@ -91,6 +101,14 @@ def _replay(body: bytes, receive):
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
     return replay
+
+
+async def _internal_error(send) -> None:
+    payload = b'{"detail":"internal error"}'
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def _too_large(send, limit: int) -> None:

@@ -24,7 +24,8 @@ from recsys.bundle import (CURRENT, check_version_name, current_version, read_ma
 from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
 from recsys.recommender import Filters, History, Recommender
-from recsys.store import EventStore, StoredItem, StoreUnavailable
+from recsys.live_state import apply_item_changes
+from recsys.store import EventStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,43 @@ class DeadlineRanker:
         return self.ranker.contributions(rows)
 
 
+def check_encoder_files(directory: Path) -> None:
+    """Refuse an encoder whose files cannot load, without loading its weights (~490 MB): the
+    configs parse, the tokenizer loads, and every weights file's header covers the file."""
+    import json
+
+    from safetensors import safe_open
+
+    from recsys import multilingual_encoder
+
+    try:
+        if multilingual_encoder.is_model_dir(directory):
+            weights = [directory / multilingual_encoder.WEIGHTS_FILE]
+            if not weights[0].is_file() or weights[0].stat().st_size == 0:
+                raise BundleError(f"missing or empty {weights[0].name}")
+            return
+        for name in ("config.json", "modules.json"):
+            json.loads((directory / name).read_text())
+        from tokenizers import Tokenizer
+
+        Tokenizer.from_file(str(directory / "tokenizer.json"))
+        weights = sorted(directory.glob("*.safetensors"))
+        if not weights:
+            raise BundleError("no model.safetensors weights")
+        for path in weights:
+            with safe_open(str(path), framework="numpy") as handle:
+                handle.keys()
+    except BundleError as exc:
+        raise BundleError(f"encoder cannot load: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means it cannot load
+        raise BundleError(f"encoder cannot load ({type(exc).__name__}: {exc})") from exc
+
+
 class ModelHolder:
     def __init__(self, models_dir: Path | None, *, store: EventStore | None = None,
                  threads: int = 1, ranker_timeout_s: float | None = 0.2,
-                 compiled_ranker: bool = False, loader: Loader | None = None,
+                 compiled_ranker: bool = False, load_encoder: bool = False,
+                 loader: Loader | None = None,
                  on_change: Callable[[str | None], None] = None,
                  on_refused: Callable[[str], None] = None) -> None:
         self.models_dir = None if models_dir is None else Path(models_dir)
@@ -102,6 +136,7 @@ class ModelHolder:
         self.threads = threads
         self.ranker_timeout_s = ranker_timeout_s
         self.compiled_ranker = compiled_ranker
+        self.load_encoder = load_encoder
         self.loader = loader or Recommender.load
         self.on_change = on_change or (lambda version: None)
         self.on_refused = on_refused or (lambda version: None)
@@ -161,16 +196,25 @@ class ModelHolder:
             raise NotFoundError(f"no model version {version} in {self.models_dir}")
         started = time.perf_counter()
         try:
-            read_manifest(bundle, verify=True)  # checksums of every file first
+            manifest = read_manifest(bundle, verify=True)  # checksums of every file first
+            if manifest.get("version") != version:
+                # served under one name, reported under another: refused (once: the poller
+                # skips refused versions) so /health never names a version it is not
+                raise BundleError(f"manifest version {manifest.get('version')!r} differs from "
+                                  f"its folder name {version!r} (a copied bundle? publish it "
+                                  "with `recsys models promote` from a real training run)")
             loaded = self.loader(bundle, verify=False, threads=self.threads)
             prepared = self._prepare(loaded)
             self._warm(prepared)
+            encoder = self._check_encoder(bundle / "encoder")
             with self._swap_lock:
                 # cold-start items, read under the lock so none added meanwhile is missed
                 prepared, items_seq = self._apply_stored_items(prepared)
                 if promote:
                     set_current(self.models_dir, version)
                 self._current, self._items_seq = prepared, items_seq
+                if encoder is not None:
+                    self._encoders = {prepared.version: encoder}
         except Exception as exc:  # any failure refuses the bundle; the old keeps serving
             reason = str(exc) if isinstance(exc, RecsysError) else \
                 f"{type(exc).__name__}: {exc}"
@@ -213,6 +257,18 @@ class ModelHolder:
         if rows:
             recommender.similar_items(recommender.item_ids[rows[0]], 10)
 
+    def _check_encoder(self, directory: Path):
+        """A bundle whose encoder cannot load is refused here, not at its first PUT /items (500
+        each). With `load_encoder` the encoder is loaded and tried now, and returned for use."""
+        check_encoder_files(directory)
+        if not self.load_encoder:
+            return None
+        from recsys.encoder import Encoder
+
+        encoder = Encoder.load(directory, device="cpu")
+        encoder.encode(["warm-up"], show_progress=False)
+        return encoder
+
     # -- cold-start items -----------------------------------------------------------------------
     def encoder(self, recommender: Recommender):
         """The bundle's text encoder, loaded on first use."""
@@ -227,41 +283,19 @@ class ModelHolder:
 
     def _apply_stored_items(self, recommender: Recommender,
                             since_seq: int = 0) -> tuple[Recommender, int]:
-        """`recommender` with the cold-start item changes stored after `since_seq` applied,
-        and the sequence number of the last change applied."""
+        """`recommender` with the cold-start item changes stored after `since_seq` applied (by
+        the rules batch scoring uses too), and the sequence number of the last change applied."""
         if self.store is None:
             return recommender, since_seq
         changes = self.store.items(since_seq)
         if not changes:
             return recommender, since_seq
-        latest: dict[str, StoredItem] = {}
-        for seq, item in changes:  # in order, so the last change of an item wins
-            latest.pop(item.item_id, None)
-            latest[item.item_id] = item
-        live = [i for i in latest.values() if not i.deleted]
-        if live:
-            recommender = recommender.with_items(
-                [i.item_id for i in live], [i.title for i in live], [i.category for i in live],
-                self._vectors_for(recommender, live), now=max(i.updated for i in live))
-        recommender = recommender.without_items([i.item_id for i in latest.values() if i.deleted])
-        return recommender, changes[-1][0]
+        return apply_item_changes(recommender, changes, self._encode_with(recommender)), \
+            changes[-1][0]
 
-    def _vectors_for(self, recommender: Recommender, items: list[StoredItem]) -> np.ndarray:
-        """Stored vectors where this bundle's encoder made them, new embeddings otherwise."""
-        dim = recommender.item_vectors.shape[1]
-        fingerprint = recommender.manifest.get("encoder", {}).get("fingerprint", "")
-        vectors = np.zeros((len(items), dim), dtype=np.float32)
-        stale = []
-        for j, item in enumerate(items):
-            if item.vector is not None and item.encoder == fingerprint and item.vector.size == dim:
-                vectors[j] = item.vector
-            else:
-                stale.append(j)
-        if stale:
-            encoded = self.encoder(recommender).encode([items[j].text for j in stale],
-                                                       show_progress=False)  # stderr is the log
-            vectors[stale] = encoded
-        return vectors
+    def _encode_with(self, recommender: Recommender):
+        # no progress bar: the server's stderr is its log stream
+        return lambda texts: self.encoder(recommender).encode(texts, show_progress=False)
 
     def refresh_items(self) -> Recommender | None:
         """The serving model with the item changes stored by any replica applied: kept so by the

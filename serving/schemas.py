@@ -6,13 +6,18 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     WithJsonSchema,
+    WrapValidator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from recsys.bundle import VERSION_PATTERN
 from recsys.data.schema import EVENT_TYPES
@@ -26,6 +31,27 @@ MAX_ID = 200                # characters of any id
 MAX_TIME_TEXT = 64          # characters of an ISO 8601 timestamp
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
+
+
+def _addressable(value: str) -> str:
+    # the per-item routes (/items/{item_id}) carry one path segment: '/' splits it, and
+    # clients resolve '.' and '..' away before sending
+    if "/" in value or value in {".", ".."}:
+        raise ValueError("an item id must be usable in a URL path: no '/', and not '.' or '..'")
+    return value
+
+
+def _no_hash(value: str) -> str:
+    # an impression list is stored as one row per item, `EVENT_ID#position`: a client id with
+    # '#' could take one of those ids (or an impression could take its), and one event be lost
+    if "#" in value:
+        raise ValueError("an event id may not contain '#' (impression rows are stored as "
+                         "EVENT_ID#position)")
+    return value
+
+
+ItemId = Annotated[Id, AfterValidator(_addressable)]
+EventId = Annotated[Id, AfterValidator(_no_hash)]
 Source = Literal["model", "popularity", "degraded"]
 Diversity = Literal["none", "mmr", "category_cap"]
 EventType = Literal[tuple(sorted(EVENT_TYPES))]  # type: ignore[valid-type]
@@ -38,8 +64,64 @@ EventTime = Annotated[float, BeforeValidator(epoch_seconds), WithJsonSchema({
                    "allowed clock skew from now; default: when received"})]
 
 
+# Validation errors a request body may cost: each one becomes Python objects in FastAPI (about
+# 7 us apiece), and one body of 90,000 unknown keys made 90,000 of them (650 ms of event loop).
+MAX_ERRORS = 20
+MAX_FIELDS = 16  # fields of an object in a request's list: more than any schema here has
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Body(Strict):
+    """A whole request body. (Objects inside its lists are bounded by FewErrors instead: a
+    Python check per event cost more than the events' validation itself.)"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_fields(cls, data):
+        # unknown keys: one error for all of them, before pydantic makes one per key
+        fields = cls.model_fields
+        if isinstance(data, dict) and not fields.keys() >= data.keys():
+            unknown = [key for key in data if key not in fields]
+            if len(unknown) > 1:
+                raise PydanticCustomError(
+                    "extra_forbidden", "{count} unknown fields (the first: {first})",
+                    {"count": len(unknown), "first": ", ".join(repr(str(k)[:40])
+                                                               for k in unknown[:3])})
+        return data
+
+
+def _few_errors(value, handler):
+    """A list's errors, bounded: past MAX_ERRORS, one error naming how many and the first."""
+    if isinstance(value, list):
+        for n, item in enumerate(value):  # an object of many keys would make an error each
+            if isinstance(item, dict) and len(item) > MAX_FIELDS:
+                raise PydanticCustomError("too_many_fields",
+                                          "item {n} has {count} fields (at most {limit})",
+                                          {"n": n, "count": len(item), "limit": MAX_FIELDS})
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        count = exc.error_count()  # counted in Rust; errors() would build every one in Python
+        if count <= MAX_ERRORS or not isinstance(value, list):
+            raise
+        where, msg = "?", "invalid"
+        for n, item in enumerate(value):
+            try:
+                handler([item])
+            except ValidationError as first:
+                error = first.errors(include_url=False, include_input=False)[0]
+                where = ".".join(str(part) for part in (n, *error["loc"][1:]))
+                msg = error["msg"]
+                break
+        raise PydanticCustomError("too_many_errors",
+                                  "{count} errors in this list; the first, at {where}: {msg}",
+                                  {"count": count, "where": where, "msg": msg}) from None
+
+
+FewErrors = WrapValidator(_few_errors)
 
 
 class ScoredItem(BaseModel):
@@ -59,14 +141,15 @@ class RecommendationResponse(BaseModel):
     model_version: str = Field(description='the bundle that answered, "none" without a model')
 
 
-class HistoryRequest(Strict):
-    history: list[Id] = Field(default_factory=list, max_length=MAX_LIST,
+class HistoryRequest(Body):
+    history: Annotated[list[Id], FewErrors] = Field(default_factory=list, max_length=MAX_LIST,
                               description="item ids the visitor interacted with, oldest first")
     k: int = Field(10, ge=1, le=MAX_K)
-    exclude: list[Id] = Field(default_factory=list, max_length=MAX_LIST)
-    categories: list[Id] | None = Field(None, max_length=MAX_LIST,
+    exclude: Annotated[list[Id], FewErrors] = Field(default_factory=list, max_length=MAX_LIST)
+    categories: Annotated[list[Id], FewErrors] | None = Field(None, max_length=MAX_LIST,
                                         description="only items in these categories")
-    exclude_categories: list[Id] = Field(default_factory=list, max_length=MAX_LIST)
+    exclude_categories: Annotated[list[Id], FewErrors] = Field(default_factory=list,
+                                                               max_length=MAX_LIST)
     exclude_seen: bool = True
     diversity: Diversity = "none"
     explain: bool = False
@@ -75,7 +158,7 @@ class HistoryRequest(Strict):
 class EventIn(Strict):
     """One event about one item (click, view, purchase, rating, a single impression...)."""
 
-    event_id: Id = Field(description="unique id: a retry with the same id is stored once")
+    event_id: EventId = Field(description="unique id: a retry with the same id is stored once")
     user_id: Id
     type: EventType
     item_id: Id
@@ -88,17 +171,18 @@ class ShownListIn(Strict):
     """An impression of a whole list: stored as one event per item (`EVENT_ID#position`),
     grouped by `request_id` (default: the event id)."""
 
-    event_id: Id = Field(description="unique id: a retry with the same id is stored once")
+    event_id: EventId = Field(description="unique id: a retry with the same id is stored once")
     user_id: Id
     type: Literal["impression"]
-    items: list[Id] = Field(min_length=1, max_length=MAX_LIST, description="the list shown, "
-                                                                           "in order")
+    items: Annotated[list[Id], FewErrors] = Field(min_length=1, max_length=MAX_LIST,
+                                                  description="the list shown, in order")
     timestamp: EventTime | None = None
     request_id: Id | None = None
 
 
-class EventsRequest(Strict):
-    events: list[EventIn | ShownListIn] = Field(min_length=1, max_length=MAX_LIST)
+class EventsRequest(Body):
+    events: Annotated[list[EventIn | ShownListIn], FewErrors] = Field(min_length=1,
+                                                                      max_length=MAX_LIST)
 
 
 class EventsResponse(BaseModel):
@@ -107,14 +191,14 @@ class EventsResponse(BaseModel):
 
 
 class ItemIn(Strict):
-    item_id: Id
+    item_id: ItemId
     title: str = Field("", max_length=MAX_TEXT)
     text: str = Field(min_length=1, max_length=MAX_TEXT, description="what the encoder reads")
     category: Id | None = None
 
 
-class ItemsRequest(Strict):
-    items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS_PER_PUT)
+class ItemsRequest(Body):
+    items: Annotated[list[ItemIn], FewErrors] = Field(min_length=1, max_length=MAX_ITEMS_PER_PUT)
 
 
 class ItemsResponse(BaseModel):
@@ -197,7 +281,7 @@ class ReadyResponse(BaseModel):
     reason: str | None = None
 
 
-class ReloadRequest(Strict):
+class ReloadRequest(Body):
     version: str | None = Field(None, pattern=VERSION_PATTERN.pattern,
                                 description="version to load and make CURRENT; "
                                             "default: reload whatever CURRENT names")
@@ -212,9 +296,9 @@ class ErrorResponse(BaseModel):
     detail: str | list
 
 
-__all__ = ["DeletedResponse", "Diversity", "ErrorResponse", "EventIn", "EventsRequest",
-           "EventsResponse", "HealthResponse", "HistoryEntry", "HistoryRequest", "Id", "ItemIn",
-           "ItemResponse", "ItemsRequest", "ItemsResponse", "MAX_ID", "MAX_ITEMS_PER_PUT",
-           "MAX_K", "MAX_LIST", "MAX_TEXT", "Origin", "ReadyResponse", "RecommendationResponse",
-           "ReloadRequest", "ReloadResponse", "ScoredItem", "ShownListIn", "Source", "StoreLag",
-           "UserHistoryResponse"]
+__all__ = ["DeletedResponse", "Diversity", "ErrorResponse", "EventId", "EventIn", "EventsRequest",
+           "EventsResponse", "HealthResponse", "HistoryEntry", "HistoryRequest", "Id", "ItemId",
+           "ItemIn", "ItemResponse", "ItemsRequest", "ItemsResponse", "MAX_ID",
+           "MAX_ITEMS_PER_PUT", "MAX_K", "MAX_LIST", "MAX_TEXT", "Origin", "ReadyResponse",
+           "RecommendationResponse", "ReloadRequest", "ReloadResponse", "ScoredItem",
+           "ShownListIn", "Source", "StoreLag", "UserHistoryResponse"]

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+from recsys.live_state import live_history, live_since
 from recsys.recommender import POPULARITY, Filters, History, Recommendation, Recommender
 from recsys.store import EventStore, StoreUnavailable
 from serving.errors import NoModel
@@ -24,14 +25,6 @@ def make_filters(*, exclude: list[str], categories: list[str] | None,
     return Filters(exclude_seen=exclude_seen, exclude_items=list(exclude),
                    include_categories=list(categories) if categories is not None else None,
                    exclude_categories=list(exclude_categories) or None, diversity=diversity)
-
-
-def live_since(recommender: Recommender) -> float:
-    """Live events after the bundle's data end extend its histories; earlier ones it already has."""
-    cutoff = recommender.state.cutoff_
-    if recommender.real_time and cutoff is not None:
-        return cutoff.timestamp()
-    return -math.inf
 
 
 @dataclass
@@ -94,12 +87,11 @@ def _history(recommender: Recommender, job: RecommendJob, store: EventStore,
     if job.history is not None:
         return recommender.history_of(job.history)
     try:
-        recent, last = store.recent_items(job.user_id, live_items, live_since(recommender))
+        return live_history(recommender, store, job.user_id, live_items)
     except StoreUnavailable:
         # the store is down (logged by it, /health says so): answer from the bundle's history
         # alone rather than fail the request; the live events count again once it is back
-        recent, last = [], math.nan
-    return recommender.live_history(job.user_id, recent, last)
+        return recommender.live_history(job.user_id, [])
 
 
 def _group_key(job: RecommendJob) -> tuple:

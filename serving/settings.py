@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     # over them); requests beyond `max_pending` wait no longer than it takes to say 503.
     model_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     max_pending: int = Field(64, ge=1)
+    # POST /events batches waiting for or in a store write; beyond it: 503 at once.
+    max_pending_events: int = Field(64, ge=1)
     ranker_timeout_ms: float = Field(200.0, gt=0)   # past it: retrieval order, marked degraded
     # Predict through the ranker's trees compiled to machine code (lleaves; checked against
     # LightGBM's scores at load, which stays in use if they disagree): ~10x cheaper per request.
@@ -60,6 +62,9 @@ class Settings(BaseSettings):
     # Recommendation requests that wait for a model thread are answered together, at most this
     # many per engine call (1: every request alone). See serving/batching.py.
     batch_max: int = Field(32, ge=1, le=1000)
+    # Load the text encoder (~490 MB RSS, PUT /items needs it) while a bundle is verified, so
+    # the first PUT /items pays nothing. Off: its files are checked then; it loads on first use.
+    load_encoder: bool = False
 
     # Live state. RECSYS_STORE: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB (the
     # one several replicas share); RECSYS_EVENT_STORE: a SQLite path (the older setting).

@@ -148,7 +148,7 @@ FOLDER_COMMANDS = {
     "models list": lambda f, o: ["models", "list", f],
     "models promote": lambda f, o: ["models", "promote", f, "v1"],
     "models rollback": lambda f, o: ["models", "rollback", f],
-    "events export": lambda f, o: ["events", "export", f, "--out", str(o / "e.parquet")],
+    "events export": lambda f, o: ["events", "export", f, "--out", str(o / "e")],
 }
 
 

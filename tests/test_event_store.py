@@ -15,7 +15,7 @@ import pytest
 from recsys.cli import main as cli
 from recsys.data.schema import EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS
 from recsys.store import Event, EventStoreError, StoredItem, StoreUnavailable, open_store
-from recsys.store.export import export_events
+from recsys.store.export import export_live_state
 from recsys.store.sqlite import SqliteEventStore
 from tests.faults import run_with_full_disk
 
@@ -222,9 +222,9 @@ def test_export_follows_the_events_schema(tmp_path):
     store = SqliteEventStore(tmp_path / "ev.sqlite")
     store.append(events(3) + [Event("r1", "u2", "item1", 1_700_000_100.5, "rating", "req", 4.5)])
     store.close()
-    out = tmp_path / "log.parquet"
-    assert export_events(tmp_path / "ev.sqlite", out) == 4
-    frame = pl.read_parquet(out)
+    out = tmp_path / "export"
+    assert export_live_state(tmp_path / "ev.sqlite", out)["events"] == 4
+    frame = pl.read_parquet(out / "events.parquet")
     for name, dtype in {**EVENT_COLUMNS, "request_id": EVENT_OPTIONAL_COLUMNS["request_id"],
                         "value": EVENT_OPTIONAL_COLUMNS["value"]}.items():
         assert frame.schema[name] == dtype, name
@@ -238,8 +238,13 @@ def test_cli_events_export(tmp_path, capsys):
     store.append(events(2))
     store.close()
     assert cli(["events", "export", str(tmp_path / "ev.sqlite"),
-                "--out", str(tmp_path / "log.parquet")]) == 0
-    assert "exported 2 events" in capsys.readouterr().out
+                "--out", str(tmp_path / "log")]) == 0
+    assert "exported 2 events and 0 item changes" in capsys.readouterr().out
     assert cli(["events", "export", str(tmp_path / "missing.sqlite"),
-                "--out", str(tmp_path / "x.parquet")]) == 2
-    assert not (tmp_path / "x.parquet").exists()
+                "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "missing.sqlite").exists()
+    # the old form wrote one file: refused by name, nothing written
+    assert cli(["events", "export", str(tmp_path / "ev.sqlite"),
+                "--out", str(tmp_path / "log.parquet")]) == 2
+    assert "--out " in capsys.readouterr().err
+    assert not (tmp_path / "log.parquet").exists()

@@ -117,7 +117,9 @@ def test_http_api_snippet_runs_against_a_real_server(walkthrough_dir):
         recommendations = [a for a in answers if "items" in a]
         assert len(recommendations) == 4
         assert all(a["model_version"] and a["source"] for a in recommendations)
-        assert "exported" in text and (walkthrough_dir / "new-clicks.parquet").exists()
+        assert "exported" in text and "1 item changes" in text
+        assert (walkthrough_dir / "new-clicks" / "events.parquet").exists()
+        assert (walkthrough_dir / "new-clicks" / "item_changes.parquet").exists()
     finally:
         stop_group(server)
 

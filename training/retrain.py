@@ -4,6 +4,11 @@
 Every step, data range, both bundles' metrics and the decision with its reason go into the new
 bundle's manifest under "retrain" (the same record is returned and printed by the CLI). A bad log
 is refused with a `DataError` before anything is trained, written or promoted.
+
+The new log is a click log Parquet, or a folder written by `recsys events export`: its
+item_changes.parquet adds the items added through the API to the catalogue (with their text, so
+the candidate embeds them and their clicks count) and takes the deleted ones out of it, with
+their events, so the new bundle neither recommends nor learns from them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from recsys.io import fsync_dir
 from recsys.progress import Steps
 from recsys.recommender import Recommender
 from recsys.retrieval import RetrievalConfig
+from recsys.store.export import EVENTS_NAME, ITEM_CHANGES_NAME, ITEM_CHANGES_SCHEMA
 from training.pipeline import TrainConfig, dataset_fingerprint, train
 from training.ranker import RankerConfig
 from training.replay import evaluate_window
@@ -79,11 +85,18 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
     current_path = models / current
     current_manifest = bundles.read_manifest(current_path)
     previous = _previous_dataset(current_manifest, current)
-    new_log, log_report = read_click_log(events_path, previous, config,
-                                         now or datetime.now(timezone.utc))
+    events_file, changes = read_export(events_path)
+    catalogue, deleted, items_report = apply_item_changes(previous.items, changes)
+    new_log, log_report = read_click_log(events_file, previous, config,
+                                         now or datetime.now(timezone.utc), catalogue=catalogue,
+                                         deleted=deleted)
+    log_report["items"] = items_report
     step("check_log")
 
-    merged = merge_events(previous.events, new_log, config.window_days)
+    old_events = previous.events.filter(~pl.col("item_id").is_in(deleted.implode()))
+    items_report["old_events_on_deleted_items_dropped"] = previous.events.height - \
+        old_events.height
+    merged = merge_events(old_events, new_log, config.window_days)
     old_end = previous.events["timestamp"].max()
     holdout_start = holdout_start_of(new_log, old_end, config.holdout_fraction)
     new_end = new_log["timestamp"].max()
@@ -99,7 +112,8 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
         steps.start(f"merging {log_report['new_events']:,} new events with the "
                     f"{previous.events.height:,} events {current} learned from")
         view = write_dataset(work / "train-view", previous, merged.filter(
-            pl.col("timestamp") < holdout_start), note=f"retrain view before {holdout_start}")
+            pl.col("timestamp") < holdout_start), note=f"retrain view before {holdout_start}",
+            items=catalogue)
         step("merge")
         train_config = train_config_from(current_manifest, current_path, config)
         steps.start(f"training the candidate {version}")
@@ -107,7 +121,7 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
                                make_current=False, log=lambda line: log(f"      {line}"))
         step("train")
         candidate = Recommender.load(candidate_path)
-        serving = Recommender.load(current_path)
+        serving = as_served(Recommender.load(current_path), changes)
         gate_end = new_end + timedelta(microseconds=1)
         steps.start(f"evaluating the candidate and {current} on the gate slice")
         with steps.bar(2, "bundle") as bar:
@@ -121,7 +135,7 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
         steps.start(f"publishing {version} ({'promoted' if promoted else 'not promoted'})")
         dataset_dir = models / DATASETS_DIR / version
         write_dataset(dataset_dir, previous, merged, note=f"merged by retrain {version}",
-                      atomic=True)
+                      atomic=True, items=catalogue)
         merged_dataset = load_dataset(dataset_dir, validate=False)
         record = {
             "version": version, "previous_version": current, "promote_mode": promote,
@@ -159,9 +173,88 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
 
 
 # -- the new log --------------------------------------------------------------------------------
+def read_export(path: str | os.PathLike[str]) -> tuple[Path, pl.DataFrame | None]:
+    """The click log and the item changes (None without) of a folder written by `recsys events
+    export`, or a click log file alone."""
+    path = Path(path)
+    if not path.is_dir():
+        return path, None
+    events = path / EVENTS_NAME
+    if not events.is_file():
+        raise DataError(f"folder holds no {EVENTS_NAME} (write one with `recsys events export "
+                        "STORE --out DIR`)", file=str(path))
+    changes_file = path / ITEM_CHANGES_NAME
+    if not changes_file.is_file():
+        return events, None
+    file = str(changes_file)
+    try:
+        changes = pl.read_parquet(changes_file)
+    except Exception as exc:  # polars raises several kinds for a corrupt file
+        raise DataError(f"cannot read Parquet ({exc})", file=file) from exc
+    for column, kind in ITEM_CHANGES_SCHEMA.items():
+        if column not in changes.columns:
+            raise DataError("missing column", file=file, column=column)
+        if changes[column].dtype != kind:
+            raise DataError(f"must be {kind}, found {changes[column].dtype}", file=file,
+                            column=column)
+    for column in ("item_id", "deleted", "seq"):
+        empty = changes[column].is_null()
+        if empty.any():
+            raise DataError("empty value", file=file, row=int(empty.arg_true()[0]), column=column)
+    no_text = ~changes["deleted"] & (changes["text"].is_null() | (changes["text"] == ""))
+    if no_text.any():   # an added item is embedded from its text
+        raise DataError("an added item needs its text", file=file,
+                        row=int(no_text.arg_true()[0]), column="text")
+    return events, changes.sort("seq")
+
+
+def apply_item_changes(items: pl.DataFrame, changes: pl.DataFrame | None
+                       ) -> tuple[pl.DataFrame, pl.Series, dict]:
+    """The catalogue with the exported item changes applied (the last change of an item wins),
+    the ids of the items deleted, and counts for the record."""
+    if changes is None or changes.height == 0:
+        return items, pl.Series("item_id", [], pl.String), {"added": 0, "changed": 0,
+                                                             "deleted": 0}
+    latest = changes.unique("item_id", keep="last", maintain_order=True)
+    deleted = latest.filter(pl.col("deleted"))["item_id"]
+    upserts = latest.filter(~pl.col("deleted"))
+    known = items["item_id"].is_in(upserts["item_id"].implode())
+    changed = items.filter(known)
+    # a changed item keeps its other columns (tags, created_at); an added one starts at its change
+    rows = upserts.select("item_id", "title", "text", "category", "updated_at").join(
+        changed.drop("title", "text", "category"), on="item_id", how="left")
+    if "created_at" in items.columns:
+        rows = rows.with_columns(pl.coalesce("created_at", "updated_at").alias("created_at"))
+    rows = rows.drop("updated_at").select(items.columns).cast(dict(items.schema))
+    catalogue = pl.concat([items.filter(~known & ~items["item_id"].is_in(deleted.implode())),
+                           rows])
+    report = {"added": upserts.height - changed.height, "changed": changed.height,
+              "deleted": int(items["item_id"].is_in(deleted.implode()).sum())}
+    return catalogue, deleted, report
+
+
+def as_served(recommender: Recommender, changes: pl.DataFrame | None) -> Recommender:
+    """The current bundle as the server serves it after these item changes (the new items
+    embedded by its encoder), so the gate compares both bundles on the same catalogue."""
+    if changes is None or changes.height == 0:
+        return recommender
+    from recsys.live_state import apply_item_changes as apply_live, bundle_encoder
+    from recsys.store import StoredItem
+
+    stored = [(row["seq"], StoredItem(row["item_id"], row["title"] or "", row["text"] or "",
+                                      row["category"], None, "", row["deleted"],
+                                      row["updated_at"].timestamp()))
+              for row in changes.iter_rows(named=True)]
+    return apply_live(recommender, stored, bundle_encoder(recommender))
+
+
 def read_click_log(path: str | os.PathLike[str], previous: Dataset, config: RetrainConfig,
-                   now: datetime) -> tuple[pl.DataFrame, dict]:
-    """Read and check a click log; refuse it with a `DataError` naming file, row and column."""
+                   now: datetime, *, catalogue: pl.DataFrame | None = None,
+                   deleted: pl.Series | None = None) -> tuple[pl.DataFrame, dict]:
+    """Read and check a click log; refuse it with a `DataError` naming file, row and column.
+
+    Events on items outside `catalogue` (default: the previous dataset's items) are dropped and
+    counted, those on `deleted` items apart."""
     file = str(path)
     if not Path(path).is_file():
         raise DataError("click log not found", file=file)
@@ -198,13 +291,16 @@ def read_click_log(path: str | os.PathLike[str], previous: Dataset, config: Retr
         raise DataError(f"no click events (types {', '.join(POSITIVE_TYPES)}): nothing to learn "
                         "from", file=file, column="type")
 
-    catalogue = previous.items["item_id"].implode()
-    unknown_items = ~events["item_id"].is_in(catalogue)
+    known_items = (previous.items if catalogue is None else catalogue)["item_id"].implode()
+    on_deleted = events["item_id"].is_in(
+        (deleted if deleted is not None else pl.Series([], dtype=pl.String)).implode())
+    unknown_items = ~events["item_id"].is_in(known_items)
     duplicates = events["event_id"].is_in(previous.events["event_id"].implode())
     fresh = events.filter(~unknown_items & ~duplicates)
     new_clicks = int(fresh["type"].is_in(POSITIVE_TYPES).sum())
     report = {"path": file, "rows": raw.height, "clicks": int(clicks.sum()),
-              "unknown_items_dropped": int(unknown_items.sum()),
+              "unknown_items_dropped": int((unknown_items & ~on_deleted).sum()),
+              "deleted_items_dropped": int(on_deleted.sum()),
               "already_known_dropped": int((duplicates & ~unknown_items).sum()),
               "new_events": fresh.height, "new_clicks": new_clicks,
               "start": str(events["timestamp"].min()), "end": str(events["timestamp"].max())}
@@ -246,13 +342,14 @@ def holdout_start_of(new_log: pl.DataFrame, old_end: datetime, fraction: float) 
 
 
 def write_dataset(path: Path, previous: Dataset, events: pl.DataFrame, *, note: str,
-                  atomic: bool = False) -> Path:
-    """A dataset directory with the previous items and `events` (renamed into place if atomic)."""
+                  atomic: bool = False, items: pl.DataFrame | None = None) -> Path:
+    """A dataset directory with `items` (default: the previous ones) and `events` (renamed into
+    place if atomic)."""
     target = path
     path = path.parent / f".{path.name}.tmp" if atomic else path
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
-    previous.items.write_parquet(path / ITEMS_FILE)
+    (previous.items if items is None else items).write_parquet(path / ITEMS_FILE)
     events.write_parquet(path / EVENTS_FILE)
     meta = {**previous.meta, "notes": f"{previous.meta.get('notes', '')} {note}.".strip()}
     (path / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -360,4 +457,5 @@ def publish_candidate(candidate_path: Path, models: Path, version: str, record: 
         raise
 
 
-__all__ = ["RetrainConfig", "retrain", "read_click_log", "decide", "PROMOTE_MODES"]
+__all__ = ["RetrainConfig", "retrain", "read_click_log", "read_export", "decide",
+           "PROMOTE_MODES"]

@@ -6,7 +6,6 @@ import time
 
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 
 from recsys.store import Event
 from serving.deps import Ctx, DataCaller
@@ -43,7 +42,7 @@ async def post_events(ctx: Ctx, _: DataCaller, request: EventsRequest) -> dict:
             events.append(Event(e.event_id, e.user_id, e.item_id, stamp, e.type, e.request_id,
                                 e.value))
     # durable before the answer; the user's next request reads them from the store
-    new = await run_in_threadpool(ctx.store.append, events)  # raises -> 503, nothing acked
+    new = await ctx.event_writes.run(ctx.store.append, events)  # raises -> 503, nothing acked
     recommender = ctx.holder.current
     for event, is_new in zip(events, new):
         if not is_new:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Response
 
 from serving.deps import Ctx
@@ -9,6 +11,15 @@ from serving.schemas import HealthResponse, ReadyResponse
 from serving.service import NO_MODEL
 
 router = APIRouter(tags=["health"])
+
+# the folders of an absolute path (a bundle's, the models folder's): its last part stays
+_FOLDERS = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"]+/)*")
+
+
+def without_paths(reason: str | None) -> str | None:
+    """`reason` with the folders of absolute paths removed: /ready needs no key, and where the
+    server keeps its files is not for everyone to read (the log has the full reason)."""
+    return None if reason is None else _FOLDERS.sub("", reason)
 
 
 @router.get("/live")
@@ -24,7 +35,8 @@ async def ready(ctx: Ctx, response: Response) -> dict:
     recommender = ctx.holder.current
     if recommender is None:
         response.status_code = 503
-        return {"ready": False, "model_version": NO_MODEL, "reason": ctx.holder.last_error}
+        return {"ready": False, "model_version": NO_MODEL,
+                "reason": without_paths(ctx.holder.last_error)}
     return {"ready": True, "model_version": recommender.version, "reason": None}
 
 

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from serving import service
 from serving.auth import DATA
 from serving.deps import Ctx, DataCaller, authorize
-from serving.errors import RateLimited
+from serving.errors import NoModel, RateLimited
 from serving.middleware import record
 from serving.schemas import (MAX_ID, MAX_K, MAX_LIST, Diversity, ErrorResponse, HistoryRequest,
                              RecommendationResponse)
@@ -26,8 +26,9 @@ router = APIRouter(tags=["recommendations"], responses={
     401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
     503: {"model": ErrorResponse}})
 
-IdList = Annotated[list[Annotated[str, Query(min_length=1, max_length=MAX_ID)]],
-                   Query(max_length=MAX_LIST)]
+QueryId = Annotated[str, Query(min_length=1, max_length=MAX_ID)]
+IdList = Annotated[list[QueryId], Query(max_length=MAX_LIST)]
+OptionalIdList = Annotated[list[QueryId] | None, Query(max_length=MAX_LIST)]
 
 
 _FLAGS = {b"true": True, b"false": False}
@@ -156,13 +157,14 @@ async def recommend_for_user(
         ctx: Ctx, _: DataCaller,
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-        exclude: Annotated[list[str], Query(max_length=MAX_LIST)] = [],  # noqa: B006
-        categories: Annotated[list[str] | None, Query(max_length=MAX_LIST)] = None,
-        exclude_categories: Annotated[list[str], Query(max_length=MAX_LIST)] = [],  # noqa: B006
+        exclude: IdList = [],  # noqa: B006
+        categories: OptionalIdList = None,
+        exclude_categories: IdList = [],  # noqa: B006
         exclude_seen: bool = True, diversity: Diversity = "none", explain: bool = False) -> dict:
     """Top-k items for a user. Unknown users and users with no history get the popularity
     fallback (`source: popularity`); events posted to /events count at once."""
     if ctx.holder.current is None:
+        _refuse_model_filters(categories, exclude_categories, diversity)
         return _count(ctx, "user", await ctx.pool.run(service.no_model_popular, ctx.store,
                                                       user_id, k, exclude))
     filters = service.make_filters(exclude=exclude, categories=categories,
@@ -181,6 +183,7 @@ _USER_ROUTE = _route()
 async def recommend_for_history(ctx: Ctx, _: DataCaller, request: HistoryRequest) -> dict:
     """Top-k items for an anonymous visitor, from the item ids they interacted with."""
     if ctx.holder.current is None:
+        _refuse_model_filters(request.categories, request.exclude_categories, request.diversity)
         return _count(ctx, "history", await ctx.pool.run(
             service.no_model_popular, ctx.store, None, request.k, request.exclude))
     filters = service.make_filters(exclude=request.exclude, categories=request.categories,
@@ -189,6 +192,18 @@ async def recommend_for_history(ctx: Ctx, _: DataCaller, request: HistoryRequest
     result = await ctx.batcher.submit(service.RecommendJob(request.k, filters, request.explain,
                                                            history=request.history))
     return _count(ctx, "history", result)
+
+
+def _refuse_model_filters(categories, exclude_categories, diversity: str) -> None:
+    """Without a model the fallback ranks live clicks, which carry no categories: filters it
+    cannot apply are refused (503, as the model is missing), never silently dropped."""
+    asked = [name for name, value in (("categories", categories is not None),
+                                      ("exclude_categories", bool(exclude_categories)),
+                                      ("diversity", diversity != "none")) if value]
+    if asked:
+        raise NoModel(f"no model is loaded: {', '.join(asked)} cannot apply without one (the "
+                      "popularity fallback knows no categories); retry without them, or once "
+                      "/ready is 200")
 
 
 def _count(ctx, route: str, result: dict) -> dict:
