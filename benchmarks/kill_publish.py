@@ -4,8 +4,9 @@ Two kinds of kill, each followed by the same checks:
 - publish kills: a child publishes copies of a trained bundle one after another through the
   real BundleWriter.publish (files hashed, manifest written, fsync, rename, CURRENT moved) and
   is killed at a random moment inside that work;
-- train kills: a real `recsys train ... --out MODELS` process is killed at a random moment late
-  in its run, where it writes and publishes its bundle.
+- train kills: a real `recsys train ... --out MODELS` process is killed at a random moment in
+  the 0.2 s after its bundle's temporary folder appears, while it writes and publishes the
+  bundle (a run that finishes first is counted, not killed).
 
 After every kill: CURRENT names a complete bundle whose files match its manifest and which
 loads (bad loads = 0); every visible (not dot-hidden) folder in MODELS is a complete bundle;
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHES_PER_CHILD = 3
+WRITE_WINDOW_S = 0.2  # train kills land this long at most after its bundle folder appears
 
 
 def publish_copies(models: Path, source: str, prefix: str) -> None:
@@ -85,14 +87,17 @@ def check(models: Path) -> dict:
                                                              for b in visible)}
 
 
-def kill_after(command: list[str], delay_s: float, env: dict,
-               wait_for: str | None = None) -> tuple[int, str]:
-    """SIGKILL `command` `delay_s` after it starts (or after it prints `wait_for`)."""
+def kill_after(command: list[str], delay_s: float, env: dict, wait_for: str | None = None,
+               wait_for_path: Path | None = None) -> tuple[int, str]:
+    """SIGKILL `command` `delay_s` after it prints `wait_for`, or after `wait_for_path` appears
+    (the bundle's temporary folder: the writing has begun)."""
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     if wait_for:
         line = child.stdout.readline()  # imports done: the kill lands inside the publishing
         assert line.strip() == wait_for, line
+    while wait_for_path and not wait_for_path.exists() and child.poll() is None:
+        time.sleep(0.002)
     time.sleep(delay_s)
     child.send_signal(signal.SIGKILL)
     out, _ = child.communicate(timeout=30)
@@ -121,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     import_dataset("recbole", ROOT / "tests" / "fixtures" / "recbole", dataset)
     models = work / "models"
     train = [sys.executable, "-m", "recsys.cli", "train", str(dataset), "--out", str(models)]
-    started = time.monotonic()
     subprocess.run(train + ["--version", "v1"], env=env, check=True, capture_output=True)
+    # timed with the embedding cache warm, as every killed run below will have it
+    started = time.monotonic()
+    subprocess.run(train + ["--version", "v1-warm", "--no-promote"], env=env, check=True,
+                   capture_output=True)
     train_s = time.monotonic() - started
 
     # how long one publish takes, to spread the kills over the child's publishing
@@ -147,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"kind": "publish", "delay_s": round(delay, 3), "returncode": code,
                      "published_before_kill": out.count("published"), **check(models)})
     for n in range(args.train_kills):
-        delay = rng.uniform(0.7, 1.05) * train_s
-        code, _ = kill_after(train + ["--version", f"t{n}"], delay, env)
+        delay = rng.uniform(0, WRITE_WINDOW_S)
+        code, _ = kill_after(train + ["--version", f"t{n}"], delay, env,
+                             wait_for_path=models / f".tmp-t{n}")
         runs.append({"kind": "train", "delay_s": round(delay, 3), "returncode": code,
                      **check(models)})
 
