@@ -6,10 +6,12 @@ every response after it from the new one.
                                       [--json benchmarks/results/soak_promote.json]
 
 Uses the 100k-item bundle of benchmarks/serving.py (built there on first use) as v1 and a copy
-of it with every leaf value of its ranker scaled by 1.0001 as v3 (the same order of items, but
-a model of its own, so the server compiles its trees during the swap, under load); promotes
-with the CLI (`recsys models promote`) plus POST /admin/reload, then rolls back so the next run
-starts from v1 again.
+of it whose ranker scores are all shifted by +1000 as v2-offset (the same order of items, but a
+model of its own, so the server compiles its trees during the swap, under load). v1's scores lie
+far below 500 and v2-offset's far above, so every item in every response shows which version
+scored it: a response mixing versions, or naming one version while scored by the other, is
+counted. Promotes with the CLI (`recsys models promote`) plus POST /admin/reload, then rolls back
+so the next run starts from v1 again.
 """
 
 from __future__ import annotations
@@ -32,29 +34,40 @@ from recsys.bundle import current_version, set_current  # noqa: E402
 from serving.testing import copy_bundle  # noqa: E402
 
 CLIENTS = 16
-NEW = "v3"
+NEW = "v2-offset"
+SCORE_OFFSET = 1000.0
 
 
-def scale_leaves(bundle: Path) -> None:
-    """Every leaf value of the bundle's ranker times 1.0001: the same ranking, another model
+def shift_scores(bundle: Path) -> None:
+    """Add SCORE_OFFSET to every leaf of the ranker's first tree: every prediction passes
+    exactly one of them, so every score moves by the offset and the ranking stays the same
     (rewritten through LightGBM, so the file stays well formed)."""
     import lightgbm as lgb
 
     booster = lgb.Booster(model_file=str(bundle / "ranker.txt"))
-    for tree in booster.dump_model()["tree_info"]:
-        stack = [tree["tree_structure"]]
-        while stack:
-            node = stack.pop()
-            if "leaf_index" in node:
-                booster.set_leaf_output(tree["tree_index"], node["leaf_index"],
-                                        node["leaf_value"] * 1.0001)
-            else:
-                stack.extend((node["left_child"], node["right_child"]))
+    first = booster.dump_model()["tree_info"][0]
+    stack = [first["tree_structure"]]
+    while stack:
+        node = stack.pop()
+        if "left_child" in node:
+            stack.extend((node["left_child"], node["right_child"]))
+        else:  # a one-leaf tree has no leaf_index: its leaf is 0
+            booster.set_leaf_output(0, node.get("leaf_index", 0),
+                                    node["leaf_value"] + SCORE_OFFSET)
     booster.save_model(str(bundle / "ranker.txt"))
 
 
+def scored_by(body: dict) -> str:
+    """Which version the item scores come from: v1, NEW, "mixed", "none" (no items), or the
+    source when the ranker did not score them (popularity, degraded)."""
+    if body.get("source") != "model":
+        return body.get("source", "?")
+    versions = {NEW if item["score"] > SCORE_OFFSET / 2 else "v1" for item in body["items"]}
+    return versions.pop() if len(versions) == 1 else ("none" if not versions else "mixed")
+
+
 async def soak(port: int, users: list[str], seconds: float, promote_at: float, promote) -> dict:
-    records: list[tuple[float, float, int, str]] = []   # start, end, status, version
+    records: list[tuple[float, float, int, str, str]] = []  # start, end, status, version, scores
     failures: list[str] = []
     started = time.perf_counter()
     stop_at = started + seconds
@@ -77,8 +90,12 @@ async def soak(port: int, users: list[str], seconds: float, promote_at: float, p
                     writer.close()
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                     continue
-                version = json.loads(body).get("model_version", "?") if status == 200 else "?"
-                records.append((t0 - started, time.perf_counter() - started, status, version))
+                version, scores = "?", "?"
+                if status == 200:
+                    answer = json.loads(body)
+                    version, scores = answer.get("model_version", "?"), scored_by(answer)
+                records.append((t0 - started, time.perf_counter() - started, status, version,
+                                scores))
         finally:
             writer.close()
 
@@ -93,10 +110,17 @@ async def soak(port: int, users: list[str], seconds: float, promote_at: float, p
     failed = [r for r in records if r[2] != 200]
     stale = [r for r in records if r[0] >= done and r[3] != NEW]
     new_before = [r for r in records if r[1] < swap["asked"] and r[3] == NEW]
+    ok = [r for r in records if r[2] == 200]
+    mixed = [r for r in ok if r[4] == "mixed"]
+    mislabelled = [r for r in ok if r[4] in ("v1", NEW) and r[4] != r[3]]
     return {"clients": CLIENTS, "seconds": seconds, "requests": len(records),
             "failed_requests": len(failed) + len(failures), "failure_samples": failures[:5],
             "responses_by_version": {v: sum(1 for r in records if r[3] == v)
                                      for v in sorted({r[3] for r in records})},
+            "responses_by_scores": {v: sum(1 for r in ok if r[4] == v)
+                                    for v in sorted({r[4] for r in ok})},
+            "mixed_versions": len(mixed), "version_name_not_matching_scores": len(mislabelled),
+            "score_offset": SCORE_OFFSET,
             "old_version_after_swap": len(stale), "new_version_before_promote": len(new_before),
             "promote_asked_at_s": round(swap["asked"], 2),
             "swap_done_at_s": round(done, 2), "swap_seconds": round(done - swap["asked"], 2),
@@ -115,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     models = workdir / "models"
     bench.build_catalogue(models)
     if not (models / NEW / "manifest.json").exists():
-        copy_bundle(models, "v1", NEW, change=scale_leaves)
+        copy_bundle(models, "v1", NEW, change=shift_scores)
     set_current(models, "v1")
     from recsys.recommender import Recommender
 
@@ -144,10 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.io import write_json
 
     write_json(report, args.json)
-    ok = report["failed_requests"] == 0 and report["old_version_after_swap"] == 0
+    ok = (report["failed_requests"] == 0 and report["old_version_after_swap"] == 0
+          and report["mixed_versions"] == 0 and report["version_name_not_matching_scores"] == 0
+          and report["responses_by_scores"].get(NEW, 0) > 0)
     print(f"{'PASS' if ok else 'FAIL'}: {report['requests']} requests, "
           f"{report['failed_requests']} failed, {report['old_version_after_swap']} from v1 after "
-          f"the swap (done {report['swap_seconds']} s after the promote)")
+          f"the swap (done {report['swap_seconds']} s after the promote), "
+          f"{report['mixed_versions']} mixing versions, "
+          f"{report['version_name_not_matching_scores']} naming the other version")
     return 0 if ok else 1
 
 
