@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 HISTORY = "promotions.json"  # versions in the order they were made CURRENT
 FORMAT_VERSION = 1
+# an unpublished bundle folder untouched this long was left by a killed run (a real `train`
+# writes into its draft every few minutes at most: embedding, index, ranker, parts)
+ABANDONED_AFTER_S = 6 * 3600
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REQUIRED_FILES = ("items.parquet", "item_vectors.safetensors", "index.faiss", "ranker.txt",
                   "features/state.json", "features/items.parquet",
@@ -84,6 +88,7 @@ class BundleWriter:
             raise BundleError(f"model version {self.version} already exists in {self.models_dir}")
         self.path = self.models_dir / f".tmp-{self.version}"
         shutil.rmtree(self.path, ignore_errors=True)
+        remove_abandoned_drafts(self.models_dir)
         self.path.mkdir(parents=True)
 
     def publish(self, manifest: dict[str, Any], *, make_current: bool = True) -> Path:
@@ -112,6 +117,28 @@ class BundleWriter:
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def remove_abandoned_drafts(models_dir: Path, *, older_than_s: float = ABANDONED_AFTER_S,
+                            now: float | None = None) -> list[str]:
+    """Remove unpublished bundle folders (`.tmp-VERSION`) that nothing has written to for
+    `older_than_s`: what a killed `train` leaves behind. They are never served, but they hold
+    a bundle's worth of disk. A draft still being written (another `train` in the same folder)
+    is younger than that and is kept. Returns the names removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for draft in models_dir.glob(".tmp-*"):
+        if not draft.is_dir():
+            continue
+        try:
+            newest = max([draft.stat().st_mtime] +
+                         [p.stat().st_mtime for p in draft.rglob("*")])
+        except FileNotFoundError:  # removed or published meanwhile
+            continue
+        if now - newest > older_than_s:
+            shutil.rmtree(draft, ignore_errors=True)
+            removed.append(draft.name)
+    return removed
 
 
 def set_current(models_dir: str | os.PathLike[str], version: str) -> None:

@@ -1,7 +1,9 @@
 """Bundles: sealed with checksums, verified on load, published atomically, rolled back."""
 
 import json
+import os
 import shutil
+import time
 
 import pytest
 
@@ -98,3 +100,18 @@ def test_missing_models_dir_says_what_to_do(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotFoundError, match="recsys train"):
         Recommender.load(tmp_path / "empty")
+
+
+def test_a_new_bundle_removes_drafts_abandoned_by_killed_runs(tmp_path):
+    models = tmp_path / "models"
+    old, fresh = models / ".tmp-v-killed", models / ".tmp-v-running"
+    for draft in (old, fresh):
+        (draft / "part").mkdir(parents=True)
+        (draft / "part" / "vectors.bin").write_bytes(b"x")
+    stale = time.time() - bundle.ABANDONED_AFTER_S - 60
+    for path in (old, old / "part", old / "part" / "vectors.bin"):
+        os.utime(path, (stale, stale))
+    writer = bundle.BundleWriter(models, "v2")
+    assert not old.exists()          # a killed run's draft goes
+    assert fresh.exists()            # another run still writing keeps its draft
+    assert writer.path.is_dir()
