@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     ValidationError,
     WithJsonSchema,
@@ -150,9 +151,11 @@ class HistoryRequest(Body):
                                         description="only items in these categories")
     exclude_categories: Annotated[list[Id], FewErrors] = Field(default_factory=list,
                                                                max_length=MAX_LIST)
-    exclude_seen: bool = True
+    # JSON booleans only: 0 or "yes" is a client bug that a 422 shows (the GET route's query
+    # strings are parsed by FastAPI's own rules instead)
+    exclude_seen: StrictBool = True
     diversity: Diversity = "none"
-    explain: bool = False
+    explain: StrictBool = False
 
 
 class EventIn(Strict):
