@@ -1,16 +1,20 @@
 """Overload ramp (RELIABILITY.md row 16): how the server refuses load past its caps.
 
     python benchmarks/overload.py [--workdir /tmp/overload-bench] [--seconds 5]
-                                  [--json benchmarks/results/overload.json] [--baseline ROOT]
+        [--json benchmarks/results/overload.json] [--baseline ROOT] [--rounds N]
+        [--route /events] [--set RECSYS_NAME=VALUE] [--honour-retry-after]
 
 Trains a small bundle on the RecBole test fixture (seconds), starts `recsys serve` on 127.0.0.1
-with its default caps (RECSYS_MAX_PENDING, RECSYS_MAX_PENDING_EVENTS: 64 each), and loads
-`GET /recommendations/{user}` and `POST /events` (one event per request) with 8, 64, 256 and
-1,024 keep-alive clients that send their next request the moment an answer arrives, a 503
-included (clients retrying at once). Per level: goodput (200s per second), the share of 503s,
-and the p50/p99 latency of the 503s. Targets (issue 22): a refusal in under 50 ms p99, and
-goodput at 1,024 clients at least 80% of the best level's. `--baseline ROOT` runs the same ramp
-against another checkout first (a before/after on the same machine, minutes apart).
+with its default caps (RECSYS_MAX_PENDING, RECSYS_MAX_PENDING_EVENTS) unless `--set` changes
+them, and loads `GET /recommendations/{user}` and `POST /events` (one event per request) with 8,
+64, 256 and 1,024 keep-alive clients that send their next request the moment an answer arrives,
+a 503 included (clients retrying at once; when the answer said `Connection: close`, the retry
+goes out on a new connection at once, and its latency counts from the reconnect). Per level:
+goodput (200s per second), the share of 503s, and the p50/p99 latency of the 503s. Targets
+(issue 22): a refusal in under 50 ms p99, and goodput at 1,024 clients at least 80% of the best
+level's. `--baseline ROOT` ramps another checkout too, alternating with this one for `--rounds`
+rounds (the tables are the medians); `--honour-retry-after` makes the clients wait as a 503's
+Retry-After says instead (a second table, not the target's).
 """
 
 from __future__ import annotations
@@ -28,11 +32,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks.serving import (_LoadConnection, _LoadRun, _request,  # noqa: E402
-                                _status_and_length, event_requests, free_port, run_client,
-                                start_server, stop_server)
+from benchmarks.serving import (
+    _LoadConnection,
+    _LoadRun,
+    _request,
+    _status_and_length,
+    event_requests,
+    free_port,
+    run_client,
+    start_server,
+    stop_server,
+)
 
 LEVELS = (8, 64, 256, 1024)
 REFUSAL_P99_MS = 50.0
@@ -50,6 +62,7 @@ class _ByStatus(_LoadRun):
         self.waited: dict[int, list[float]] = {}  # from the retry's reconnect, where it had one
         self.reconnects = 0
         self.connecting: set[asyncio.Task] = set()
+        self.honour_retry_after = False  # wait as a 503's Retry-After says before retrying
 
     def record(self, sent: float, status: int, body: bytes, connect_from: float | None = None
                ) -> None:
@@ -63,6 +76,8 @@ class _ByStatus(_LoadRun):
     def reconnect(self) -> None:
         """The client's retry after `Connection: close`: a new connection at once. The retry's
         latency starts now, so the connect (its wait in the listen backlog) is measured too."""
+        if self.finished.done():
+            return
         self.reconnects += 1
         self.open += 1
         started = time.perf_counter()
@@ -90,6 +105,7 @@ class _RetryingConnection(_LoadConnection):
         super().__init__(run)
         self.connect_from = connect_from  # when this retry's reconnect began
         self.closing = False
+        self.retry_after = 0.0
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -103,6 +119,7 @@ class _RetryingConnection(_LoadConnection):
                 if self.length is None:
                     raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
                 self.closing = b"\r\nconnection: close" in head.lower()
+                self.retry_after = _retry_after(head) if self.run.honour_retry_after else 0.0
                 del self.buffer[:end + 4]
             if len(self.buffer) < self.length:
                 return
@@ -111,12 +128,16 @@ class _RetryingConnection(_LoadConnection):
             self.length, self.waiting = None, False
             self.run.record(self.sent, self.status, body, self.connect_from)
             self.connect_from = None
+            loop = asyncio.get_running_loop()
             if not self.closing:
+                if self.status == 503 and self.retry_after:
+                    loop.call_later(self.retry_after, self._send)
+                    return
                 self._send()
                 continue
             self.transport.close()
-            if time.perf_counter() < self.run.stop_at:
-                self.run.reconnect()
+            if time.perf_counter() + self.retry_after < self.run.stop_at:
+                loop.call_later(self.retry_after, self.run.reconnect)
             return
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -128,10 +149,18 @@ class _RetryingConnection(_LoadConnection):
         super().connection_lost(exc)
 
 
+def _retry_after(head: bytes) -> float:
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"retry-after:"):
+            return float(line.split(b":", 1)[1])
+    return 0.0
+
+
 async def ramp_level(port: int, make_request, concurrency: int, seconds: float,
-                     warmup_s: float) -> dict:
+                     warmup_s: float, honour_retry_after: bool = False) -> dict:
     loop = asyncio.get_running_loop()
     run = _ByStatus(port, make_request, concurrency, seconds, warmup_s)
+    run.honour_retry_after = honour_retry_after
     run.transports = []
     for start in range(0, concurrency, 128):  # connect in groups: the listen backlog is finite
         batch = [loop.create_connection(lambda: _RetryingConnection(run), "127.0.0.1", port)
@@ -164,7 +193,7 @@ async def ramp_level(port: int, make_request, concurrency: int, seconds: float,
 
 
 def ramp(port: int, users: list[str], seconds: float, warmup_s: float, label: str,
-         only: list[str] | None = None) -> dict:
+         only: list[str] | None = None, honour_retry_after: bool = False) -> dict:
     routes = {
         "/recommendations": lambda: (lambda encoded: lambda n: encoded[n % len(encoded)])(
             [_request("GET", f"/recommendations/{u}?k=10") for u in users]),
@@ -176,7 +205,8 @@ def ramp(port: int, users: list[str], seconds: float, warmup_s: float, label: st
             continue
         levels = []
         for clients in LEVELS:
-            level = run_client(ramp_level(port, make(), clients, seconds, warmup_s))
+            level = run_client(ramp_level(port, make(), clients, seconds, warmup_s,
+                                          honour_retry_after))
             print(f"{label} {route} {clients:5d} clients: goodput {level['goodput_rps']:7.1f}/s, "
                   f"503 {level['share_503']:.0%}, 503 p99 {level['p99_503_ms']} ms "
                   f"({level['p99_503_with_reconnect_ms']} ms with reconnect), "
@@ -233,13 +263,13 @@ def build_models(workdir: Path) -> tuple[Path, list[str]]:
 
 def serve_and_ramp(models: Path, users: list[str], root: Path, seconds: float,
                    warmup_s: float, label: str, env: dict[str, str],
-                   only: list[str] | None) -> dict:
+                   only: list[str] | None, honour_retry_after: bool) -> dict:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="overload-store-") as scratch:
         server = start_server(models, port, Path(scratch) / "events.sqlite", root=root,
                               extra_env={"RECSYS_LOG_LEVEL": "WARNING", **env})
         try:
-            return ramp(port, users, seconds, warmup_s, label, only)
+            return ramp(port, users, seconds, warmup_s, label, only, honour_retry_after)
         finally:
             stop_server(server)
 
@@ -258,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ramp only this route (repeatable; default both)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a RECSYS_* setting for both servers (default: their own)")
+    parser.add_argument("--honour-retry-after", action="store_true",
+                        help="clients wait as a 503's Retry-After says (default: retry at once)")
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.set)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -269,15 +301,17 @@ def main(argv: list[str] | None = None) -> int:
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "python benchmarks/overload.py " + " ".join(argv or sys.argv[1:]),
               "seconds_per_level": args.seconds, "rounds": args.rounds, "settings": env,
+              "clients_honour_retry_after": args.honour_retry_after,
               "targets": {"refusal_p99_ms_under": REFUSAL_P99_MS,
                           "goodput_1024_share_of_best_at_least": GOODPUT_SHARE}}
     before, after = [], []
     for _ in range(args.rounds):
         if args.baseline:
             before.append(serve_and_ramp(models, users, Path(args.baseline), args.seconds,
-                                         args.warmup, "before", env, args.route))
+                                         args.warmup, "before", env, args.route,
+                                         args.honour_retry_after))
         after.append(serve_and_ramp(models, users, ROOT, args.seconds, args.warmup, "after",
-                                    env, args.route))
+                                    env, args.route, args.honour_retry_after))
     if before:
         result["baseline"] = summarise(before)
     result["routes"] = summarise(after)
