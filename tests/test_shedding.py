@@ -147,3 +147,28 @@ def test_the_overload_client_reconnects_after_connection_close(overload):
     assert level["share_503"] > 0.2 and level["goodput_rps"] > 0
     assert level["other_statuses"] == {}
     assert level["p99_503_with_reconnect_ms"] >= level["p99_503_ms"] > 0
+
+
+def test_the_overload_client_can_honour_retry_after(overload):
+    """`--honour-retry-after` (the second table): a client waits as the 503 says; by default it
+    retries at once."""
+    refusal = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nretry-after: 0.2\r\n\r\n{}"
+
+    async def handler(reader, writer):
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(refusal)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main(honour):
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await overload.ramp_level(port, lambda n: b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+                                             2, 0.5, 0.0, honour)
+
+    assert asyncio.run(main(True))["requests"] <= 2 * 4  # at most one per 0.2 s per client
+    assert asyncio.run(main(False))["requests"] > 50
