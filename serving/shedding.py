@@ -51,11 +51,22 @@ async def refuse_if_full(app, scope, receive, send) -> bool:
     route = _queue_full(ctx, scope["method"], scope["path"])
     if route is None:
         return False
+    if scope["method"] in ("POST", "PUT", "PATCH"):
+        # read the rest of the body first: closing a socket with unread bytes sends a reset,
+        # which can destroy the 503 before the client has read it
+        await _drain(receive)
     await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
     await send({"type": "http.response.body", "body": _BODY})
     ctx.metrics.overloaded.inc()
     record(ctx.metrics, scope["method"], route, 503, time.perf_counter() - started, "-")
     return True
+
+
+async def _drain(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 __all__ = ["refuse_if_full"]

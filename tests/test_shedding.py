@@ -172,3 +172,24 @@ def test_the_overload_client_can_honour_retry_after(overload):
 
     assert asyncio.run(main(True))["requests"] <= 2 * 4  # at most one per 0.2 s per client
     assert asyncio.run(main(False))["requests"] > 50
+
+
+def test_a_refused_upload_is_read_before_its_connection_closes(server):
+    """Closing with body bytes still arriving would reset the connection, and a reset can
+    destroy the 503 before the client reads it: the refusal reads the body first."""
+    app, port = server
+    ctx = app.state.context
+    body = b'{"events": [' + b" " * 600_000 + b"]}"
+    ctx.event_writes.pending = ctx.event_writes.limit
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:1000])
+            time.sleep(0.3)  # the server has seen the headers long before the rest arrives
+            conn.sendall(body[1000:])
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+    finally:
+        ctx.event_writes.pending = 0
+    assert data.startswith(b"HTTP/1.1 503"), data[:100]
