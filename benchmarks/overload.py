@@ -1,16 +1,20 @@
 """Overload ramp (RELIABILITY.md row 16): how the server refuses load past its caps.
 
     python benchmarks/overload.py [--workdir /tmp/overload-bench] [--seconds 5]
-                                  [--json benchmarks/results/overload.json] [--baseline ROOT]
+        [--json benchmarks/results/overload.json] [--baseline ROOT] [--rounds N]
+        [--route /events] [--set RECSYS_NAME=VALUE] [--honour-retry-after]
 
 Trains a small bundle on the RecBole test fixture (seconds), starts `recsys serve` on 127.0.0.1
-with its default caps (RECSYS_MAX_PENDING, RECSYS_MAX_PENDING_EVENTS: 64 each), and loads
-`GET /recommendations/{user}` and `POST /events` (one event per request) with 8, 64, 256 and
-1,024 keep-alive clients that send their next request the moment an answer arrives, a 503
-included (clients retrying at once). Per level: goodput (200s per second), the share of 503s,
-and the p50/p99 latency of the 503s. Targets (issue 22): a refusal in under 50 ms p99, and
-goodput at 1,024 clients at least 80% of the best level's. `--baseline ROOT` runs the same ramp
-against another checkout first (a before/after on the same machine, minutes apart).
+with its default caps (RECSYS_MAX_PENDING, RECSYS_MAX_PENDING_EVENTS) unless `--set` changes
+them, and loads `GET /recommendations/{user}` and `POST /events` (one event per request) with 8,
+64, 256 and 1,024 keep-alive clients that send their next request the moment an answer arrives,
+a 503 included (clients retrying at once; when the answer said `Connection: close`, the retry
+goes out on a new connection at once, and its latency counts from the reconnect). Per level:
+goodput (200s per second), the share of 503s, and the p50/p99 latency of the 503s. Targets
+(issue 22): a refusal in under 50 ms p99, and goodput at 1,024 clients at least 80% of the best
+level's. `--baseline ROOT` ramps another checkout too, alternating with this one for `--rounds`
+rounds (the tables are the medians); `--honour-retry-after` makes the clients wait as a 503's
+Retry-After says instead (a second table, not the target's).
 """
 
 from __future__ import annotations
@@ -28,10 +32,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks.serving import (_LoadConnection, _LoadRun, _request, event_requests,  # noqa: E402
-                                free_port, run_client, start_server, stop_server)
+from benchmarks.serving import (
+    _LoadConnection,
+    _LoadRun,
+    _request,
+    _status_and_length,
+    event_requests,
+    free_port,
+    run_client,
+    start_server,
+    stop_server,
+)
 
 LEVELS = (8, 64, 256, 1024)
 REFUSAL_P99_MS = 50.0
@@ -39,48 +52,148 @@ GOODPUT_SHARE = 0.8
 
 
 class _ByStatus(_LoadRun):
-    """The load client's run, keeping latencies per status (the 503s are what is measured)."""
+    """The load client's run, keeping latencies per status (the 503s are what is measured),
+    and reconnecting at once when the server closes a connection after a complete response."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, port: int, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.by_status: dict[int, list[float]] = {}
+        self.port = port
+        self.by_status: dict[int, list[float]] = {}  # from the request's write
+        self.waited: dict[int, list[float]] = {}  # from the retry's reconnect, where it had one
+        self.reconnects = 0
+        self.connecting: set[asyncio.Task] = set()
+        self.honour_retry_after = False  # wait as a 503's Retry-After says before retrying
 
-    def record(self, sent: float, status: int, body: bytes) -> None:
+    def record(self, sent: float, status: int, body: bytes, connect_from: float | None = None
+               ) -> None:
         super().record(sent, status, body)
-        if sent >= self.measure_from:
-            self.by_status.setdefault(status, []).append(time.perf_counter() - sent)
+        started = sent if connect_from is None else connect_from
+        if started >= self.measure_from:
+            done = time.perf_counter()
+            self.by_status.setdefault(status, []).append(done - sent)
+            self.waited.setdefault(status, []).append(done - started)
+
+    def reconnect(self) -> None:
+        """The client's retry after `Connection: close`: a new connection at once. The retry's
+        latency starts now, so the connect (its wait in the listen backlog) is measured too."""
+        if self.finished.done():
+            return
+        self.reconnects += 1
+        self.open += 1
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.create_connection(
+            lambda: _RetryingConnection(self, started), "127.0.0.1", self.port))
+        self.connecting.add(task)
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task) -> None:
+        self.connecting.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            self.open -= 1
+            if not self.finished.done():
+                self.finished.set_exception(task.exception() or ConnectionError("connect"))
+        else:
+            self.transports.append(task.result()[0])
+
+
+class _RetryingConnection(_LoadConnection):
+    """One client: keep-alive while the server keeps the connection open; when a response says
+    `Connection: close`, the next request goes out on a new connection, at once."""
+
+    def __init__(self, run: _ByStatus, connect_from: float | None = None) -> None:
+        super().__init__(run)
+        self.connect_from = connect_from  # when this retry's reconnect began
+        self.closing = False
+        self.retry_after = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.length is None:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(self.buffer[:end])
+                self.status, self.length = _status_and_length(head)
+                if self.length is None:
+                    raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+                self.closing = b"\r\nconnection: close" in head.lower()
+                self.retry_after = _retry_after(head) if self.run.honour_retry_after else 0.0
+                del self.buffer[:end + 4]
+            if len(self.buffer) < self.length:
+                return
+            body = bytes(self.buffer[:self.length])
+            del self.buffer[:self.length]
+            self.length, self.waiting = None, False
+            self.run.record(self.sent, self.status, body, self.connect_from)
+            self.connect_from = None
+            loop = asyncio.get_running_loop()
+            if not self.closing:
+                if self.status == 503 and self.retry_after:
+                    loop.call_later(self.retry_after, self._send)
+                    return
+                self._send()
+                continue
+            self.transport.close()
+            if time.perf_counter() + self.retry_after < self.run.stop_at:
+                loop.call_later(self.retry_after, self.run.reconnect)
+            return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closing and exc is None and not self.waiting:
+            self.run.open -= 1  # closed after its last response: its retry has a new one
+            if self.run.open == 0 and not self.run.finished.done():
+                self.run.finished.set_result(None)
+            return
+        super().connection_lost(exc)
+
+
+def _retry_after(head: bytes) -> float:
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"retry-after:"):
+            return float(line.split(b":", 1)[1])
+    return 0.0
 
 
 async def ramp_level(port: int, make_request, concurrency: int, seconds: float,
-                     warmup_s: float) -> dict:
+                     warmup_s: float, honour_retry_after: bool = False) -> dict:
     loop = asyncio.get_running_loop()
-    run = _ByStatus(make_request, concurrency, seconds, warmup_s)
-    transports = []
+    run = _ByStatus(port, make_request, concurrency, seconds, warmup_s)
+    run.honour_retry_after = honour_retry_after
+    run.transports = []
     for start in range(0, concurrency, 128):  # connect in groups: the listen backlog is finite
-        batch = [loop.create_connection(lambda: _LoadConnection(run), "127.0.0.1", port)
+        batch = [loop.create_connection(lambda: _RetryingConnection(run), "127.0.0.1", port)
                  for _ in range(min(128, concurrency - start))]
-        transports += [t for t, _ in await asyncio.gather(*batch)]
+        run.transports += [t for t, _ in await asyncio.gather(*batch)]
     try:
         await run.finished
     finally:
-        for transport in transports:
+        for task in list(run.connecting):
+            task.cancel()
+        for transport in run.transports:
             transport.close()
     window = min(time.perf_counter(), run.stop_at) - run.measure_from
     total = sum(len(v) for v in run.by_status.values())
     refused = np.array(run.by_status.get(503, [])) * 1000
-    ok = np.array(run.by_status.get(200, [])) * 1000
+    refused_waited = np.array(run.waited.get(503, [])) * 1000
+    ok = np.array(run.waited.get(200, [])) * 1000  # as the client waited, reconnect included
     return {"clients": concurrency, "requests": total,
             "goodput_rps": round(len(ok) / window, 1),
             "share_503": round(len(refused) / total, 3) if total else 0.0,
             "p50_503_ms": round(float(np.percentile(refused, 50)), 2) if refused.size else None,
             "p99_503_ms": round(float(np.percentile(refused, 99)), 2) if refused.size else None,
+            "p99_503_with_reconnect_ms":
+                round(float(np.percentile(refused_waited, 99)), 2) if refused.size else None,
             "p50_200_ms": round(float(np.percentile(ok, 50)), 2) if ok.size else None,
             "p99_200_ms": round(float(np.percentile(ok, 99)), 2) if ok.size else None,
+            "reconnects": run.reconnects,
             "other_statuses": {str(k): len(v) for k, v in run.by_status.items()
                                if k not in (200, 503)}}
 
 
-def ramp(port: int, users: list[str], seconds: float, warmup_s: float, label: str) -> dict:
+def ramp(port: int, users: list[str], seconds: float, warmup_s: float, label: str,
+         only: list[str] | None = None, honour_retry_after: bool = False) -> dict:
     routes = {
         "/recommendations": lambda: (lambda encoded: lambda n: encoded[n % len(encoded)])(
             [_request("GET", f"/recommendations/{u}?k=10") for u in users]),
@@ -88,12 +201,34 @@ def ramp(port: int, users: list[str], seconds: float, warmup_s: float, label: st
     }
     out = {}
     for route, make in routes.items():
+        if only and route not in only:
+            continue
         levels = []
         for clients in LEVELS:
-            level = run_client(ramp_level(port, make(), clients, seconds, warmup_s))
+            level = run_client(ramp_level(port, make(), clients, seconds, warmup_s,
+                                          honour_retry_after))
             print(f"{label} {route} {clients:5d} clients: goodput {level['goodput_rps']:7.1f}/s, "
-                  f"503 {level['share_503']:.0%}, 503 p99 {level['p99_503_ms']} ms, "
+                  f"503 {level['share_503']:.0%}, 503 p99 {level['p99_503_ms']} ms "
+                  f"({level['p99_503_with_reconnect_ms']} ms with reconnect), "
                   f"200 p99 {level['p99_200_ms']} ms", flush=True)
+            levels.append(level)
+        out[route] = {"levels": levels}
+    return out
+
+
+def summarise(rounds: list[dict]) -> dict:
+    """Per route and level, the median of each figure over the rounds, and the targets."""
+    out = {}
+    for route in rounds[0]:
+        levels = []
+        for i, first in enumerate(rounds[0][route]["levels"]):
+            level = {"clients": first["clients"]}
+            for key, value in first.items():
+                if key == "clients" or not isinstance(value, (int, float, type(None))):
+                    continue
+                values = [r[route]["levels"][i][key] for r in rounds]
+                values = [v for v in values if v is not None]
+                level[key] = round(float(np.median(values)), 3) if values else None
             levels.append(level)
         best = max(level["goodput_rps"] for level in levels)
         top = levels[-1]
@@ -101,6 +236,9 @@ def ramp(port: int, users: list[str], seconds: float, warmup_s: float, label: st
         out[route] = {"levels": levels, "goodput_1024_share_of_best":
                       round(top["goodput_rps"] / best, 3) if best else None,
                       "worst_503_p99_ms": max(refusals) if refusals else None,
+                      "worst_503_p99_with_reconnect_ms": max(
+                          (level["p99_503_with_reconnect_ms"] for level in levels
+                           if level["p99_503_with_reconnect_ms"] is not None), default=None),
                       "targets_met": {
                           "refusal_p99_under_50ms": all(r < REFUSAL_P99_MS for r in refusals),
                           "goodput_1024_at_least_80pct":
@@ -124,14 +262,14 @@ def build_models(workdir: Path) -> tuple[Path, list[str]]:
 
 
 def serve_and_ramp(models: Path, users: list[str], root: Path, seconds: float,
-                   warmup_s: float, label: str) -> dict:
+                   warmup_s: float, label: str, env: dict[str, str],
+                   only: list[str] | None, honour_retry_after: bool) -> dict:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="overload-store-") as scratch:
         server = start_server(models, port, Path(scratch) / "events.sqlite", root=root,
-                              extra_env={"RECSYS_MAX_PENDING": "64",
-                                         "RECSYS_LOG_LEVEL": "WARNING"})
+                              extra_env={"RECSYS_LOG_LEVEL": "WARNING", **env})
         try:
-            return ramp(port, users, seconds, warmup_s, label)
+            return ramp(port, users, seconds, warmup_s, label, only, honour_retry_after)
         finally:
             stop_server(server)
 
@@ -143,7 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per level")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--baseline", help="another checkout to ramp first (before/after)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="ramps per checkout, baseline and this one alternating; the "
+                             "tables are the medians")
+    parser.add_argument("--route", action="append", choices=("/recommendations", "/events"),
+                        help="ramp only this route (repeatable; default both)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a RECSYS_* setting for both servers (default: their own)")
+    parser.add_argument("--honour-retry-after", action="store_true",
+                        help="clients wait as a 503's Retry-After says (default: retry at once)")
     args = parser.parse_args(argv)
+    env = dict(item.split("=", 1) for item in args.set)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     workdir = Path(args.workdir)
@@ -152,14 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "overload ramp (RELIABILITY.md row 16)",
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "python benchmarks/overload.py " + " ".join(argv or sys.argv[1:]),
-              "seconds_per_level": args.seconds, "caps": {"max_pending": 64,
-                                                          "max_pending_events": 64},
+              "seconds_per_level": args.seconds, "rounds": args.rounds, "settings": env,
+              "clients_honour_retry_after": args.honour_retry_after,
               "targets": {"refusal_p99_ms_under": REFUSAL_P99_MS,
                           "goodput_1024_share_of_best_at_least": GOODPUT_SHARE}}
-    if args.baseline:
-        result["baseline"] = serve_and_ramp(models, users, Path(args.baseline), args.seconds,
-                                            args.warmup, "before")
-    result["routes"] = serve_and_ramp(models, users, ROOT, args.seconds, args.warmup, "after")
+    before, after = [], []
+    for _ in range(args.rounds):
+        if args.baseline:
+            before.append(serve_and_ramp(models, users, Path(args.baseline), args.seconds,
+                                         args.warmup, "before", env, args.route,
+                                         args.honour_retry_after))
+        after.append(serve_and_ramp(models, users, ROOT, args.seconds, args.warmup, "after",
+                                    env, args.route, args.honour_retry_after))
+    if before:
+        result["baseline"] = summarise(before)
+    result["routes"] = summarise(after)
+    result["rounds_raw"] = {"baseline": before, "routes": after}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     # over them); requests beyond `max_pending` wait no longer than it takes to say 503.
     model_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     max_pending: int = Field(64, ge=1)
-    # POST /events batches waiting for or in a store write; beyond it: 503 at once.
+    # POST /events batches waiting for or in a store write; beyond it: 503 at once (256 kept
+    # no more writes at 1,024 retrying posters and doubled their p99: docs/benchmarks.md).
     max_pending_events: int = Field(64, ge=1)
     ranker_timeout_ms: float = Field(200.0, gt=0)   # past it: retrieval order, marked degraded
     # Predict through the ranker's trees compiled to machine code (lleaves; checked against

@@ -15,8 +15,11 @@ import time
 from serving.middleware import record
 
 _BODY = json.dumps({"detail": "server busy: too many requests waiting; retry shortly"}).encode()
+# `connection: close`: a client that retries at once must reconnect first, and a reconnect waits
+# in the listen backlog until the server accepts it, so refused clients cannot spin on a
+# keep-alive connection and take the event loop from the requests being served.
 _HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_BODY)).encode()),
-            (b"retry-after", b"1")]
+            (b"retry-after", b"1"), (b"connection", b"close")]
 
 
 def _queue_full(ctx, method: str, path: str) -> str | None:
@@ -49,7 +52,9 @@ async def refuse_if_full(app, scope, receive, send) -> bool:
     if route is None:
         return False
     if scope["method"] in ("POST", "PUT", "PATCH"):
-        await _drain(receive)  # the connection stays usable for the client's retry
+        # read the rest of the body first: closing a socket with unread bytes sends a reset,
+        # which can destroy the 503 before the client has read it
+        await _drain(receive)
     await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
     await send({"type": "http.response.body", "body": _BODY})
     ctx.metrics.overloaded.inc()

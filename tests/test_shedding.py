@@ -1,0 +1,195 @@
+"""Load shedding over a real connection: a refusal closes its connection (a client that retries
+at once must reconnect, which waits in the listen backlog) and is counted in /metrics; the
+overload benchmark's client follows such a close with a new connection, not an error."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from serving.main import create_app
+from serving.settings import Settings
+from serving.testing import ADMIN_KEY, DATA_KEY, copy_models
+
+OVERLOAD = Path(__file__).resolve().parent.parent / "benchmarks" / "overload.py"
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, tmp_path_factory):
+    """uvicorn serving the app on a loopback port with serve's HTTP protocol; yields the app."""
+    import uvicorn
+
+    models = copy_models(models_dir, tmp_path_factory.mktemp("shed") / "models")
+    settings = Settings(models_dir=models, event_store=models.parent / "events.sqlite",
+                        api_keys=[DATA_KEY], admin_key=ADMIN_KEY, poll_current_s=0,
+                        max_pending_events=1)
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                           http="serving.main:NoDelayHttpToolsProtocol"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    yield app, sock.getsockname()[1]
+    server.should_exit = True
+    thread.join(timeout=15)
+    sock.close()
+
+
+def _exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send `request`; the response head, and what the connection gives after the response
+    (b"" when the server closed it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            body += conn.recv(65536)
+        conn.sendall(b"GET /live HTTP/1.1\r\nHost: t\r\n\r\n")  # a keep-alive client's next
+        try:
+            after = conn.recv(65536)
+        except ConnectionResetError:
+            after = b""
+        return head, after
+
+
+def _metric(port: int, line_start: str) -> float:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        text = b""
+        while chunk := conn.recv(65536):
+            text += chunk
+    for line in text.decode().splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_refusal_closes_its_connection_and_is_counted(server):
+    app, port = server
+    ctx = app.state.context
+    body = b'{"events": []}'
+    post = (b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"X-API-Key: " + DATA_KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body)
+    refused_before = _metric(port, "recsys_overloaded_total")
+    ctx.event_writes.pending = ctx.event_writes.limit  # as if the store were busy
+    try:
+        head, after = _exchange(port, post)
+    finally:
+        ctx.event_writes.pending = 0
+    assert head.startswith(b"HTTP/1.1 503")
+    assert b"\r\nretry-after: 1" in head.lower() and b"\r\nconnection: close" in head.lower()
+    assert after == b""  # closed: the retry needs a new connection
+    assert _metric(port, "recsys_overloaded_total") == refused_before + 1
+    assert _metric(port, 'recsys_request_seconds_count{method="POST",route="/events",'
+                         'status="503"}') >= 1
+
+    head, after = _exchange(port, post)  # room again: served, and the connection stays open
+    assert not head.startswith(b"HTTP/1.1 503"), head
+    assert after.startswith(b"HTTP/1.1 200")
+
+
+@pytest.fixture(scope="module")
+def overload():
+    spec = importlib.util.spec_from_file_location("bench_overload", OVERLOAD)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_overload_client_reconnects_after_connection_close(overload):
+    """Every other response refuses and closes, as the server does: the client must count both
+    kinds, reconnect at once and finish without an error."""
+    refusal = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nretry-after: 1\r\n"
+               b"connection: close\r\n\r\n{}")
+    served = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    answered = [0]
+
+    async def handler(reader, writer):
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                answered[0] += 1
+                if answered[0] % 2:
+                    writer.write(refusal)
+                    await writer.drain()
+                    writer.close()
+                    return
+                writer.write(served)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await overload.ramp_level(port, lambda n: b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+                                             4, 0.4, 0.05)
+
+    level = asyncio.run(main())
+    assert level["reconnects"] > 10
+    assert level["share_503"] > 0.2 and level["goodput_rps"] > 0
+    assert level["other_statuses"] == {}
+    assert level["p99_503_with_reconnect_ms"] >= level["p99_503_ms"] > 0
+
+
+def test_the_overload_client_can_honour_retry_after(overload):
+    """`--honour-retry-after` (the second table): a client waits as the 503 says; by default it
+    retries at once."""
+    refusal = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nretry-after: 0.2\r\n\r\n{}"
+
+    async def handler(reader, writer):
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(refusal)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main(honour):
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await overload.ramp_level(port, lambda n: b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+                                             2, 0.5, 0.0, honour)
+
+    assert asyncio.run(main(True))["requests"] <= 2 * 4  # at most one per 0.2 s per client
+    assert asyncio.run(main(False))["requests"] > 50
+
+
+def test_a_refused_upload_is_read_before_its_connection_closes(server):
+    """Closing with body bytes still arriving would reset the connection, and a reset can
+    destroy the 503 before the client reads it: the refusal reads the body first."""
+    app, port = server
+    ctx = app.state.context
+    body = b'{"events": [' + b" " * 600_000 + b"]}"
+    ctx.event_writes.pending = ctx.event_writes.limit
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:1000])
+            time.sleep(0.3)  # the server has seen the headers long before the rest arrives
+            conn.sendall(body[1000:])
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+    finally:
+        ctx.event_writes.pending = 0
+    assert data.startswith(b"HTTP/1.1 503"), data[:100]
