@@ -30,10 +30,15 @@ from recsys.data.dataset import load_dataset  # noqa: E402
 from recsys.embedding_cache import encode_cached  # noqa: E402
 from recsys.encoder import Encoder  # noqa: E402
 from recsys.io import write_json  # noqa: E402
-from recsys.splits import Split  # noqa: E402
 from recsys.retrieval import user_profiles  # noqa: E402
-from training.finetune import (FinetuneConfig, RetrievalRecallEvaluator, adapted_vectors,  # noqa: E402
-                               finetune_encoder, retrieval_metrics)
+from recsys.splits import Split  # noqa: E402
+from training.finetune import (  # noqa: E402
+    FinetuneConfig,
+    RetrievalRecallEvaluator,
+    adapted_vectors,
+    finetune_encoder,
+    retrieval_metrics,
+)
 from training.finetune_eval import unseen_item_slice  # noqa: E402
 from training.pipeline import item_texts  # noqa: E402
 

@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 # run as a script: the repository root first, never this folder (its serving.py is not the package)
@@ -77,7 +77,7 @@ def synthetic_data(n_items: int, dim: int, n_users: int, seed: int = 0):
     cluster_weight = np.array([popularity[m].sum() for m in members])
     cluster_weight /= cluster_weight.sum()
 
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     users, items, times = [], [], []
     for u in range(n_users):
         t = start + timedelta(minutes=float(rng.uniform(0, 60 * 24 * 60)))
@@ -376,7 +376,7 @@ class _LoadConnection(asyncio.Protocol):
     request. The client shares the two cores with the server, so its CPU per request is taken
     from the server's throughput (the stream-based client it replaced cost 0.07-0.13 ms)."""
 
-    def __init__(self, run: "_LoadRun") -> None:
+    def __init__(self, run: _LoadRun) -> None:
         self.run = run
         self.buffer = bytearray()
         self.length: int | None = None  # body length of the response being read

@@ -32,7 +32,7 @@ class Covisitation:
         self.top = top
         self.matrix_: sp.csr_matrix = sp.csr_matrix((n_items, n_items), dtype=np.float32)
 
-    def fit(self, clicks: pl.DataFrame) -> "Covisitation":
+    def fit(self, clicks: pl.DataFrame) -> Covisitation:
         """`clicks`: user_id, item, timestamp (only positive interactions)."""
         ordered = clicks.select("user_id", "item", "timestamp").sort(
             ["user_id", "timestamp"], maintain_order=True)
@@ -69,7 +69,7 @@ class Covisitation:
                              "w": coo.data.astype(np.float32)})
 
     @classmethod
-    def from_table(cls, table: pl.DataFrame, *, n_items: int, **settings) -> "Covisitation":
+    def from_table(cls, table: pl.DataFrame, *, n_items: int, **settings) -> Covisitation:
         covis = cls(n_items, **settings)
         covis._set_table(table)
         return covis

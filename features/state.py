@@ -55,7 +55,7 @@ class BehaviourState:
     covisitation_: Covisitation | None = None
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, events: pl.DataFrame, cutoff: datetime | None = None) -> "BehaviourState":
+    def fit(self, events: pl.DataFrame, cutoff: datetime | None = None) -> BehaviourState:
         """Compute the state from `events` strictly before `cutoff` (all events if None)."""
         missing = [c for c in EVENT_FRAME_COLUMNS if c not in events.columns]
         if missing:
@@ -142,7 +142,7 @@ class BehaviourState:
                                  else self.latest_event_.isoformat())}
 
     @classmethod
-    def from_tables(cls, meta: dict, items: pl.DataFrame, covis: pl.DataFrame) -> "BehaviourState":
+    def from_tables(cls, meta: dict, items: pl.DataFrame, covis: pl.DataFrame) -> BehaviourState:
         state = cls(n_items=int(meta["n_items"]), real_time=bool(meta["real_time"]),
                     covis_window=int(meta["covis_window"]),
                     covis_backward_weight=float(meta["covis_backward_weight"]),

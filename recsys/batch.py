@@ -281,7 +281,7 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
     return counts, recommender.version, live_report
 
 
-def read_live_state(store_location: str, parts: "Checkpoints"):
+def read_live_state(store_location: str, parts: Checkpoints):
     """The store's live state (a `LiveSnapshot`) and its summary, read up to the sequence
     numbers this job recorded when it first ran (a resume), else up to now (and recorded for a
     resume). Both engines apply it with `recsys.live_state.apply_snapshot`."""

@@ -22,7 +22,7 @@ import os
 import platform
 import re
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def check_version_name(version: str) -> str:
 
 
 def new_version_name(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("v%Y%m%d-%H%M%S-%f")
 
 
@@ -95,7 +95,7 @@ class BundleWriter:
             **manifest,
             "format_version": FORMAT_VERSION,
             "version": self.version,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "libraries": library_versions(),
             "files": {str(p.relative_to(self.path)): sha256_file(p) for p in files},
         }

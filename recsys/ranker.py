@@ -60,7 +60,7 @@ class Ranker:
     def compiled(self) -> bool:
         return self.trees is not None
 
-    def with_compiled_trees(self) -> "Ranker":
+    def with_compiled_trees(self) -> Ranker:
         """This ranker predicting through compiled trees; raises CompiledTreesError (lleaves
         missing, failing, or disagreeing with LightGBM), and then this ranker still works."""
         if self.trees is not None:
@@ -84,7 +84,7 @@ class Ranker:
         self.booster.save_model(str(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], features: list[str], *, threads: int = 0) -> "Ranker":
+    def load(cls, path: str | os.PathLike[str], features: list[str], *, threads: int = 0) -> Ranker:
         path = Path(path)
         # LightGBM aborts the whole process on some truncated model files: check the end marker
         data = path.read_bytes()

@@ -108,7 +108,7 @@ class Recommender:
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True, threads: int = 0) -> "Recommender":
+    def load(cls, path: str | Path, *, verify: bool = True, threads: int = 0) -> Recommender:
         from recsys.bundle_io import read_bundle
 
         bundle = resolve_bundle(path)
@@ -162,7 +162,7 @@ class Recommender:
 
     def with_items(self, item_ids: Sequence[str], titles: Sequence[str],
                    categories: Sequence[str | None], vectors: np.ndarray, *,
-                   now: float | None = None) -> "Recommender":
+                   now: float | None = None) -> Recommender:
         """A copy that also serves these new or changed items (cold start), retrievable at once.
 
         Each item gets a new row after the existing ones (a changed item's old row is retired),
@@ -211,7 +211,7 @@ class Recommender:
                                        fresh.state, self.retrieval, self.context.interest)
         return fresh
 
-    def without_items(self, item_ids: Sequence[str]) -> "Recommender":
+    def without_items(self, item_ids: Sequence[str]) -> Recommender:
         """A copy that never serves these items again (unknown ids are ignored)."""
         rows = [self.item_rows[i] for i in item_ids if i in self.item_rows]
         if not rows:
@@ -222,7 +222,7 @@ class Recommender:
         gone.item_rows = {i: r for i, r in self.item_rows.items() if r not in set(rows)}
         return gone
 
-    def with_ranker(self, ranker) -> "Recommender":
+    def with_ranker(self, ranker) -> Recommender:
         """A copy scoring with another ranker (e.g. one wrapped in a time budget)."""
         other = copy.copy(self)
         other.ranker = ranker

@@ -66,7 +66,7 @@ class Split:
     test_start: datetime | None = None
 
     @classmethod
-    def of(cls, dataset: Dataset, item_ids: list[str]) -> "Split":
+    def of(cls, dataset: Dataset, item_ids: list[str]) -> Split:
         events = with_item_rows(dataset.events, item_ids).sort(
             ["user_id", "timestamp", "event_id"], maintain_order=True)
         split = cls(dataset, events, dataset.protocol)

@@ -15,8 +15,14 @@ import pytest
 from recsys.data.dataset import load_dataset
 from recsys.splits import Case, Split
 from training.finetune import BudgetAndBestCallback, FinetuneConfig
-from training.finetune_data import (HISTORY_SEPARATOR, Transition, anchor_texts,
-                                    mine_hard_negatives, sample_transitions, transitions)
+from training.finetune_data import (
+    HISTORY_SEPARATOR,
+    Transition,
+    anchor_texts,
+    mine_hard_negatives,
+    sample_transitions,
+    transitions,
+)
 from training.finetune_eval import unseen_target_cases
 
 
@@ -173,8 +179,13 @@ def test_adapter_starts_as_the_base_encoder_and_ships_as_one_encoder(tmp_path):
     import torch
 
     from recsys.encoder import Encoder
-    from training.finetune_adapter import (load_adapter, new_adapter, save_adapter,
-                                           save_servable_encoder, training_model)
+    from training.finetune_adapter import (
+        load_adapter,
+        new_adapter,
+        save_adapter,
+        save_servable_encoder,
+        training_model,
+    )
 
     texts = ["Digital caliper, stainless steel. Tools.", "Nitrile gloves, box of 100. Lab.",
              "Glass beaker set, 250 ml. Lab supplies."]

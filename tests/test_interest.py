@@ -15,7 +15,7 @@ from recsys.errors import BundleError
 from recsys.interest import INTEREST_FILE, InterestModel, semantic_scores
 from recsys.retrieval import PROFILE_DECAY, user_profiles
 from training.finetune_adapter import new_adapter
-from training.finetune_data import anchor_texts, history_strings, Transition
+from training.finetune_data import Transition, anchor_texts, history_strings
 from training.finetune_interest import CatalogueSoftmaxLoss, interest_model
 
 HISTORIES = [[3], [0, 5, 2], [7, 1, 4, 6, 0, 2, 9, 8, 3, 5, 1, 7, 2, 6, 4, 0, 9, 3, 8, 5, 1, 2], []]

@@ -30,7 +30,6 @@ NOISE_EVENTS = 300
 @pytest.fixture(scope="module")
 def mind_dataset(tmp_path_factory):
     from recsys.data.importers import import_dataset
-
     from tests.conftest import FIXTURES
 
     out = tmp_path_factory.mktemp("data") / "mind"

@@ -34,7 +34,7 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Replica":
+    def start(self) -> Replica:
         env = {**os.environ, "RECSYS_STORE": self.store_url, "RECSYS_API_KEYS": DATA_KEY,
                "RECSYS_LOG_LEVEL": "WARNING", "RECSYS_RATE_LIMIT_PER_S": "10000",
                "RECSYS_RATE_LIMIT_BURST": "10000", **self.env}
@@ -45,7 +45,7 @@ class Replica:
                 start_new_session=True)
         return self
 
-    def wait_ready(self) -> "Replica":
+    def wait_ready(self) -> Replica:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -171,7 +171,7 @@ class Ingest:
                 if r.status_code == 200:
                     self.acked.extend(batch)
 
-    def __enter__(self) -> "Ingest":
+    def __enter__(self) -> Ingest:
         self._thread.start()
         return self
 

@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ui_browser import (HOSTILE_CATEGORY, HOSTILE_ITEM, HOSTILE_TITLE, PAGES, PHONE,
-                              VISITOR, LiveServer, add_hostile_item, browser_missing, chromium,
-                              console_errors, settings_for, sign_in, two_versions)
+from tests.ui_browser import (
+    HOSTILE_CATEGORY,
+    HOSTILE_ITEM,
+    HOSTILE_TITLE,
+    PAGES,
+    PHONE,
+    VISITOR,
+    LiveServer,
+    add_hostile_item,
+    browser_missing,
+    chromium,
+    console_errors,
+    settings_for,
+    sign_in,
+    two_versions,
+)
 
 missing = browser_missing()
 pytestmark = pytest.mark.skipif(missing is not None, reason=f"no browser: {missing}")

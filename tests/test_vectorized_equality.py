@@ -16,8 +16,14 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from features.build import FEATURES, MISSING_RANK, RECENT_FOR_SIMILARITY, Candidates, Requests, \
-    candidate_features
+from features.build import (
+    FEATURES,
+    MISSING_RANK,
+    RECENT_FOR_SIMILARITY,
+    Candidates,
+    Requests,
+    candidate_features,
+)
 from features.covisitation import RECENCY_DECAY, RECENT_ITEMS, Covisitation, pair_scores
 from features.state import BehaviourState
 from recsys.index import ItemIndex

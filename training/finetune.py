@@ -22,18 +22,35 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from recsys.encoder import (Encoder, bf16_supported, is_multilingual_dir, pick_device,
-                            resolve_model_dir)
+from recsys.encoder import (
+    Encoder,
+    bf16_supported,
+    is_multilingual_dir,
+    pick_device,
+    resolve_model_dir,
+)
 from recsys.errors import RecsysError
 from recsys.interest import INTEREST_FILE, InterestModel, semantic_scores
 from recsys.metrics import ranking_metrics
 from recsys.retrieval import PROFILE_DECAY, user_profiles
 from recsys.splits import Case, Split
-from training.finetune_adapter import (load_adapter, new_adapter, save_adapter,
-                                       save_servable_encoder, training_model)
-from training.finetune_data import (USER_SIDES, anchor_texts, history_query_texts,
-                                    finetune_events, history_strings, mine_hard_negatives,
-                                    sample_transitions, transitions)
+from training.finetune_adapter import (
+    load_adapter,
+    new_adapter,
+    save_adapter,
+    save_servable_encoder,
+    training_model,
+)
+from training.finetune_data import (
+    USER_SIDES,
+    anchor_texts,
+    finetune_events,
+    history_query_texts,
+    history_strings,
+    mine_hard_negatives,
+    sample_transitions,
+    transitions,
+)
 from training.finetune_interest import CatalogueSoftmaxLoss, interest_model
 
 SELECTION_METRIC = "recall@50"
@@ -80,7 +97,7 @@ class FinetuneConfig:
     keep_base_if_worse: bool = True          # a run that never beats the base keeps the base
     seed: int = 0
 
-    def for_device(self, device: str) -> "FinetuneConfig":
+    def for_device(self, device: str) -> FinetuneConfig:
         gpu = device.startswith("cuda")
         pick = (lambda value, cpu, cuda: value if value is not None else (cuda if gpu else cpu))
         mode = self.mode or ("transformer" if gpu or self.user_side == "text" else "adapter")
@@ -300,8 +317,10 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         raise RecsysError("the multilingual encoder is inference only: fine-tuning "
                           "(--finetune) needs a Hugging Face encoder directory (README, 'Language')")
     from datasets import Dataset as HFDataset
-    from sentence_transformers import (SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     started = time.perf_counter()

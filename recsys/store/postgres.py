@@ -17,8 +17,14 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from recsys.errors import DataError
-from recsys.store import (POPULAR_TTL_S, POSITIVE_TYPES, Event, EventStoreError, StoredItem,
-                          StoreUnavailable)
+from recsys.store import (
+    POPULAR_TTL_S,
+    POSITIVE_TYPES,
+    Event,
+    EventStoreError,
+    StoredItem,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 

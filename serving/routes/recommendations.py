@@ -19,8 +19,15 @@ from serving.auth import DATA
 from serving.deps import Ctx, DataCaller, authorize
 from serving.errors import NoModel, RateLimited
 from serving.middleware import record
-from serving.schemas import (MAX_ID, MAX_K, MAX_LIST, Diversity, ErrorResponse, HistoryRequest,
-                             RecommendationResponse)
+from serving.schemas import (
+    MAX_ID,
+    MAX_K,
+    MAX_LIST,
+    Diversity,
+    ErrorResponse,
+    HistoryRequest,
+    RecommendationResponse,
+)
 
 router = APIRouter(tags=["recommendations"], responses={
     401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 429: {"model": ErrorResponse},

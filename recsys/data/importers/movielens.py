@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data.dataset import Dataset
-from recsys.data.schema import CLICK, RATING
 from recsys.data.importers.tables import unreadable
+from recsys.data.schema import CLICK, RATING
 from recsys.errors import DataError
 
 RATINGS = "ratings.csv"
