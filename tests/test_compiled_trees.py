@@ -18,7 +18,7 @@ from recsys.ranker import Ranker
 from recsys.recommender import Filters
 from serving.main import create_app
 from serving.settings import Settings
-from serving.testing import DATA_KEY
+from tests.keys import DATA_KEY
 
 
 def _booster(seed: int, rounds: int = 20) -> lgb.Booster:

@@ -17,7 +17,8 @@ from recsys.store import Event, EventStoreError
 from recsys.store.sqlite import SqliteEventStore
 from serving.main import create_app
 from serving.settings import Settings
-from serving.testing import ADMIN_KEY, DATA_KEY, copy_bundle, copy_models
+from serving.testing import copy_bundle, copy_models
+from tests.keys import ADMIN_KEY, DATA_KEY
 
 DATA = {"X-API-Key": DATA_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}

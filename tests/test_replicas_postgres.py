@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from recsys.bundle import set_current
-from serving.testing import DATA_KEY, copy_bundle, copy_models
+from serving.testing import copy_bundle, copy_models
+from tests.keys import DATA_KEY
 from tests.processes import free_port, stop_group
 
 START_TIMEOUT_S = 120

@@ -14,7 +14,8 @@ from serving.main import create_app
 from serving.routes import recommendations
 from serving.routes.recommendations import plain_query
 from serving.settings import Settings
-from serving.testing import ADMIN_KEY, DATA_KEY, copy_models
+from serving.testing import copy_models
+from tests.keys import ADMIN_KEY, DATA_KEY
 
 HEADERS = {"X-API-Key": DATA_KEY}
 

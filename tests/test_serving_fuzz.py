@@ -15,7 +15,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance, status_c
 
 from serving.main import create_app
 from serving.settings import Settings
-from serving.testing import ADMIN_KEY, DATA_KEY, copy_models
+from serving.testing import copy_models
+from tests.keys import ADMIN_KEY, DATA_KEY
 
 
 @pytest.fixture(scope="module")

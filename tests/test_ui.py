@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 
 from serving.main import create_app
-from serving.testing import ADMIN_KEY, DATA_KEY
 from serving.ui.session import COOKIE
+from tests.keys import ADMIN_KEY, DATA_KEY
 from tests.ui_browser import (
     HOSTILE_CATEGORY,
     HOSTILE_ITEM,

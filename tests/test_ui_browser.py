@@ -39,7 +39,7 @@ def site(models_dir, tmp_path_factory):
     from fastapi.testclient import TestClient
 
     from serving.main import create_app
-    from serving.testing import DATA_KEY
+    from tests.keys import DATA_KEY
 
     models = two_versions(models_dir, tmp_path_factory.mktemp("ui-browser") / "models")
     app = create_app(settings_for(models))
@@ -148,7 +148,7 @@ def test_post_a_click_and_see_it_counted(site):
 
 
 def test_promote_needs_the_admin_key(site):
-    from serving.testing import ADMIN_KEY
+    from tests.keys import ADMIN_KEY
 
     server, driver, app = site
     holder = app.state.context.holder
