@@ -380,9 +380,17 @@ def cmd_models(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from recsys.quickstart import quickstart
+    from recsys.quickstart import evaluate_demo, import_demo, indented
+    from training.pipeline import train
 
-    quickstart(Path(args.workdir), host=args.host, port=args.port, serve=not args.no_serve)
+    workdir = Path(args.workdir)
+    dataset_dir, models_dir = import_demo(workdir)
+    train(dataset_dir, models_dir, log=indented)
+    evaluate_demo(workdir, dataset_dir, models_dir, host=args.host, port=args.port)
+    if not args.no_serve:
+        from serving.main import run
+
+        run(models_dir, host=args.host, port=args.port)
     return 0
 
 
