@@ -124,7 +124,8 @@ def components(args) -> dict:
     recommender = Recommender.load(args.models)
     interest = recommender.context.interest
     if interest is None:
-        raise SystemExit(f"{args.models}: no learned user side (interest.safetensors) to take apart")
+        raise SystemExit(f"{args.models}: no learned user side (interest.safetensors) "
+                         "to take apart")
     dataset = load_dataset(args.dataset)
     split = Split.of(dataset, recommender.item_ids)
     base_vectors = encode_cached(Encoder(None, device="cpu"), item_texts(dataset.items))

@@ -194,7 +194,7 @@ class BareCost:
         booster = self.recommender.ranker.booster
         k = self.recommender.retrieval.n_semantic
         faiss_s, lgbm_s = [], []
-        for profile, matrix in zip(self.profiles, self.matrices):
+        for profile, matrix in zip(self.profiles, self.matrices, strict=True):
             t0 = time.perf_counter()
             faiss_index.search(profile, k)
             t1 = time.perf_counter()
@@ -209,7 +209,8 @@ class BareCost:
         faiss_s, lgbm_s = self.times()
         return {"faiss_ms_p50": 1000 * statistics.median(faiss_s),
                 "lightgbm_ms_p50": 1000 * statistics.median(lgbm_s),
-                "bare_ms_p50": 1000 * statistics.median(f + g for f, g in zip(faiss_s, lgbm_s))}
+                "bare_ms_p50": 1000 * statistics.median(
+                    f + g for f, g in zip(faiss_s, lgbm_s, strict=True))}
 
 
 def bare_costs(bare: BareCost) -> dict:
@@ -220,7 +221,7 @@ def bare_costs(bare: BareCost) -> dict:
     trees = recommender.ranker.with_compiled_trees().trees
     faiss_s, lgbm_s = bare.times()
     compiled_s, engine_s = [], []
-    for user, matrix in zip(bare.users, bare.matrices):
+    for user, matrix in zip(bare.users, bare.matrices, strict=True):
         t0 = time.perf_counter()
         recommender.recommend_histories([recommender.users[user]], 10, user_ids=[user])
         t1 = time.perf_counter()
@@ -228,8 +229,8 @@ def bare_costs(bare: BareCost) -> dict:
         t2 = time.perf_counter()
         engine_s.append(t1 - t0)
         compiled_s.append(t2 - t1)
-    bare_sum = [f + g for f, g in zip(faiss_s, lgbm_s)]
-    bare_compiled = [f + g for f, g in zip(faiss_s, compiled_s)]
+    bare_sum = [f + g for f, g in zip(faiss_s, lgbm_s, strict=True)]
+    bare_compiled = [f + g for f, g in zip(faiss_s, compiled_s, strict=True)]
     # the same users 8 to a call, as the server's coalescing hands them to the engine
     batch_s = []
     for start in range(0, len(bare.users) - 7, 8):

@@ -45,7 +45,8 @@ class Covisitation:
                                      pl.lit(1.0 / gap).alias("w"))
             pairs.append(forward)
             if self.backward_weight > 0:
-                pairs.append(shifted.select(pl.col("next_item").alias("a"), pl.col("item").alias("b"),
+                pairs.append(shifted.select(pl.col("next_item").alias("a"),
+                                            pl.col("item").alias("b"),
                                             pl.lit(self.backward_weight / gap).alias("w")))
         if not pairs:
             return self
@@ -75,7 +76,8 @@ class Covisitation:
         return covis
 
     # -- scoring -------------------------------------------------------------------------------
-    def score(self, histories: Sequence[Sequence[int]], recent: int = RECENT_ITEMS) -> sp.csr_matrix:
+    def score(self, histories: Sequence[Sequence[int]],
+              recent: int = RECENT_ITEMS) -> sp.csr_matrix:
         """Sparse [n_users, n_items] co-visitation score of every item for each user: the rows of
         the user's last `recent` items, the k-th most recent weighted RECENCY_DECAY ** k.
 

@@ -1,6 +1,7 @@
 """Model bundles: one immutable, versioned directory per trained model, and the CURRENT pointer.
 
-    models/<version>/manifest.json        versions, config, data range, metrics, sha256 of every file
+    models/<version>/manifest.json        versions, config, data range, metrics, sha256 of
+                                          every file
     models/<version>/encoder/             the text encoder (safetensors)
     models/<version>/items.parquet        item ids and fields; row = embedding row = index row
     models/<version>/item_vectors.safetensors
@@ -43,7 +44,8 @@ REQUIRED_FILES = ("items.parquet", "item_vectors.safetensors", "index.faiss", "r
 def check_version_name(version: str) -> str:
     """Refuse names that could escape the models directory (`..`, `a/b`, empty)."""
     if not isinstance(version, str) or not VERSION_PATTERN.match(version) or version in {".", ".."}:
-        raise BundleError(f"invalid model version name {version!r}: use letters, digits, '.', '_', '-'")
+        raise BundleError(f"invalid model version name {version!r}: use letters, digits, "
+                          "'.', '_', '-'")
     return version
 
 

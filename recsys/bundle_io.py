@@ -81,7 +81,8 @@ class UserHistories(Mapping[str, "History"]):
 
     @classmethod
     def from_frame(cls, frame: pl.DataFrame) -> UserHistories:
-        """From the bundle's features/users.parquet (user_id, items: list of item rows, last_time)."""
+        """From the bundle's features/users.parquet (user_id, items: list of item rows,
+        last_time)."""
         lists = frame["items"]
         lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
         items = lists.explode().drop_nulls().to_numpy().astype(np.int64)
@@ -116,7 +117,8 @@ def read_bundle(cls: type[Recommender], bundle: Path, manifest: dict[str, Any], 
     try:
         items = pl.read_parquet(bundle / "items.parquet")
         vectors = load_file(str(bundle / "item_vectors.safetensors"))["vectors"]
-        index = ItemIndex.load(bundle / "index.faiss", **manifest.get("config", {}).get("index", {}))
+        index_settings = manifest.get("config", {}).get("index", {})
+        index = ItemIndex.load(bundle / "index.faiss", **index_settings)
         state = BehaviourState.from_tables(
             json.loads((bundle / "features" / "state.json").read_text()),
             pl.read_parquet(bundle / "features" / "items.parquet"),

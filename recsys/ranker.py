@@ -77,7 +77,8 @@ class Ranker:
         return scores.astype(np.float32)
 
     def contributions(self, rows: pl.DataFrame) -> np.ndarray:
-        """Per-feature contributions (SHAP values) [n, n_features + 1]; the last column is the bias."""
+        """Per-feature contributions (SHAP values) [n, n_features + 1]; the last column is the
+        bias."""
         return self.booster.predict(self.matrix(rows), pred_contrib=True, num_threads=self.threads)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -89,7 +90,8 @@ class Ranker:
         # LightGBM aborts the whole process on some truncated model files: check the end marker
         data = path.read_bytes()
         if b"end of trees" not in data:
-            raise BundleError(f"{path}: not a complete LightGBM model (truncated: no 'end of trees')")
+            raise BundleError(f"{path}: not a complete LightGBM model "
+                              "(truncated: no 'end of trees')")
         check_tree_sizes(data, path)
         try:  # from the bytes already read: the file is read once
             booster = lgb.Booster(model_str=data.decode())

@@ -1,4 +1,5 @@
-"""Hot reload: one Recommender reference, replaced only by a bundle that loaded, verified and warmed.
+"""Hot reload: one Recommender reference, replaced only by a bundle that loaded, verified and
+warmed.
 
 A request reads `holder.current` once and uses that object to the end, so it never mixes two
 versions. Loading happens beside the serving model; a bundle that fails anywhere is refused and

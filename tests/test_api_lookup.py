@@ -79,7 +79,8 @@ def test_a_bundle_user_then_live_events_oldest_first(api, model):
     clicked = [model.item_ids[r] for r in (10, 11, 12, 13)]
     stamps = [1_700_000_000 + n for n in range(4)]
     events = [{"event_id": f"lookup-{n}", "user_id": user, "item_id": item, "type": "click",
-               "timestamp": stamp} for n, (item, stamp) in enumerate(zip(clicked, stamps))]
+               "timestamp": stamp}
+              for n, (item, stamp) in enumerate(zip(clicked, stamps, strict=True))]
     events.append({"event_id": "lookup-shown", "user_id": user, "items": clicked[:2],
                    "type": "impression", "timestamp": stamps[-1] + 1})
     events.append({"event_id": "lookup-gone", "user_id": user, "item_id": "no-such-item",

@@ -186,7 +186,7 @@ def test_d6_client_ids_cannot_take_an_impression_rows_id(api, order):
                      else (_click(f"{prefix}#0"), _shown(prefix)))
     answers = [api.post("/events", json={"events": [e]}) for e in (first, second)]
     stored = {e.event_id for _, e in api.app.state.context.store.events()}
-    for sent, answer in zip((first, second), answers):
+    for sent, answer in zip((first, second), answers, strict=True):
         if "#" in sent["event_id"]:  # refused with a reason, never silently dropped
             assert answer.status_code == 422
             assert answer.json()["detail"][0]["loc"][-1] == "event_id"

@@ -352,7 +352,8 @@ def test_item_changes_apply_to_the_catalogue_last_change_winning():
     at = [datetime(2020, 1, d, tzinfo=UTC) for d in range(1, 6)]
     changes = pl.DataFrame({
         "item_id": ["a", "n", "b", "gone", "gone"], "title": ["A2", "N", "", "G", ""],
-        "text": ["a new text", "n text", "", "g text", ""], "category": ["x", "z", None, None, None],
+        "text": ["a new text", "n text", "", "g text", ""],
+        "category": ["x", "z", None, None, None],
         "deleted": [False, False, True, False, True], "updated_at": at, "seq": [1, 2, 3, 4, 5]},
         schema=ITEM_CHANGES_SCHEMA)
     catalogue, deleted, report = apply_item_changes(items, changes)

@@ -65,7 +65,8 @@ def _truncate_ranker(path):
 
 def _wrong_dim(path):
     n = len(Recommender.load(path.parent / "v1").item_ids)
-    save_file({"vectors": np.ones((n, 8), dtype=np.float32)}, str(path / "item_vectors.safetensors"))
+    save_file({"vectors": np.ones((n, 8), dtype=np.float32)},
+              str(path / "item_vectors.safetensors"))
 
 
 def _flip_byte(path):

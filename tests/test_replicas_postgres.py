@@ -137,8 +137,10 @@ def test_two_replicas_share_clicks_items_and_promotions(replicas, models, recomm
         copy_bundle(models, "v1", "v2")
         set_current(models, "v2")
         for replica in (a, b):
-            until(lambda: client.get(f"{replica.url}/recommendations/{user}").json()
-                  ["model_version"] == "v2", timeout=5.0, every=0.1)
+            # until() calls the check within this iteration, so the loop variable is current
+            url = f"{replica.url}/recommendations/{user}"
+            until(lambda: client.get(url).json()["model_version"] == "v2",  # noqa: B023
+                  timeout=5.0, every=0.1)
 
 
 class Ingest:

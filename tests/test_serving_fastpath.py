@@ -76,7 +76,8 @@ def test_the_fast_path_answers_byte_for_byte_as_fastapi(models, monkeypatch):
                 assert fast[0] == 200
         assert paths.fast - fast_before == 4 * len(queries)
         for key, status in (("wrong-key-0123456789", 401), (ADMIN_KEY, 403)):
-            fast, slow = _both(client, paths, f"/recommendations/{users[0]}?k=5", {"X-API-Key": key})
+            fast, slow = _both(client, paths, f"/recommendations/{users[0]}?k=5",
+                               {"X-API-Key": key})
             assert fast == slow and fast[0] == status
         metrics = client.get("/metrics").text
         line = [m for m in metrics.splitlines() if m.startswith("recsys_request_seconds_count")

@@ -1,5 +1,6 @@
 """`recsys retrain`: new click log + the data the current bundle learned from -> candidate bundle
--> evaluation gate on the newest slice neither bundle trained on -> promote, or keep the current one.
+-> evaluation gate on the newest slice neither bundle trained on -> promote, or keep the current
+one.
 
 Every step, data range, both bundles' metrics and the decision with its reason go into the new
 bundle's manifest under "retrain" (the same record is returned and printed by the CLI). A bad log
@@ -427,7 +428,7 @@ def decide(promote: str, scores: dict, config: RetrainConfig) -> tuple[bool, str
                 f"{'>=' if gate[f'vs_{name}']['passed'] else '<'} {name} {value:.4f} - tolerance "
                 f"{config.tolerance}" for name, value in baselines.items()]
     if gate["failed"]:
-        return False, "; ".join(c for c, name in zip(compared, baselines)
+        return False, "; ".join(c for c, name in zip(compared, baselines, strict=True)
                                 if name in gate["failed"]), gate
     return True, "; ".join(compared), gate
 

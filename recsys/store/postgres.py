@@ -133,7 +133,8 @@ class PostgresEventStore:
             return []
         columns = list(zip(*[
             (e.event_id, e.user_id, e.item_id, int(round(e.timestamp * 1_000_000)), e.type,
-             e.request_id, None if e.value is None else float(e.value)) for e in events]))
+             e.request_id, None if e.value is None else float(e.value)) for e in events],
+                           strict=True))
         with self._connection() as db:
             # one statement, one transaction: the rows are committed when execute returns
             inserted = {row[0] for row in db.execute(
