@@ -25,6 +25,7 @@ demo: install
 	$(VENV)/bin/recsys quickstart
 
 test: install postgres
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
 # The explorer's browser tests (tests/test_ui_browser.py) drive Debian's headless Chromium

@@ -7,7 +7,8 @@ search and the LightGBM batch prediction for the same kind of users, measured in
     .venv/bin/python benchmarks/batch.py --models /tmp/batch/models-amazon --users 250000
 
 Each engine runs as its own `recsys batch-score` process; the resident memory of its whole process
-tree (Ray's raylet and workers included) is sampled every 0.5 s. Results: benchmarks/results/batch.json.
+tree (Ray's raylet and workers included) is sampled every 0.5 s. Results:
+benchmarks/results/batch.json.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def raw_cost(recommender, users_path: Path, sample: int, chunk_size: int) -> dic
         recommender.ranker.booster.predict(matrix, num_threads=recommender.ranker.threads)
         lgbm_s.append(time.perf_counter() - started)
         users.append(chunk.height)
-    per_user_faiss = statistics.median(t / n for t, n in zip(faiss_s, users))
-    per_user_lgbm = statistics.median(t / n for t, n in zip(lgbm_s, users))
+    per_user_faiss = statistics.median(t / n for t, n in zip(faiss_s, users, strict=True))
+    per_user_lgbm = statistics.median(t / n for t, n in zip(lgbm_s, users, strict=True))
     per_user = per_user_faiss + per_user_lgbm
     return {"sample_users": int(sum(users)), "chunks": len(users),
             "faiss_ms_per_1k_users": round(per_user_faiss * 1e6, 1),
@@ -185,13 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         summary["slowdown_vs_raw"] = round(best_raw / summary["users_per_s"], 2)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
 
-    print("\n| engine | users | users/s | seconds | peak RSS, process tree (MB) | x raw FAISS+LightGBM |")
+    print("\n| engine | users | users/s | seconds | peak RSS, process tree (MB) "
+          "| x raw FAISS+LightGBM |")
     print("|---|---|---|---|---|---|")
     for engine, s in result["engines"].items():
         print(f"| {engine} | {s['users_in']:,} | {s['users_per_s']:.0f} | {s['seconds']:.0f} | "
               f"{s['peak_tree_rss_mb']:.0f} | {s['slowdown_vs_raw']:.1f} |")
     print(f"| raw FAISS + LightGBM (before / after) | {result['raw']['sample_users']:,} | "
-          f"{result['raw']['users_per_s']:.0f} / {result['raw_after']['users_per_s']:.0f} | | | 1.0 |")
+          f"{result['raw']['users_per_s']:.0f} / {result['raw_after']['users_per_s']:.0f} "
+          "| | | 1.0 |")
     return 0
 
 

@@ -124,7 +124,7 @@ class TwoNodeCluster:
             time.sleep(1)
         raise RuntimeError(f"the Ray cluster did not reach {n_nodes} nodes in {self.timeout:.0f} s")
 
-    def start(self) -> "TwoNodeCluster":
+    def start(self) -> TwoNodeCluster:
         try:
             self._start_node(head=True)
             self._wait_for(1)
@@ -153,7 +153,7 @@ class TwoNodeCluster:
         for temp in self.temp_dirs:
             shutil.rmtree(temp, ignore_errors=True)
 
-    def __enter__(self) -> "TwoNodeCluster":
+    def __enter__(self) -> TwoNodeCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

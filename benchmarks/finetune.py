@@ -30,10 +30,15 @@ from recsys.data.dataset import load_dataset  # noqa: E402
 from recsys.embedding_cache import encode_cached  # noqa: E402
 from recsys.encoder import Encoder  # noqa: E402
 from recsys.io import write_json  # noqa: E402
-from recsys.splits import Split  # noqa: E402
 from recsys.retrieval import user_profiles  # noqa: E402
-from training.finetune import (FinetuneConfig, RetrievalRecallEvaluator, adapted_vectors,  # noqa: E402
-                               finetune_encoder, retrieval_metrics)
+from recsys.splits import Split  # noqa: E402
+from training.finetune import (  # noqa: E402
+    FinetuneConfig,
+    RetrievalRecallEvaluator,
+    adapted_vectors,
+    finetune_encoder,
+    retrieval_metrics,
+)
 from training.finetune_eval import unseen_item_slice  # noqa: E402
 from training.pipeline import item_texts  # noqa: E402
 
@@ -119,7 +124,8 @@ def components(args) -> dict:
     recommender = Recommender.load(args.models)
     interest = recommender.context.interest
     if interest is None:
-        raise SystemExit(f"{args.models}: no learned user side (interest.safetensors) to take apart")
+        raise SystemExit(f"{args.models}: no learned user side (interest.safetensors) "
+                         "to take apart")
     dataset = load_dataset(args.dataset)
     split = Split.of(dataset, recommender.item_ids)
     base_vectors = encode_cached(Encoder(None, device="cpu"), item_texts(dataset.items))

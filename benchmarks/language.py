@@ -58,7 +58,7 @@ def every_impression(recommender: Recommender, dataset_dir: Path) -> dict:
     scores = semantic_scores(requests.profiles, context.item_vectors,
                              [c.history for c in cases], context.interest)
     shown = [np.array(list(dict.fromkeys(c.shown)), dtype=np.int64) for c in cases]
-    labels = [np.isin(s, c.targets).astype(np.float64) for s, c in zip(shown, cases)]
+    labels = [np.isin(s, c.targets).astype(np.float64) for s, c in zip(shown, cases, strict=True)]
     metrics = impression_metrics([scores[j, s] for j, s in enumerate(shown)], labels)
     return {"impressions": len(cases),
             "semantic": {k: round(v, 4) for k, v in metrics.items()},

@@ -26,15 +26,15 @@ import resource
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-from benchmarks.serving import (
+from benchmarks.serving import (  # noqa: E402
     _LoadConnection,
     _LoadRun,
     _request,
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     models, users = build_models(workdir)
     result = {"benchmark": "overload ramp (RELIABILITY.md row 16)",
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": "python benchmarks/overload.py " + " ".join(argv or sys.argv[1:]),
               "seconds_per_level": args.seconds, "rounds": args.rounds, "settings": env,
               "clients_honour_retry_after": args.honour_retry_after,

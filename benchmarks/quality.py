@@ -209,7 +209,7 @@ def study_diversity(workdir: Path, max_cases: int) -> dict:
         started = time.perf_counter()
         recs = recommender.recommend_histories(histories, k=10, filters=filters)
         ranks, ild, categories = [], [], []
-        for case, rec in zip(cases, recs):
+        for case, rec in zip(cases, recs, strict=True):
             rows = np.array([recommender.item_rows[i] for i in rec.item_ids], dtype=np.int64)
             score = np.full(len(recommender.item_ids), -np.inf)
             score[rows] = np.arange(len(rows), 0, -1)
@@ -233,7 +233,10 @@ def _row(cells) -> str:
 def tables() -> str:
     """Markdown tables from the JSON files in benchmarks/results (what the docs show)."""
     lines = []
-    read = lambda name: json.loads((RESULTS / name).read_text()) if (RESULTS / name).exists() else None  # noqa: E731
+
+    def read(name):
+        return json.loads((RESULTS / name).read_text()) if (RESULTS / name).exists() else None
+
     ablation = read("quality_amazon_ablation.json")
     if ablation:
         lines += ["amazon-scientific, test, unmasked, full ranking over all 4,385 items:", "",

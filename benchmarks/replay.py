@@ -30,7 +30,7 @@ def recsys(*args: str) -> tuple[str, float]:
     """Run a `recsys` command; returns its stdout and how long it took."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "recsys.cli", *args], cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=3600)
+                          capture_output=True, timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"recsys {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return done.stdout, time.perf_counter() - started
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name]["version"] = version
         timings[f"evaluate_{version}"] = round(time.perf_counter() - started, 1)
     report = {
-        "command": " ".join(["benchmarks/replay.py"] + (argv if argv is not None else sys.argv[1:])),
+        "command": " ".join(["benchmarks/replay.py"]
+                            + (argv if argv is not None else sys.argv[1:])),
         "windows": {"train": f"< {t1}", "retrain_log": f"[{t1}, {t2})", "test": f"[{t2}, {t3}]"},
         "events": {"before_t1": int((events["timestamp"] < t1).sum()),
                    "t1_t2": int(((events["timestamp"] >= t1) & (events["timestamp"] < t2)).sum()),

@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 # run as a script: the repository root first, never this folder (its serving.py is not the package)
@@ -77,7 +77,7 @@ def synthetic_data(n_items: int, dim: int, n_users: int, seed: int = 0):
     cluster_weight = np.array([popularity[m].sum() for m in members])
     cluster_weight /= cluster_weight.sum()
 
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     users, items, times = [], [], []
     for u in range(n_users):
         t = start + timedelta(minutes=float(rng.uniform(0, 60 * 24 * 60)))
@@ -194,7 +194,7 @@ class BareCost:
         booster = self.recommender.ranker.booster
         k = self.recommender.retrieval.n_semantic
         faiss_s, lgbm_s = [], []
-        for profile, matrix in zip(self.profiles, self.matrices):
+        for profile, matrix in zip(self.profiles, self.matrices, strict=True):
             t0 = time.perf_counter()
             faiss_index.search(profile, k)
             t1 = time.perf_counter()
@@ -209,7 +209,8 @@ class BareCost:
         faiss_s, lgbm_s = self.times()
         return {"faiss_ms_p50": 1000 * statistics.median(faiss_s),
                 "lightgbm_ms_p50": 1000 * statistics.median(lgbm_s),
-                "bare_ms_p50": 1000 * statistics.median(f + g for f, g in zip(faiss_s, lgbm_s))}
+                "bare_ms_p50": 1000 * statistics.median(
+                    f + g for f, g in zip(faiss_s, lgbm_s, strict=True))}
 
 
 def bare_costs(bare: BareCost) -> dict:
@@ -220,7 +221,7 @@ def bare_costs(bare: BareCost) -> dict:
     trees = recommender.ranker.with_compiled_trees().trees
     faiss_s, lgbm_s = bare.times()
     compiled_s, engine_s = [], []
-    for user, matrix in zip(bare.users, bare.matrices):
+    for user, matrix in zip(bare.users, bare.matrices, strict=True):
         t0 = time.perf_counter()
         recommender.recommend_histories([recommender.users[user]], 10, user_ids=[user])
         t1 = time.perf_counter()
@@ -228,8 +229,8 @@ def bare_costs(bare: BareCost) -> dict:
         t2 = time.perf_counter()
         engine_s.append(t1 - t0)
         compiled_s.append(t2 - t1)
-    bare_sum = [f + g for f, g in zip(faiss_s, lgbm_s)]
-    bare_compiled = [f + g for f, g in zip(faiss_s, compiled_s)]
+    bare_sum = [f + g for f, g in zip(faiss_s, lgbm_s, strict=True)]
+    bare_compiled = [f + g for f, g in zip(faiss_s, compiled_s, strict=True)]
     # the same users 8 to a call, as the server's coalescing hands them to the engine
     batch_s = []
     for start in range(0, len(bare.users) - 7, 8):
@@ -376,7 +377,7 @@ class _LoadConnection(asyncio.Protocol):
     request. The client shares the two cores with the server, so its CPU per request is taken
     from the server's throughput (the stream-based client it replaced cost 0.07-0.13 ms)."""
 
-    def __init__(self, run: "_LoadRun") -> None:
+    def __init__(self, run: _LoadRun) -> None:
         self.run = run
         self.buffer = bytearray()
         self.length: int | None = None  # body length of the response being read

@@ -66,14 +66,14 @@ def phases(recommender: Recommender, users: list[str], batch: int) -> dict[str, 
         ranked = RankedBatch(candidates, scores)
         slices = candidates.slices(len(group))
         answers = [recommender._top_k(ranked, s.start, s.stop, 10, filters, u, h, False)
-                   for s, u, h in zip(slices, group, requests.histories)]
+                   for s, u, h in zip(slices, group, requests.histories, strict=True)]
         t.append(clock())
         for answer in answers:
             service.body(recommender, answer)
         t.append(clock())
         steps = np.diff(t)
         steps[4] -= steps[3]  # retrieve() ran the FAISS search again inside
-        for name, step in zip(PHASES, steps):
+        for name, step in zip(PHASES, steps, strict=True):
             spent[name] += step
     return {name: 1000 * s / len(users) for name, s in spent.items()}
 

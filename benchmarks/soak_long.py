@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 from benchmarks import serving as bench  # noqa: E402  (the benchmark, not the package)
-
 from recsys.bundle import set_current  # noqa: E402
 from serving.testing import copy_bundle  # noqa: E402
 
@@ -295,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         "failed_requests": failed, "failure_samples": result["failures"][:5],
         "statuses": {str(s): sum(1 for r in records if r[2] == s)
                      for s in sorted({r[2] for r in records})},
-        "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
         "rss_after_first_minute_mb": baseline, "rss_end_mb": rss[-1][1],
         "rss_max_mb": max(mb for _, mb in rss), "rss_growth_mb": growth,
         "rss_growth_by_part_mb": parts_growth,

@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 from benchmarks import serving as bench  # noqa: E402  (the benchmark, not the package)
-
 from recsys.bundle import current_version, set_current  # noqa: E402
 from serving.testing import copy_bundle  # noqa: E402
 

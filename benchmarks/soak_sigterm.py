@@ -120,7 +120,10 @@ def one_round(models: Path, workdir: Path, users: list[str], seconds: float, run
     with sqlite3.connect(store) as db:
         stored = {row[0] for row in db.execute("SELECT event_id FROM events")}
     wal = store.with_name(store.name + "-wal")
-    count = (lambda rows, outcome: sum(r["outcome"] == outcome for r in rows))
+
+    def count(rows, outcome):
+        return sum(r["outcome"] == outcome for r in rows)
+
     return {
         "run": run, "signal_after_s": at, "exit_code": code, "exit_s": exit_s,
         "requests_done_before_signal": len(before),
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--signal", default="TERM", choices=["TERM", "KILL"],
                         help="KILL is the control: the checks must then fail")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "soak_sigterm.json"))
+    parser.add_argument("--json",
+                        default=str(ROOT / "benchmarks" / "results" / "soak_sigterm.json"))
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     models = workdir / "models"

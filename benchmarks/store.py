@@ -36,8 +36,14 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.serving import (API_KEY, free_port, load, recommendation_requests,  # noqa: E402
-                                run_client, stop_server)
+from benchmarks.serving import (  # noqa: E402
+    API_KEY,
+    free_port,
+    load,
+    recommendation_requests,
+    run_client,
+    stop_server,
+)
 from recsys.store import Event, open_store  # noqa: E402
 from tests.postgres_server import TempPostgres  # noqa: E402
 

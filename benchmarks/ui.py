@@ -61,7 +61,7 @@ def main() -> None:
 
     from serving.main import create_app
     from serving.settings import Settings
-    from serving.testing import DATA_KEY
+    from tests.keys import DATA_KEY
     from tests.ui_browser import LiveServer, browser_missing, chromium, sign_in
 
     bench = serving_benchmark()

@@ -39,7 +39,8 @@ FEATURES: tuple[str, ...] = tuple(name for group in FEATURE_GROUPS.values() for 
 
 @dataclass
 class Requests:
-    """A batch of requests. Item ids are bundle item rows; times are epoch seconds (NaN = unknown)."""
+    """A batch of requests. Item ids are bundle item rows; times are epoch seconds
+    (NaN = unknown)."""
 
     histories: Sequence[Sequence[int]]
     profiles: np.ndarray            # [n_requests, d] user profile vectors
@@ -89,7 +90,7 @@ class Candidates:
     def hits(self, targets: Sequence[Sequence[int]]) -> np.ndarray:
         """Which rows hold one of their own request's target items."""
         out = np.zeros(len(self), dtype=bool)
-        for rows, wanted in zip(self.slices(len(targets)), targets):
+        for rows, wanted in zip(self.slices(len(targets)), targets, strict=True):
             out[rows] = np.isin(self.item[rows], wanted)
         return out
 

@@ -32,7 +32,7 @@ class Covisitation:
         self.top = top
         self.matrix_: sp.csr_matrix = sp.csr_matrix((n_items, n_items), dtype=np.float32)
 
-    def fit(self, clicks: pl.DataFrame) -> "Covisitation":
+    def fit(self, clicks: pl.DataFrame) -> Covisitation:
         """`clicks`: user_id, item, timestamp (only positive interactions)."""
         ordered = clicks.select("user_id", "item", "timestamp").sort(
             ["user_id", "timestamp"], maintain_order=True)
@@ -45,7 +45,8 @@ class Covisitation:
                                      pl.lit(1.0 / gap).alias("w"))
             pairs.append(forward)
             if self.backward_weight > 0:
-                pairs.append(shifted.select(pl.col("next_item").alias("a"), pl.col("item").alias("b"),
+                pairs.append(shifted.select(pl.col("next_item").alias("a"),
+                                            pl.col("item").alias("b"),
                                             pl.lit(self.backward_weight / gap).alias("w")))
         if not pairs:
             return self
@@ -69,13 +70,14 @@ class Covisitation:
                              "w": coo.data.astype(np.float32)})
 
     @classmethod
-    def from_table(cls, table: pl.DataFrame, *, n_items: int, **settings) -> "Covisitation":
+    def from_table(cls, table: pl.DataFrame, *, n_items: int, **settings) -> Covisitation:
         covis = cls(n_items, **settings)
         covis._set_table(table)
         return covis
 
     # -- scoring -------------------------------------------------------------------------------
-    def score(self, histories: Sequence[Sequence[int]], recent: int = RECENT_ITEMS) -> sp.csr_matrix:
+    def score(self, histories: Sequence[Sequence[int]],
+              recent: int = RECENT_ITEMS) -> sp.csr_matrix:
         """Sparse [n_users, n_items] co-visitation score of every item for each user: the rows of
         the user's last `recent` items, the k-th most recent weighted RECENCY_DECAY ** k.
 

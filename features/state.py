@@ -55,7 +55,7 @@ class BehaviourState:
     covisitation_: Covisitation | None = None
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, events: pl.DataFrame, cutoff: datetime | None = None) -> "BehaviourState":
+    def fit(self, events: pl.DataFrame, cutoff: datetime | None = None) -> BehaviourState:
         """Compute the state from `events` strictly before `cutoff` (all events if None)."""
         missing = [c for c in EVENT_FRAME_COLUMNS if c not in events.columns]
         if missing:
@@ -68,11 +68,13 @@ class BehaviourState:
         n = self.n_items
 
         self.clicks_ = _count_by_item(clicks, n)
-        self.shown_ = _count_by_item(events.filter(pl.col("type") == "impression"), n) + self.clicks_
+        impressions = events.filter(pl.col("type") == "impression")
+        self.shown_ = _count_by_item(impressions, n) + self.clicks_
         prior = float(self.clicks_.sum() / max(self.shown_.sum(), 1.0))
         self.ctr_ = ((self.clicks_ + CTR_PRIOR_WEIGHT * prior)
                      / (self.shown_ + CTR_PRIOR_WEIGHT)).astype(np.float32)
-        self.window_clicks_ = np.stack([_count_by_item(w, n) for w in self._windows(clicks)], axis=1)
+        self.window_clicks_ = np.stack([_count_by_item(w, n) for w in self._windows(clicks)],
+                                       axis=1)
 
         seen = events.group_by("item").agg(
             pl.col("timestamp").min().alias("first"), pl.col("timestamp").max().alias("last"))
@@ -109,7 +111,7 @@ class BehaviourState:
         replaced (a state copied with new items gets arrays of its own)."""
         sources = (self.clicks_, self.window_clicks_, self.shown_, self.ctr_)
         cached = self.__dict__.get("_item_feature_columns")
-        if cached is not None and all(a is b for a, b in zip(cached[0], sources)):
+        if cached is not None and all(a is b for a, b in zip(cached[0], sources, strict=True)):
             return cached[1]
         table = np.empty((len(self.clicks_), 5), dtype=np.float32)
         table[:, 0] = np.log1p(self.clicks_)
@@ -142,14 +144,15 @@ class BehaviourState:
                                  else self.latest_event_.isoformat())}
 
     @classmethod
-    def from_tables(cls, meta: dict, items: pl.DataFrame, covis: pl.DataFrame) -> "BehaviourState":
+    def from_tables(cls, meta: dict, items: pl.DataFrame, covis: pl.DataFrame) -> BehaviourState:
         state = cls(n_items=int(meta["n_items"]), real_time=bool(meta["real_time"]),
                     covis_window=int(meta["covis_window"]),
                     covis_backward_weight=float(meta["covis_backward_weight"]),
                     covis_top=int(meta["covis_top"]))
         if items.height != state.n_items:
             raise ValueError(f"item statistics have {items.height} rows for {state.n_items} items")
-        state.cutoff_ = None if meta.get("cutoff") is None else datetime.fromisoformat(meta["cutoff"])
+        cutoff = meta.get("cutoff")
+        state.cutoff_ = None if cutoff is None else datetime.fromisoformat(cutoff)
         state.latest_event_ = (None if meta.get("latest_event") is None
                                else datetime.fromisoformat(meta["latest_event"]))
         state.clicks_ = items["clicks"].to_numpy().astype(np.float32)
@@ -158,8 +161,10 @@ class BehaviourState:
         state.first_seen_s_ = items["first_seen_s"].to_numpy().astype(np.float64)
         state.last_seen_s_ = items["last_seen_s"].to_numpy().astype(np.float64)
         windows = sorted(c for c in items.columns if c.startswith("clicks_w"))
-        state.window_clicks_ = np.stack([items[c].to_numpy() for c in windows], axis=1).astype(np.float32)
-        state.popular_rows_ = np.argsort(items["popular_rank"].to_numpy(), kind="stable").astype(np.int64)
+        state.window_clicks_ = np.stack([items[c].to_numpy() for c in windows],
+                                        axis=1).astype(np.float32)
+        state.popular_rows_ = np.argsort(items["popular_rank"].to_numpy(),
+                                         kind="stable").astype(np.int64)
         state.covisitation_ = Covisitation.from_table(covis, n_items=state.n_items,
                                                       window=state.covis_window,
                                                       backward_weight=state.covis_backward_weight,

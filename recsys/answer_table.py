@@ -52,7 +52,7 @@ def format_answer(recommender: Recommender, answer: Recommendation, headline: st
     if with_reasons:
         header.append("why")
     rows = []
-    for position, (item, score) in enumerate(zip(answer.item_ids, answer.scores)):
+    for position, (item, score) in enumerate(zip(answer.item_ids, answer.scores, strict=True)):
         row = recommender.item_rows.get(item)
         title = recommender.titles[row] if row is not None else ""
         code = int(recommender.item_categories[row]) if row is not None else -1

@@ -209,12 +209,13 @@ def score_chunk(recommender, batch: pa.RecordBatch | pa.Table, *, k: int, exclud
     given = batch.column(HISTORY_COLUMN).to_pylist() if HISTORY_COLUMN in batch.schema.names \
         else [None] * len(user_ids)
     histories, unknown = [], 0
-    for user, items in zip(user_ids, given):
+    for user, items in zip(user_ids, given, strict=True):
         if items is None:
             histories.append(live_history(recommender, live, user) if live is not None
                              else recommender.users.get(user) or History())
             continue
-        rows = [recommender.item_rows[i] for i in items if i is not None and i in recommender.item_rows]
+        rows = [recommender.item_rows[i] for i in items
+                if i is not None and i in recommender.item_rows]
         unknown += len(items) - len(rows)
         histories.append(History(rows))
     recs = recommender.recommend_histories(histories, k, Filters(exclude_seen=exclude_seen),
@@ -230,8 +231,8 @@ def score_chunk(recommender, batch: pa.RecordBatch | pa.Table, *, k: int, exclud
     }
     schema = OUTPUT_SCHEMA
     if explain:
-        columns["reasons"] = pa.array([json.dumps(reason, sort_keys=True)
-                                       for r in recs for reason in (r.reasons or [{}] * len(r.item_ids))],
+        columns["reasons"] = pa.array([json.dumps(reason, sort_keys=True) for r in recs
+                                       for reason in (r.reasons or [{}] * len(r.item_ids))],
                                       pa.string())
         schema = EXPLAIN_SCHEMA
     sources: dict[str, int] = {}
@@ -281,7 +282,7 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
     return counts, recommender.version, live_report
 
 
-def read_live_state(store_location: str, parts: "Checkpoints"):
+def read_live_state(store_location: str, parts: Checkpoints):
     """The store's live state (a `LiveSnapshot`) and its summary, read up to the sequence
     numbers this job recorded when it first ran (a resume), else up to now (and recorded for a
     resume). Both engines apply it with `recsys.live_state.apply_snapshot`."""

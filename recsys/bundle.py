@@ -1,6 +1,7 @@
 """Model bundles: one immutable, versioned directory per trained model, and the CURRENT pointer.
 
-    models/<version>/manifest.json        versions, config, data range, metrics, sha256 of every file
+    models/<version>/manifest.json        versions, config, data range, metrics, sha256 of
+                                          every file
     models/<version>/encoder/             the text encoder (safetensors)
     models/<version>/items.parquet        item ids and fields; row = embedding row = index row
     models/<version>/item_vectors.safetensors
@@ -23,7 +24,7 @@ import platform
 import re
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,13 @@ REQUIRED_FILES = ("items.parquet", "item_vectors.safetensors", "index.faiss", "r
 def check_version_name(version: str) -> str:
     """Refuse names that could escape the models directory (`..`, `a/b`, empty)."""
     if not isinstance(version, str) or not VERSION_PATTERN.match(version) or version in {".", ".."}:
-        raise BundleError(f"invalid model version name {version!r}: use letters, digits, '.', '_', '-'")
+        raise BundleError(f"invalid model version name {version!r}: use letters, digits, "
+                          "'.', '_', '-'")
     return version
 
 
 def new_version_name(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("v%Y%m%d-%H%M%S-%f")
 
 
@@ -100,7 +102,7 @@ class BundleWriter:
             **manifest,
             "format_version": FORMAT_VERSION,
             "version": self.version,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "libraries": library_versions(),
             "files": {str(p.relative_to(self.path)): sha256_file(p) for p in files},
         }

@@ -28,7 +28,7 @@ ITEM_FIELDS = ("item_id", "title", "category")
 
 def write_parts(path: Path, *, items: pl.DataFrame, vectors: np.ndarray, index: ItemIndex,
                 state: BehaviourState, ranker: Ranker, users: pl.DataFrame,
-                encoder: "Encoder", interest: InterestModel | None = None) -> None:
+                encoder: Encoder, interest: InterestModel | None = None) -> None:
     """Write every file of a bundle into the (temporary) bundle directory `path`."""
     items.select(ITEM_FIELDS).write_parquet(path / "items.parquet")
     save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)},
@@ -80,8 +80,9 @@ class UserHistories(Mapping[str, "History"]):
         self._last_times = last_times
 
     @classmethod
-    def from_frame(cls, frame: pl.DataFrame) -> "UserHistories":
-        """From the bundle's features/users.parquet (user_id, items: list of item rows, last_time)."""
+    def from_frame(cls, frame: pl.DataFrame) -> UserHistories:
+        """From the bundle's features/users.parquet (user_id, items: list of item rows,
+        last_time)."""
         lists = frame["items"]
         lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
         items = lists.explode().drop_nulls().to_numpy().astype(np.int64)
@@ -91,7 +92,7 @@ class UserHistories(Mapping[str, "History"]):
         last_times = frame["last_time"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
         return cls(frame["user_id"].to_list(), offsets, items, last_times.astype(np.float64))
 
-    def __getitem__(self, user: str) -> "History":
+    def __getitem__(self, user: str) -> History:
         from recsys.recommender import History
 
         i = self._position[user]
@@ -111,12 +112,13 @@ class UserHistories(Mapping[str, "History"]):
         return len(self._position)
 
 
-def read_bundle(cls: type["Recommender"], bundle: Path, manifest: dict[str, Any], *,
-                threads: int = 0) -> "Recommender":
+def read_bundle(cls: type[Recommender], bundle: Path, manifest: dict[str, Any], *,
+                threads: int = 0) -> Recommender:
     try:
         items = pl.read_parquet(bundle / "items.parquet")
         vectors = load_file(str(bundle / "item_vectors.safetensors"))["vectors"]
-        index = ItemIndex.load(bundle / "index.faiss", **manifest.get("config", {}).get("index", {}))
+        index_settings = manifest.get("config", {}).get("index", {})
+        index = ItemIndex.load(bundle / "index.faiss", **index_settings)
         state = BehaviourState.from_tables(
             json.loads((bundle / "features" / "state.json").read_text()),
             pl.read_parquet(bundle / "features" / "items.parquet"),

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
                    help="fine-tune the encoder on the training clicks first")
     p.add_argument("--finetune-budget", type=float, default=None, metavar="SECONDS",
-                   help="time budget of fine-tuning, both runs together (default: 900 on CPU, 1800 on GPU)")
+                   help="time budget of fine-tuning, both runs together (default: 900 on CPU, "
+                        "1800 on GPU)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle against baselines on a split")
@@ -156,7 +157,7 @@ IMPORT_EXAMPLE = """\
 example (a news site's own export):
   recsys import files --items articles.csv --events clicks.jsonl --out data/news \\
     --map id=item_id,headline=title,body=text,section=category,user=user_id,article=item_id,ts=timestamp
-"""
+"""  # noqa: E501 (one shell argument the user copies whole)
 
 
 def add_import_parser(sub) -> None:
@@ -365,7 +366,8 @@ def cmd_models(args) -> int:
             current = None
         for entry in bundle.list_versions(args.models):
             mark = "*" if entry["version"] == current else " "
-            print(f"{mark} {entry['version']}  {entry['created_at']}  {json.dumps(entry['metrics'])}")
+            print(f"{mark} {entry['version']}  {entry['created_at']}  "
+                  f"{json.dumps(entry['metrics'])}")
         return 0
     if args.action == "promote":
         if not args.version:
@@ -380,9 +382,17 @@ def cmd_models(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from recsys.quickstart import quickstart
+    from recsys.quickstart import evaluate_demo, import_demo, indented
+    from training.pipeline import train
 
-    quickstart(Path(args.workdir), host=args.host, port=args.port, serve=not args.no_serve)
+    workdir = Path(args.workdir)
+    dataset_dir, models_dir = import_demo(workdir)
+    train(dataset_dir, models_dir, log=indented)
+    evaluate_demo(workdir, dataset_dir, models_dir, host=args.host, port=args.port)
+    if not args.no_serve:
+        from serving.main import run
+
+        run(models_dir, host=args.host, port=args.port)
     return 0
 
 

@@ -72,9 +72,8 @@ def encode_cached(encoder: Encoder, texts: Sequence[str], cache_dir: Path | None
         new_keys = [keys[i] for i in missing]
         all_keys = list(cached) + new_keys
         all_vectors = np.vstack([cached_vectors, fresh]) if cached else fresh
-        write_parquet(pl.DataFrame({"key": all_keys,
-                                    "vector": pl.Series(all_vectors, dtype=pl.Array(pl.Float32, dim))}),
-                      cache_file)
+        vectors = pl.Series(all_vectors, dtype=pl.Array(pl.Float32, dim))
+        write_parquet(pl.DataFrame({"key": all_keys, "vector": vectors}), cache_file)
     return out
 
 

@@ -217,7 +217,7 @@ class Encoder:
              "precision": self.precision}, indent=2))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, device: str = "auto") -> "Encoder":
+    def load(cls, directory: str | os.PathLike[str], *, device: str = "auto") -> Encoder:
         meta_path = Path(directory) / "recsys_encoder.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         encoder = cls(directory, device=device, max_length=int(meta.get("max_length", 128)),

@@ -135,7 +135,8 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
                 pipeline[ranked_items] = 10.0 + (len(order) - np.arange(len(order)))
                 covis_row = np.asarray(covis[j].todense()).ravel().astype(np.float64)
                 top = covis_row.max() if covis_row.size else 0.0
-                covisitation = np.where(covis_row > 0, 2.0 + covis_row / max(top, 1e-12), popularity)
+                covisitation = np.where(covis_row > 0, 2.0 + covis_row / max(top, 1e-12),
+                                        popularity)
                 methods = {"pipeline": pipeline, "popularity": popularity,
                            "covisitation": covisitation, "semantic": semantic[j]}
             seen = np.unique(np.asarray(case.history, dtype=np.int64))
@@ -147,7 +148,8 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
     out: dict[str, dict[str, float]] = {}
     for name in METHODS:
         out[name] = ranking_metrics(ranks[name])
-        out[name].update({f"{k}_masked": v for k, v in ranking_metrics(ranks[f"{name}_masked"]).items()})
+        masked = ranking_metrics(ranks[f"{name}_masked"])
+        out[name].update({f"{k}_masked": v for k, v in masked.items()})
     per_case = {f"ndcg@{PER_CASE_K}": {
         name: [round(ranking_metrics([r], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)
                for r in ranks[name]] for name in METHODS},
@@ -212,7 +214,7 @@ def _impressions(recommender: Recommender, context: RankingContext,
     metrics = {name: impression_metrics(per_method[name], labels) for name in METHODS}
     per_case = {f"ndcg@{PER_CASE_K}": {
         name: [round(impression_metrics([s], [y], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)
-               for s, y in zip(per_method[name], labels)] for name in METHODS},
+               for s, y in zip(per_method[name], labels, strict=True)] for name in METHODS},
         "scores": scores_seen.result()}
     return metrics, per_case
 

@@ -28,7 +28,7 @@ GROUP_TEXT = {
 }
 
 
-def explain_rows(recommender: "Recommender", ranked: "RankedBatch", order: np.ndarray,
+def explain_rows(recommender: Recommender, ranked: RankedBatch, order: np.ndarray,
                  history: list[int]) -> list[dict]:
     """One reason dict per recommended position in `order`.
 

@@ -94,7 +94,7 @@ class InterestModel:
                   metadata={"decay": json.dumps(self.decay)})
 
     @classmethod
-    def load(cls, path: Path, dim: int) -> "InterestModel":
+    def load(cls, path: Path, dim: int) -> InterestModel:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="numpy") as handle:

@@ -119,7 +119,7 @@ class LiveSnapshot:
 
     @classmethod
     def read(cls, store: EventStore, *, events_seq: int | None = None,
-             items_seq: int | None = None) -> "LiveSnapshot":
+             items_seq: int | None = None) -> LiveSnapshot:
         """Everything stored now, or up to the given sequence numbers (a resumed run's)."""
         if items_seq is None:
             items_seq = store.items_seq()

@@ -4,7 +4,8 @@ Working from ranks (not top-k lists) lets every method rank the whole catalogue 
 gives MRR exactly. A target that was not ranked at all (masked out) has rank = inf.
 Definitions (per case, then averaged over cases):
     recall@k = |{t in T : rank(t) <= k}| / |T|
-    ndcg@k   = sum_{t : rank(t) <= k} 1 / log2(rank(t) + 1)  /  sum_{i=1}^{min(|T|, k)} 1 / log2(i + 1)
+    ndcg@k   = sum_{t : rank(t) <= k} 1 / log2(rank(t) + 1)
+               / sum_{i=1}^{min(|T|, k)} 1 / log2(i + 1)
     mrr      = 1 / min_t rank(t)
 Impression metrics follow the MIND evaluation script: per impression list, AUC of clicked vs
 not-clicked, MRR = mean over clicked items of 1/rank, nDCG@k with binary gains.
@@ -59,7 +60,7 @@ def impression_metrics(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray
     if len(scores) == 0:
         raise ValueError("no impressions to evaluate")
     totals = {"auc": 0.0, "mrr": 0.0, **{f"ndcg@{k}": 0.0 for k in cutoffs}}
-    for score, label in zip(scores, labels):
+    for score, label in zip(scores, labels, strict=True):
         score, label = np.asarray(score, np.float64), np.asarray(label, np.float64)
         totals["auc"] += auc(score, label)
         order = np.argsort(-score, kind="stable")

@@ -1,4 +1,5 @@
-"""`recsys quickstart`: the bundled MovieLens latest-small demo, from raw files to a live API."""
+"""`recsys quickstart`'s steps around training: the bundled MovieLens latest-small demo data in,
+the test evaluation and an example request out (recsys/cli.py trains and serves in between)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,25 @@ from pathlib import Path
 DEMO_DATA = Path(__file__).resolve().parent / "demo" / "ml-latest-small"
 
 
-def quickstart(workdir: Path, *, host: str = "127.0.0.1", port: int = 8000,
-               serve: bool = True) -> dict:
-    """Import the demo data, train, print the test evaluation, then serve (unless `serve=False`)."""
+def import_demo(workdir: Path) -> tuple[Path, Path]:
+    """Import the demo data under `workdir`; returns (dataset dir, models dir) for training."""
     from recsys.data.importers import import_dataset
-    from recsys.evaluate import evaluate, format_table
-    from recsys.io import write_json
-    from recsys.recommender import Recommender
-    from training.pipeline import train
 
     workdir.mkdir(parents=True, exist_ok=True)
     dataset_dir, models_dir = workdir / "dataset", workdir / "models"
     print(f"[1/4] importing the bundled MovieLens latest-small demo data -> {dataset_dir}")
     import_dataset("movielens", DEMO_DATA, dataset_dir)
     print(f"[2/4] training -> {models_dir} (item texts are embedded once, then cached)")
-    train(dataset_dir, models_dir, log=indented)
+    return dataset_dir, models_dir
+
+
+def evaluate_demo(workdir: Path, dataset_dir: Path, models_dir: Path, *,
+                  host: str = "127.0.0.1", port: int = 8000) -> dict:
+    """Print the trained demo's test evaluation and a curl for its most active user."""
+    from recsys.evaluate import evaluate, format_table
+    from recsys.io import write_json
+    from recsys.recommender import Recommender
+
     print("[3/4] evaluating on the test split (the last 10% of time)")
     report = evaluate(models_dir, dataset_dir, "test", log=indented)
     print(format_table(report))
@@ -31,10 +36,6 @@ def quickstart(workdir: Path, *, host: str = "127.0.0.1", port: int = 8000,
     example_user = sorted(recommender.users, key=lambda u: -len(recommender.users[u].items))[0]
     curl = f"curl 'http://{host}:{port}/recommendations/{example_user}?k=5'"
     print(f"[4/4] serving on http://{host}:{port} (docs at /docs). Try:\n  {curl}")
-    if serve:
-        from serving.main import run
-
-        run(models_dir, host=host, port=port)
     return {"report": report, "curl": curl, "models": str(models_dir)}
 
 

@@ -60,7 +60,7 @@ class Ranker:
     def compiled(self) -> bool:
         return self.trees is not None
 
-    def with_compiled_trees(self) -> "Ranker":
+    def with_compiled_trees(self) -> Ranker:
         """This ranker predicting through compiled trees; raises CompiledTreesError (lleaves
         missing, failing, or disagreeing with LightGBM), and then this ranker still works."""
         if self.trees is not None:
@@ -77,19 +77,21 @@ class Ranker:
         return scores.astype(np.float32)
 
     def contributions(self, rows: pl.DataFrame) -> np.ndarray:
-        """Per-feature contributions (SHAP values) [n, n_features + 1]; the last column is the bias."""
+        """Per-feature contributions (SHAP values) [n, n_features + 1]; the last column is the
+        bias."""
         return self.booster.predict(self.matrix(rows), pred_contrib=True, num_threads=self.threads)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         self.booster.save_model(str(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], features: list[str], *, threads: int = 0) -> "Ranker":
+    def load(cls, path: str | os.PathLike[str], features: list[str], *, threads: int = 0) -> Ranker:
         path = Path(path)
         # LightGBM aborts the whole process on some truncated model files: check the end marker
         data = path.read_bytes()
         if b"end of trees" not in data:
-            raise BundleError(f"{path}: not a complete LightGBM model (truncated: no 'end of trees')")
+            raise BundleError(f"{path}: not a complete LightGBM model "
+                              "(truncated: no 'end of trees')")
         check_tree_sizes(data, path)
         try:  # from the bytes already read: the file is read once
             booster = lgb.Booster(model_str=data.decode())

@@ -121,8 +121,14 @@ def score_with_ray(models, users, out: Path, *, k: int, chunk_size: int, exclude
     """
     from tqdm import tqdm
 
-    from recsys.batch import (Checkpoints, add_counts, job_key, new_counts, read_chunks,
-                              read_live_state)
+    from recsys.batch import (
+        Checkpoints,
+        add_counts,
+        job_key,
+        new_counts,
+        read_chunks,
+        read_live_state,
+    )
     from recsys.bundle import read_manifest, resolve_bundle
 
     bundle = resolve_bundle(models)

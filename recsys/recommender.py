@@ -108,7 +108,7 @@ class Recommender:
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True, threads: int = 0) -> "Recommender":
+    def load(cls, path: str | Path, *, verify: bool = True, threads: int = 0) -> Recommender:
         from recsys.bundle_io import read_bundle
 
         bundle = resolve_bundle(path)
@@ -126,7 +126,8 @@ class Recommender:
     def recommend_for_history(self, histories: Sequence[Sequence[str]], k: int = 10,
                               filters: Filters | None = None, *, now: float | None = None,
                               explain: bool = False) -> list[Recommendation]:
-        """Recommendations for explicit histories (anonymous users); unknown item ids are skipped."""
+        """Recommendations for explicit histories (anonymous users); unknown item ids are
+        skipped."""
         rows = [self.history_of(h) for h in histories]
         return self._recommend(rows, k, filters or Filters(), now=now, explain=explain,
                                user_ids=[None] * len(rows))
@@ -162,7 +163,7 @@ class Recommender:
 
     def with_items(self, item_ids: Sequence[str], titles: Sequence[str],
                    categories: Sequence[str | None], vectors: np.ndarray, *,
-                   now: float | None = None) -> "Recommender":
+                   now: float | None = None) -> Recommender:
         """A copy that also serves these new or changed items (cold start), retrievable at once.
 
         Each item gets a new row after the existing ones (a changed item's old row is retired),
@@ -211,7 +212,7 @@ class Recommender:
                                        fresh.state, self.retrieval, self.context.interest)
         return fresh
 
-    def without_items(self, item_ids: Sequence[str]) -> "Recommender":
+    def without_items(self, item_ids: Sequence[str]) -> Recommender:
         """A copy that never serves these items again (unknown ids are ignored)."""
         rows = [self.item_rows[i] for i in item_ids if i in self.item_rows]
         if not rows:
@@ -222,7 +223,7 @@ class Recommender:
         gone.item_rows = {i: r for i, r in self.item_rows.items() if r not in set(rows)}
         return gone
 
-    def with_ranker(self, ranker) -> "Recommender":
+    def with_ranker(self, ranker) -> Recommender:
         """A copy scoring with another ranker (e.g. one wrapped in a time budget)."""
         other = copy.copy(self)
         other.ranker = ranker
@@ -297,7 +298,7 @@ class Recommender:
             # own slice of `best_first`
             candidates = ranked.candidates
             best_first = np.lexsort((candidates.item, -ranked.scores, candidates.request))
-            for j, (u, rows) in enumerate(zip(warm, candidates.slices(len(warm)))):
+            for j, (u, rows) in enumerate(zip(warm, candidates.slices(len(warm)), strict=True)):
                 out[u] = self._top_k(ranked, best_first[rows], k, filters, user_ids[u],
                                      requests.histories[j], explain)
         return out  # type: ignore[return-value]
@@ -371,7 +372,8 @@ def diversify(order: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int, 
         vectors = item_vectors[items[pool]]
         relevance = scores[pool].astype(np.float64)
         spread = relevance.max() - relevance.min()
-        relevance = (relevance - relevance.min()) / spread if spread > 0 else np.ones_like(relevance)
+        relevance = ((relevance - relevance.min()) / spread if spread > 0
+                     else np.ones_like(relevance))
         chosen: list[int] = []
         max_sim = np.full(len(pool), -np.inf)
         for _ in range(min(k, len(pool))):
@@ -492,7 +494,8 @@ def _state_with_new_items(state: BehaviourState, m: int, first_seen_s: float) ->
     n = state.n_items
     covis = copy.copy(state.covisitation)
     matrix = state.covisitation.matrix_
-    indptr = np.concatenate([matrix.indptr, np.full(m, matrix.indptr[-1], dtype=matrix.indptr.dtype)])
+    indptr = np.concatenate([matrix.indptr,
+                             np.full(m, matrix.indptr[-1], dtype=matrix.indptr.dtype)])
     covis.n_items = n + m
     covis.matrix_ = sp.csr_matrix((matrix.data, matrix.indices, indptr), shape=(n + m, n + m))
     grown = copy.copy(state)

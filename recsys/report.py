@@ -71,7 +71,8 @@ def history_buckets(lengths: list[int], per_case_ndcg: dict[str, list[float]]) -
         inside = (lengths_arr >= low) & (lengths_arr < high)
         if not inside.any():
             continue
-        label = f"{low}" if high == low + 1 else (f"{low}+" if high >= 10**9 else f"{low}-{high - 1}")
+        label = (f"{low}" if high == low + 1
+                 else f"{low}+" if high >= 10**9 else f"{low}-{high - 1}")
         rows.append({"history": label, "cases": int(inside.sum()),
                      **{m: float(np.asarray(v, dtype=np.float64)[inside].mean())
                         for m, v in per_case_ndcg.items()}})
@@ -167,7 +168,8 @@ def _score_plot(scores: dict):
     bins = np.linspace(both.min(), both.max() + 1e-9, 50)
     if negative.size:
         axis.hist(negative, bins=bins, density=True, alpha=0.55, color="#7f7f7f",
-                  label=f"not clicked ({negative.size} sampled of {scores.get('negative_total', negative.size)})")
+                  label=f"not clicked ({negative.size} sampled of "
+                        f"{scores.get('negative_total', negative.size)})")
     if positive.size:
         axis.hist(positive, bins=bins, density=True, alpha=0.55, color="#1f77b4",
                   label=f"clicked ({positive.size})")
@@ -214,7 +216,7 @@ def _page(report: dict, buckets: list[dict]) -> str:
             "Metrics of the pipeline and the baselines on the same cases",
             "Ranker feature importance (total gain of each feature's splits)",
             "Mean NDCG@10 by the length of the user's history",
-            "Ranker scores of clicked and not-clicked candidates")))
+            "Ranker scores of clicked and not-clicked candidates"), strict=True))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}

@@ -152,8 +152,10 @@ def source_ranks(histories: Sequence[Sequence[int]], profiles: np.ndarray,
         sem_rank.append(np.minimum(sem, MISSING_RANK).astype(np.float32))
         covis_rank.append(np.minimum(cov, MISSING_RANK).astype(np.float32))
         pop_rank.append(np.minimum(pop_rank_of[given], MISSING_RANK))
-    cat = (lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts
-           else np.zeros(0, dtype=dtype))
+
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
     return Candidates(request=cat(requests, np.int64), item=cat(items, np.int64),
                       sem_rank=cat(sem_rank, np.float32), covis_rank=cat(covis_rank, np.float32),
                       pop_rank=cat(pop_rank, np.float32))

@@ -66,7 +66,7 @@ class Split:
     test_start: datetime | None = None
 
     @classmethod
-    def of(cls, dataset: Dataset, item_ids: list[str]) -> "Split":
+    def of(cls, dataset: Dataset, item_ids: list[str]) -> Split:
         events = with_item_rows(dataset.events, item_ids).sort(
             ["user_id", "timestamp", "event_id"], maintain_order=True)
         split = cls(dataset, events, dataset.protocol)
@@ -92,7 +92,8 @@ class Split:
     def time_range(self) -> dict:
         train = self.train_events()
         return {"train_events": train.height,
-                "train_start": str(train["timestamp"].min()), "train_end": str(train["timestamp"].max()),
+                "train_start": str(train["timestamp"].min()),
+                "train_end": str(train["timestamp"].max()),
                 "valid_start": str(self.valid_start), "test_start": str(self.test_start)}
 
     def cases(self, split: str) -> list[Case]:
@@ -134,7 +135,8 @@ class Split:
 
 
 def _leave_one_out_labels(events: pl.DataFrame) -> pl.DataFrame:
-    """Keep the importer's split column, or mark each user's last click test, the one before valid."""
+    """Keep the importer's split column, or mark each user's last click test, the one before
+    valid."""
     if "split" in events.columns and events["split"].null_count() < events.height:
         return events.with_columns(pl.col("split").fill_null("train"))
     clicks_back = (pl.when(pl.col("type").is_in(POSITIVE_TYPES)).then(1).otherwise(0)
@@ -154,7 +156,8 @@ def _target_cases(events: pl.DataFrame, history_splits: list[str], target_split:
                .agg(pl.col("item"), pl.col("timestamp").max().alias("last")))
     joined = targets.join(history, on="user_id", how="left", suffix="_h").sort("user_id")
     return [Case(user, list(hist or []), epoch_seconds(last), math.nan, [int(target)])
-            for user, target, hist, last in joined.select("user_id", "item", "item_h", "last").iter_rows()]
+            for user, target, hist, last
+            in joined.select("user_id", "item", "item_h", "last").iter_rows()]
 
 
 def _period_cases(events: pl.DataFrame, start, in_window: pl.Expr) -> list[Case]:
@@ -164,9 +167,10 @@ def _period_cases(events: pl.DataFrame, start, in_window: pl.Expr) -> list[Case]
               .sort(["user_id", "timestamp"], maintain_order=True))
     active = clicks.filter(pl.col("_in"))["user_id"].unique().implode()
     cases = []
-    for user, items, stamps, inside in (clicks.filter(pl.col("user_id").is_in(active))
-                                        .group_by("user_id", maintain_order=True)
-                                        .agg("item", "timestamp", "_in").sort("user_id").iter_rows()):
+    per_user = (clicks.filter(pl.col("user_id").is_in(active))
+                .group_by("user_id", maintain_order=True)
+                .agg("item", "timestamp", "_in").sort("user_id"))
+    for user, items, stamps, inside in per_user.iter_rows():
         seconds = np.array([epoch_seconds(t) for t in stamps], dtype=np.float64)
         items = [int(i) for i in items]
         inside = np.asarray(inside, dtype=bool)
@@ -175,7 +179,8 @@ def _period_cases(events: pl.DataFrame, start, in_window: pl.Expr) -> list[Case]
             now = (seconds == when) & inside
             history = items[:before]
             seen = set(history)
-            fresh = list(dict.fromkeys(i for i, hit in zip(items, now) if hit and i not in seen))
+            fresh = list(dict.fromkeys(i for i, hit in zip(items, now, strict=True)
+                                       if hit and i not in seen))
             if fresh:
                 cases.append(Case(user, history, float(seconds[before - 1]) if before else math.nan,
                                   float(when), fresh))

@@ -42,7 +42,8 @@ class KeyChecker:
         return not self._data
 
     def check(self, presented: str | None, role: str) -> str:
-        """Return the caller's key id; raise AuthError(401/403) when the key does not allow `role`."""
+        """Return the caller's key id; raise AuthError(401/403) when the key does not allow
+        `role`."""
         if role == DATA and self.open_data:
             return key_id(presented) if presented else "anonymous"
         if role == ADMIN and self._admin is None:

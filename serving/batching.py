@@ -72,7 +72,7 @@ class Coalescer:
     def _deliver(self, batch, answers) -> None:
         self._running -= 1
         self._in_batches -= len(batch)
-        for (_, future), answer in zip(batch, answers):
+        for (_, future), answer in zip(batch, answers, strict=True):
             if future.done():  # the client went away
                 continue
             if isinstance(answer, BaseException):

@@ -7,7 +7,7 @@ Runs on the model pool; reads one Recommender (one model version) and the event 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from recsys.errors import NotFoundError
 from recsys.recommender import Recommender
@@ -69,7 +69,7 @@ def _category(recommender: Recommender, row: int) -> str | None:
 
 def _utc(epoch_seconds: float) -> datetime | None:
     try:
-        return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
+        return datetime.fromtimestamp(epoch_seconds, tz=UTC)
     except (OverflowError, OSError, ValueError):  # beyond what a datetime holds
         return None
 

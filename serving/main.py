@@ -18,8 +18,8 @@ from fastapi import FastAPI
 
 from recsys.store import EventStore, open_store
 from serving import errors, service, shedding
-from serving.batching import Coalescer
 from serving.auth import KeyChecker, RateLimiter
+from serving.batching import Coalescer
 from serving.deps import AppContext, ModelPool, PendingCap
 from serving.metrics import Metrics
 from serving.middleware import ServingMiddleware

@@ -1,4 +1,5 @@
-"""Hot reload: one Recommender reference, replaced only by a bundle that loaded, verified and warmed.
+"""Hot reload: one Recommender reference, replaced only by a bundle that loaded, verified and
+warmed.
 
 A request reads `holder.current` once and uses that object to the end, so it never mixes two
 versions. Loading happens beside the serving model; a bundle that fails anywhere is refused and
@@ -19,12 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from features.build import FEATURES
-from recsys.bundle import (CURRENT, check_version_name, current_version, read_manifest,
-                           set_current)
+from recsys.bundle import CURRENT, check_version_name, current_version, read_manifest, set_current
 from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
-from recsys.recommender import Filters, History, Recommender
 from recsys.live_state import apply_item_changes
+from recsys.recommender import Filters, History, Recommender
 from recsys.store import EventStore, StoreUnavailable
 
 log = logging.getLogger(__name__)

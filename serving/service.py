@@ -77,7 +77,7 @@ def recommend_jobs(jobs: Sequence[RecommendJob], recommender: Recommender, store
                 log.exception("a batch of %d recommendation requests failed; answering each "
                               "alone", len(members))
                 results = [_attempt(recommender, jobs, member) for member in members]
-        for (j, _), result in zip(members, results):
+        for (j, _), result in zip(members, results, strict=True):
             out[j] = result if isinstance(result, Exception) else body(recommender, result)
     return out  # type: ignore[return-value]
 
@@ -124,7 +124,7 @@ def body(recommender: Recommender, result: Recommendation) -> dict:
     items = [{"item_id": item, "score": _finite(score),
               "title": recommender.titles[recommender.item_rows[item]]
               if item in recommender.item_rows else None, "reasons": reason}
-             for item, score, reason in zip(result.item_ids, result.scores, reasons)]
+             for item, score, reason in zip(result.item_ids, result.scores, reasons, strict=True)]
     return {"user_id": result.user_id, "items": items, "source": result.source,
             "fallback": result.source != "model", "model_version": result.model_version}
 

@@ -17,7 +17,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from recsys.errors import RecsysError
 
-
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -124,7 +123,7 @@ class Settings(BaseSettings):
         path = self.event_store_path()
         return None if path is None else str(path)
 
-    def check_secure(self) -> "Settings":
+    def check_secure(self) -> Settings:
         """Refuse settings that would serve data to a network without keys, or weak keys."""
         for key in [*self.api_keys, *([self.admin_key] if self.admin_key else [])]:
             if len(key.get_secret_value()) < 16:

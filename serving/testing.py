@@ -9,10 +9,6 @@ from pathlib import Path
 
 from recsys.bundle import MANIFEST, sha256_file
 
-DATA_KEY = "data-key-0123456789abcdef"
-OTHER_DATA_KEY = "data-key-fedcba9876543210"
-ADMIN_KEY = "admin-key-0123456789abcdef"
-
 
 def copy_models(models_dir: Path, target: Path) -> Path:
     """A private copy of a models directory (the session fixture must stay untouched)."""
@@ -39,4 +35,4 @@ def copy_bundle(models_dir: Path, source: str, version: str,
     return target
 
 
-__all__ = ["ADMIN_KEY", "DATA_KEY", "OTHER_DATA_KEY", "copy_bundle", "copy_models"]
+__all__ = ["copy_bundle", "copy_models"]

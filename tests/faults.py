@@ -86,7 +86,7 @@ def _child() -> None:
 
         from serving.main import create_app
         from serving.settings import Settings
-        from serving.testing import DATA_KEY
+        from tests.keys import DATA_KEY
 
         settings = Settings(models_dir=Path(models), event_store=store_path, api_keys=[DATA_KEY],
                             poll_current_s=0, rate_limit_per_s=100_000,

@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from serving.main import create_app
 from serving.settings import Settings
-from serving.testing import ADMIN_KEY, DATA_KEY, copy_models
+from serving.testing import copy_models
+from tests.keys import ADMIN_KEY, DATA_KEY
 
 SNAPSHOT = Path(__file__).parent / "openapi_snapshot.json"
 HEADERS = {"X-API-Key": DATA_KEY}

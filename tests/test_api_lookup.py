@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from serving.main import create_app
 from serving.service import live_since
 from serving.settings import Settings
-from serving.testing import ADMIN_KEY, DATA_KEY, copy_models
+from serving.testing import copy_models
+from tests.keys import ADMIN_KEY, DATA_KEY
 
 HEADERS = {"X-API-Key": DATA_KEY}
 
@@ -78,7 +79,8 @@ def test_a_bundle_user_then_live_events_oldest_first(api, model):
     clicked = [model.item_ids[r] for r in (10, 11, 12, 13)]
     stamps = [1_700_000_000 + n for n in range(4)]
     events = [{"event_id": f"lookup-{n}", "user_id": user, "item_id": item, "type": "click",
-               "timestamp": stamp} for n, (item, stamp) in enumerate(zip(clicked, stamps))]
+               "timestamp": stamp}
+              for n, (item, stamp) in enumerate(zip(clicked, stamps, strict=True))]
     events.append({"event_id": "lookup-shown", "user_id": user, "items": clicked[:2],
                    "type": "impression", "timestamp": stamps[-1] + 1})
     events.append({"event_id": "lookup-gone", "user_id": user, "item_id": "no-such-item",

@@ -59,7 +59,7 @@ def test_scores_match_the_recommender_the_api_uses(models_dir, recommender, user
     expected += recommender.recommend_for_history(
         [recommender.item_ids[:3], recommender.item_ids[5:6]], 5)
     expected += recommender.recommend(["stranger"], 5)
-    for user, rec in zip(known + ["anon-1", "anon-2", "stranger"], expected):
+    for user, rec in zip(known + ["anon-1", "anon-2", "stranger"], expected, strict=True):
         rows = recs.filter(pl.col("user_id") == user).sort("rank")
         assert rows["rank"].to_list() == [1, 2, 3, 4, 5]
         assert rows["item_id"].to_list() == rec.item_ids
@@ -120,7 +120,8 @@ def _write(path: Path, table: pa.Table) -> Path:
 
 BAD_INPUTS = {
     "missing file": (lambda d: d / "absent.parquet", "file not found", None),
-    "not parquet": (lambda d: (d / "text.parquet").write_text("user_id\nu1\n") and d / "text.parquet",
+    "not parquet": (lambda d: (d / "text.parquet").write_text("user_id\nu1\n")
+                    and d / "text.parquet",
                     "cannot read Parquet", None),
     "missing column": (lambda d: _write(d / "x.parquet", pa.table({"uid": ["a"]})),
                        "missing required column", "user_id"),
@@ -128,7 +129,8 @@ BAD_INPUTS = {
                    "must hold strings", "user_id"),
     "wrong history type": (lambda d: _write(d / "x.parquet", pa.table(
         {"user_id": ["a"], "history": ["i1 i2"]})), "list of item id strings", "history"),
-    "zero rows": (lambda d: _write(d / "x.parquet", pa.table({"user_id": pa.array([], pa.string())})),
+    "zero rows": (lambda d: _write(d / "x.parquet",
+                                   pa.table({"user_id": pa.array([], pa.string())})),
                   "no rows", None),
     "null user": (lambda d: _write(d / "x.parquet", pa.table({"user_id": ["a", "b", None]})),
                   "empty user id", "user_id"),

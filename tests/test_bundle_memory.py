@@ -66,7 +66,7 @@ def test_recommendations_are_the_same_as_with_a_dict_of_histories(models_dir, us
     as_dict = copy.copy(loaded)
     as_dict.users = reference_histories(users_frame)
     users = sorted(loaded.users)[:40] + ["no such user"]
-    for ours, theirs in zip(loaded.recommend(users, 10), as_dict.recommend(users, 10)):
+    for ours, theirs in zip(loaded.recommend(users, 10), as_dict.recommend(users, 10), strict=True):
         assert ours.item_ids == theirs.item_ids
         assert ours.scores == theirs.scores
     assert loaded.live_history(users[0], []).items == as_dict.live_history(users[0], []).items

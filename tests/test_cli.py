@@ -39,7 +39,8 @@ def test_validate_reports_file_row_and_column(tmp_path, recbole_dataset, capsys)
         (broken / name).write_bytes((recbole_dataset / name).read_bytes())
     events = pl.read_parquet(recbole_dataset / "events.parquet")
     events = events.with_columns(
-        pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col("user_id")).alias("user_id"))
+        pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col("user_id"))
+        .alias("user_id"))
     events.write_parquet(broken / "events.parquet")
     assert main(["validate", str(broken)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
@@ -48,7 +49,8 @@ def test_validate_reports_file_row_and_column(tmp_path, recbole_dataset, capsys)
 
 def test_bad_source_exits_non_zero_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["import", "movielens", str(tmp_path / "missing"), "--out", str(out)]) == EXIT_BAD_INPUT
+    missing = str(tmp_path / "missing")
+    assert main(["import", "movielens", missing, "--out", str(out)]) == EXIT_BAD_INPUT
     assert "missing" in capsys.readouterr().err
     assert not (out / "events.parquet").exists()
 
@@ -103,7 +105,7 @@ def test_recommend_explain_adds_the_reasons(models_dir, recommender, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[-1] == "why"
     reasons = recommender.recommend([user], k=3, explain=True)[0].reasons
-    for line, reason in zip(lines[2:], reasons):
+    for line, reason in zip(lines[2:], reasons, strict=True):
         assert line.endswith(reason["text"])
 
 

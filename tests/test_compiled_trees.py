@@ -18,7 +18,7 @@ from recsys.ranker import Ranker
 from recsys.recommender import Filters
 from serving.main import create_app
 from serving.settings import Settings
-from serving.testing import DATA_KEY
+from tests.keys import DATA_KEY
 
 
 def _booster(seed: int, rounds: int = 20) -> lgb.Booster:
@@ -49,7 +49,7 @@ def test_the_recommendations_are_the_same_through_compiled_trees(recommender):
     plain = recommender.recommend(users, 10, Filters(), now=1e9)
     compiled = recommender.with_ranker(recommender.ranker.with_compiled_trees()).recommend(
         users, 10, Filters(), now=1e9)
-    for a, b in zip(plain, compiled):
+    for a, b in zip(plain, compiled, strict=True):
         assert list(a.item_ids) == list(b.item_ids)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 

@@ -23,13 +23,13 @@ def test_reasons_are_the_ranker_contributions_and_the_closest_history_item(recom
     row_of = {int(i): r for r, i in enumerate(ranked.candidates.item)}
     contributions = recommender.ranker.contributions(ranked.features)
     names = recommender.ranker.features
-    for item_id, reason in zip(rec.item_ids, rec.reasons):
+    for item_id, reason in zip(rec.item_ids, rec.reasons, strict=True):
         item = recommender.item_rows[item_id]
         r = row_of[item]
-        expected = sorted((c for c in zip(contributions[r, :-1], names) if c[0] > 0),
+        expected = sorted((c for c in zip(contributions[r, :-1], names, strict=True) if c[0] > 0),
                           reverse=True)[:3]
         assert [f["feature"] for f in reason["features"]] == [n for _, n in expected]
-        for feature, (value, _) in zip(reason["features"], expected):
+        for feature, (value, _) in zip(reason["features"], expected, strict=True):
             assert feature["contribution"] == round(float(value), 4)
             assert feature["group"] == GROUP_OF[feature["feature"]]
         # "because you viewed X": the most similar other history item

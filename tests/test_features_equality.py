@@ -33,12 +33,12 @@ def _offline_rows(recommender, users, targets):
     histories = [recommender.users[u] for u in users]
     now = recommender.request_batch(histories).times
     cases = [Case(u, list(h.items), h.last_time, float(t), [int(target)])
-             for u, h, t, target in zip(users, histories, now, targets)]
+             for u, h, t, target in zip(users, histories, now, targets, strict=True)]
     data = build_groups(recommender.context, cases)
     assert data.n_groups == len(users), "every case has its target among the candidates"
     rows = {}
     offset = 0
-    for size, case_index in zip(data.groups, data.group_cases):
+    for size, case_index in zip(data.groups, data.group_cases, strict=True):
         for r in range(offset, offset + size):
             rows[(cases[case_index].user_id, int(data.items[r]))] = data.features.row(r)
         offset += size
@@ -62,7 +62,7 @@ def test_training_rows_equal_live_rows(bundle, request):
     assert ranked.features.columns == list(FEATURES)
     live_rows = {(users[int(j)], int(item)): ranked.features.row(r)
                  for r, (j, item) in enumerate(zip(ranked.candidates.request,
-                                                   ranked.candidates.item))}
+                                                   ranked.candidates.item, strict=True))}
     assert set(live_rows) == set(offline), "the same candidates offline and online"
     for key, row in offline.items():
         np.testing.assert_array_equal(np.asarray(row, np.float32),
@@ -72,9 +72,9 @@ def test_training_rows_equal_live_rows(bundle, request):
         assert np.isfinite(age).any()
 
     # The served scores and explanations carry the very same values.
-    for user, rec in zip(users, live):
+    for user, rec in zip(users, live, strict=True):
         assert rec.reasons is not None and len(rec.reasons) == len(rec.item_ids)
-        for item_id, score, reason in zip(rec.item_ids, rec.scores, rec.reasons):
+        for item_id, score, reason in zip(rec.item_ids, rec.scores, rec.reasons, strict=True):
             row = offline[(user, recommender.item_rows[item_id])]
             offline_score = recommender.ranker.predict(_frame(FEATURES, row))[0]
             assert score == pytest.approx(float(offline_score), abs=1e-6)
@@ -89,7 +89,7 @@ def test_training_rows_equal_live_rows(bundle, request):
 def _frame(columns, row):
     import polars as pl
 
-    return pl.DataFrame({c: [np.float32(v)] for c, v in zip(columns, row)},
+    return pl.DataFrame({c: [np.float32(v)] for c, v in zip(columns, row, strict=True)},
                         schema={c: pl.Float32 for c in columns})
 
 

@@ -33,7 +33,8 @@ def _config(**kw) -> RankerConfig:
 def test_search_keeps_the_setting_with_the_best_valid_score():
     train, valid = _groups(300, 1), _groups(100, 2)
     search = ({"num_leaves": 2, "learning_rate": 0.01}, {"num_leaves": 15, "learning_rate": 0.2})
-    ranker, report = train_ranker(train, valid, FEATURES, _config(search=search), log=lambda _: None)
+    ranker, report = train_ranker(train, valid, FEATURES, _config(search=search),
+                                  log=lambda _: None)
     scores = [t["valid_ndcg@10_candidates"] for t in report["search"]]
     assert [t["setting"] for t in report["search"]] == list(search)
     assert report["valid_ndcg@10_candidates"] == max(scores)

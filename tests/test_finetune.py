@@ -15,8 +15,14 @@ import pytest
 from recsys.data.dataset import load_dataset
 from recsys.splits import Case, Split
 from training.finetune import BudgetAndBestCallback, FinetuneConfig
-from training.finetune_data import (HISTORY_SEPARATOR, Transition, anchor_texts,
-                                    mine_hard_negatives, sample_transitions, transitions)
+from training.finetune_data import (
+    HISTORY_SEPARATOR,
+    Transition,
+    anchor_texts,
+    mine_hard_negatives,
+    sample_transitions,
+    transitions,
+)
 from training.finetune_eval import unseen_target_cases
 
 
@@ -68,7 +74,7 @@ def test_hard_negatives_are_from_the_rank_window_and_never_the_target_or_history
     negatives = mine_hard_negatives(pairs, vectors, (5, 15), seed=0)
     from recsys.retrieval import user_profiles
 
-    for pair, negative in zip(pairs, negatives):
+    for pair, negative in zip(pairs, negatives, strict=True):
         assert negative != pair.target and negative not in pair.history
         scores = user_profiles([pair.history], vectors)[0] @ vectors.T
         scores[pair.history + [pair.target]] = -np.inf
@@ -173,8 +179,13 @@ def test_adapter_starts_as_the_base_encoder_and_ships_as_one_encoder(tmp_path):
     import torch
 
     from recsys.encoder import Encoder
-    from training.finetune_adapter import (load_adapter, new_adapter, save_adapter,
-                                           save_servable_encoder, training_model)
+    from training.finetune_adapter import (
+        load_adapter,
+        new_adapter,
+        save_adapter,
+        save_servable_encoder,
+        training_model,
+    )
 
     texts = ["Digital caliper, stainless steel. Tools.", "Nitrile gloves, box of 100. Lab.",
              "Glass beaker set, 250 ml. Lab supplies."]
@@ -269,9 +280,9 @@ def test_a_run_that_never_beats_the_base_ships_the_base(recbole_dataset, tmp_pat
     config = TrainConfig(device="cpu", finetune=FinetuneConfig(
         mode="adapter", learning_rate=1e-12, max_pairs=32, batch_size=16, epochs=2,
         valid_cases=20))
-    encoder, vectors, report, interest = finetune_step(dataset, dataset.items["item_id"].to_list(), texts,
-                                             base_vectors, tmp_path / "work", config,
-                                             log=lambda _: None)
+    encoder, vectors, report, interest = finetune_step(dataset, dataset.items["item_id"].to_list(),
+                                                       texts, base_vectors, tmp_path / "work",
+                                                       config, log=lambda _: None)
     assert report["best_step"] is None and report["valid"]["best"] == report["valid"]["base"]
     assert len(report["valid"]["history"]) == 3                   # step 0 and both epochs
     assert encoder.fingerprint == base.fingerprint

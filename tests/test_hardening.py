@@ -17,7 +17,8 @@ from recsys.store import Event, EventStoreError
 from recsys.store.sqlite import SqliteEventStore
 from serving.main import create_app
 from serving.settings import Settings
-from serving.testing import ADMIN_KEY, DATA_KEY, copy_bundle, copy_models
+from serving.testing import copy_bundle, copy_models
+from tests.keys import ADMIN_KEY, DATA_KEY
 
 DATA = {"X-API-Key": DATA_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -188,7 +189,7 @@ def test_d6_client_ids_cannot_take_an_impression_rows_id(api, order):
                      else (_click(f"{prefix}#0"), _shown(prefix)))
     answers = [api.post("/events", json={"events": [e]}) for e in (first, second)]
     stored = {e.event_id for _, e in api.app.state.context.store.events()}
-    for sent, answer in zip((first, second), answers):
+    for sent, answer in zip((first, second), answers, strict=True):
         if "#" in sent["event_id"]:  # refused with a reason, never silently dropped
             assert answer.status_code == 422
             assert answer.json()["detail"][0]["loc"][-1] == "event_id"

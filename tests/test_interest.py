@@ -15,7 +15,7 @@ from recsys.errors import BundleError
 from recsys.interest import INTEREST_FILE, InterestModel, semantic_scores
 from recsys.retrieval import PROFILE_DECAY, user_profiles
 from training.finetune_adapter import new_adapter
-from training.finetune_data import anchor_texts, history_strings, Transition
+from training.finetune_data import Transition, anchor_texts, history_strings
 from training.finetune_interest import CatalogueSoftmaxLoss, interest_model
 
 HISTORIES = [[3], [0, 5, 2], [7, 1, 4, 6, 0, 2, 9, 8, 3, 5, 1, 7, 2, 6, 4, 0, 9, 3, 8, 5, 1, 2], []]
@@ -128,7 +128,8 @@ def test_bundle_serves_with_its_interest_model_and_refuses_to_lose_it(models_dir
     dim = plain.item_vectors.shape[1]
     rng = np.random.default_rng(3)
     learned = InterestModel(0.7, np.zeros(20, np.float32),
-                            (np.eye(dim) + 0.2 * rng.standard_normal((dim, dim))).astype(np.float32),
+                            (np.eye(dim) + 0.2 * rng.standard_normal((dim, dim)))
+                            .astype(np.float32),
                             np.zeros(dim, np.float32))
     learned.save(bundle / INTEREST_FILE)
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -155,7 +156,8 @@ def test_identity_penalty_is_zero_at_the_plain_mean_and_grows_with_the_map():
     labels = torch.tensor([3, 5])
     plain = CatalogueSoftmaxLoss(model, [3, 5, 7])
     held = CatalogueSoftmaxLoss(model, [3, 5, 7], pooling=pooling, identity_penalty=0.5)
-    assert abs(held([dict(features)], labels).item() - plain([dict(features)], labels).item()) < 1e-6
+    difference = held([dict(features)], labels).item() - plain([dict(features)], labels).item()
+    assert abs(difference) < 1e-6
     with torch.no_grad():
         pooling.linear.weight.add_(0.1)
     drift = 0.5 * (0.1 ** 2) * vectors.shape[1] ** 2

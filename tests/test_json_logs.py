@@ -8,8 +8,13 @@ import logging
 import queue
 import time
 
-from serving.json_logs import (JsonFormatter, LineQueueHandler, LineWriter, TextFormatter,
-                               resolve_format)
+from serving.json_logs import (
+    JsonFormatter,
+    LineQueueHandler,
+    LineWriter,
+    TextFormatter,
+    resolve_format,
+)
 
 
 class CountingStream(io.StringIO):

@@ -60,7 +60,7 @@ def test_similarities_of_a_row_do_not_depend_on_the_rest_of_the_batch():
     order = rng.permutation(200)
     shuffled = kernels.similarities(profiles, items, offsets, request[order], item[order],
                                     vectors, 5)
-    for a, b in zip(whole, shuffled):
+    for a, b in zip(whole, shuffled, strict=True):
         np.testing.assert_array_equal(a[order], b)
     # one request alone, in a batch of its own
     u = int(request[0])
@@ -68,7 +68,7 @@ def test_similarities_of_a_row_do_not_depend_on_the_rest_of_the_batch():
     rows = np.flatnonzero(request == u)
     alone = kernels.similarities(profiles[u:u + 1], alone_items, alone_offsets,
                                  np.zeros(rows.size, np.int64), item[rows], vectors, 5)
-    for a, b in zip(whole, alone):
+    for a, b in zip(whole, alone, strict=True):
         np.testing.assert_array_equal(a[rows], b)
 
 

@@ -94,7 +94,7 @@ def test_multilingual_encoder_round_trips_through_a_bundle_folder(tmp_path, mult
 
 def test_multilingual_encoder_cannot_be_fine_tuned(multilingual):
     with pytest.raises(RecsysError, match="fine-tuning"):
-        multilingual.model
+        _ = multilingual.model
 
 
 def test_finetuning_the_multilingual_encoder_is_a_clear_error(tmp_path, capsys, recbole_dataset):

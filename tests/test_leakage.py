@@ -30,7 +30,6 @@ NOISE_EVENTS = 300
 @pytest.fixture(scope="module")
 def mind_dataset(tmp_path_factory):
     from recsys.data.importers import import_dataset
-
     from tests.conftest import FIXTURES
 
     out = tmp_path_factory.mktemp("data") / "mind"
@@ -57,7 +56,7 @@ def _rows(dataset: Dataset) -> dict[tuple, tuple]:
                       n_items=len(item_ids))
     assert data.n_groups > 0, "the fixture must yield training groups"
     rows, offset = {}, 0
-    for size, case_index in zip(data.groups, data.group_cases):
+    for size, case_index in zip(data.groups, data.group_cases, strict=True):
         case = data.cases[case_index]
         for r in range(offset, offset + size):
             key = (case.user_id, round(case.time, 3) if math.isfinite(case.time) else None,
@@ -150,7 +149,8 @@ def test_events_at_or_after_the_target_do_not_change_training_rows(dataset):
         # the earliest row target; new users' clicks and existing users' impressions and
         # ratings from there on (new users only add rows of their own)
         start = min(c.time for c in cases)
-        start = split.events["timestamp"].min().__class__.fromtimestamp(start, tz=split.valid_start.tzinfo)
+        start = split.events["timestamp"].min().__class__.fromtimestamp(
+            start, tz=split.valid_start.tzinfo)
         clicks_end = split.events.filter(pl.col("type") == "click")["timestamp"].max()
         events = _noise(dataset, start, clicks_end, 1, existing_users=False)
         others = _noise(replace(dataset, events=events), start, clicks_end, 2,

@@ -10,7 +10,7 @@ import sys
 import time
 import types
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -193,7 +193,7 @@ def test_the_server_default_history_length_is_the_shared_one():
 
 
 # -- retraining with the items added and deleted through the API ------------------------------
-START = datetime(2018, 1, 1, tzinfo=timezone.utc)
+START = datetime(2018, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +318,7 @@ def test_a_bad_item_changes_file_is_refused_by_file_row_and_column(tmp_path):
         read_export(export)
     pl.DataFrame({"event_id": ["e"]}).write_parquet(export / "events.parquet")
     assert read_export(export) == (export / "events.parquet", None)   # a click log alone
-    stamp = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    stamp = datetime(2020, 1, 1, tzinfo=UTC)
     pl.DataFrame({"item_id": ["a", "b"], "title": ["A", ""], "text": ["an item", ""],
                   "category": [None, None], "deleted": [False, False],
                   "updated_at": [stamp, stamp], "seq": [1, 2]},
@@ -344,15 +344,16 @@ def test_item_changes_apply_to_the_catalogue_last_change_winning():
     from recsys.store.export import ITEM_CHANGES_SCHEMA
     from training.retrain import apply_item_changes
 
-    old = datetime(2019, 1, 1, tzinfo=timezone.utc)
+    old = datetime(2019, 1, 1, tzinfo=UTC)
     items = pl.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"],
                           "text": ["a text", "b text", "c text"], "category": ["x", "y", None],
                           "created_at": [old, old, old]}).with_columns(
         pl.col("created_at").dt.cast_time_unit("us"))
-    at = [datetime(2020, 1, d, tzinfo=timezone.utc) for d in range(1, 6)]
+    at = [datetime(2020, 1, d, tzinfo=UTC) for d in range(1, 6)]
     changes = pl.DataFrame({
         "item_id": ["a", "n", "b", "gone", "gone"], "title": ["A2", "N", "", "G", ""],
-        "text": ["a new text", "n text", "", "g text", ""], "category": ["x", "z", None, None, None],
+        "text": ["a new text", "n text", "", "g text", ""],
+        "category": ["x", "z", None, None, None],
         "deleted": [False, False, True, False, True], "updated_at": at, "seq": [1, 2, 3, 4, 5]},
         schema=ITEM_CHANGES_SCHEMA)
     catalogue, deleted, report = apply_item_changes(items, changes)

@@ -33,7 +33,8 @@ def test_multi_target_metrics_by_hand():
     assert m["recall@10"] == pytest.approx(0.5)
     assert m["ndcg@10"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
     assert m["recall@50"] == pytest.approx(1.0)
-    assert m["ndcg@50"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(12)) / (1 + 1 / math.log2(3)))
+    assert m["ndcg@50"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(12))
+                                         / (1 + 1 / math.log2(3)))
     assert m["mrr"] == pytest.approx(0.5)
 
 

@@ -26,6 +26,7 @@ def test_unknown_names_are_attribute_errors():
 
 
 def test_importing_the_package_loads_no_heavy_library():
-    code = "import sys, recsys, recsys.errors; print(sorted(m for m in ('faiss', 'lightgbm', 'torch') if m in sys.modules))"
+    code = ("import sys, recsys, recsys.errors; "
+            "print(sorted(m for m in ('faiss', 'lightgbm', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

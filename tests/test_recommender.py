@@ -31,7 +31,7 @@ def test_unknown_user_gets_the_popularity_fallback(recommender):
 def test_batch_equals_one_by_one(recommender):
     users = sorted(recommender.users)[:6] + ["stranger"]
     batch = recommender.recommend(users, k=7)
-    for user, rec in zip(users, batch):
+    for user, rec in zip(users, batch, strict=True):
         [single] = recommender.recommend([user], k=7)
         assert single.item_ids == rec.item_ids
         assert np.allclose(single.scores, rec.scores)
@@ -48,7 +48,8 @@ def test_anonymous_history_is_ranked_like_the_same_known_history(recommender):
 def test_filters_exclude_items_and_categories(recommender):
     user = known_user(recommender)
     [base] = recommender.recommend([user], k=10)
-    [filtered] = recommender.recommend([user], k=10, filters=Filters(exclude_items=base.item_ids[:3]))
+    [filtered] = recommender.recommend([user], k=10,
+                                       filters=Filters(exclude_items=base.item_ids[:3]))
     assert not set(base.item_ids[:3]) & set(filtered.item_ids)
     assert len(filtered.item_ids) == 10
     category = recommender.category_names[0]

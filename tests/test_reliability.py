@@ -23,8 +23,9 @@ from recsys.store.sqlite import SqliteEventStore
 from serving.json_logs import JsonFormatter
 from serving.main import create_app
 from serving.settings import Settings
-from serving.testing import ADMIN_KEY, DATA_KEY, OTHER_DATA_KEY, copy_bundle, copy_models
+from serving.testing import copy_bundle, copy_models
 from tests.faults import run_with_full_disk
+from tests.keys import ADMIN_KEY, DATA_KEY, OTHER_DATA_KEY
 
 DATA = {"X-API-Key": DATA_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -64,7 +65,8 @@ def _truncate_ranker(path):
 
 def _wrong_dim(path):
     n = len(Recommender.load(path.parent / "v1").item_ids)
-    save_file({"vectors": np.ones((n, 8), dtype=np.float32)}, str(path / "item_vectors.safetensors"))
+    save_file({"vectors": np.ones((n, 8), dtype=np.float32)},
+              str(path / "item_vectors.safetensors"))
 
 
 def _flip_byte(path):

@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from recsys.bundle import set_current
-from serving.testing import DATA_KEY, copy_bundle, copy_models
+from serving.testing import copy_bundle, copy_models
+from tests.keys import DATA_KEY
 from tests.processes import free_port, stop_group
 
 START_TIMEOUT_S = 120
@@ -34,7 +35,7 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Replica":
+    def start(self) -> Replica:
         env = {**os.environ, "RECSYS_STORE": self.store_url, "RECSYS_API_KEYS": DATA_KEY,
                "RECSYS_LOG_LEVEL": "WARNING", "RECSYS_RATE_LIMIT_PER_S": "10000",
                "RECSYS_RATE_LIMIT_BURST": "10000", **self.env}
@@ -45,7 +46,7 @@ class Replica:
                 start_new_session=True)
         return self
 
-    def wait_ready(self) -> "Replica":
+    def wait_ready(self) -> Replica:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -136,8 +137,10 @@ def test_two_replicas_share_clicks_items_and_promotions(replicas, models, recomm
         copy_bundle(models, "v1", "v2")
         set_current(models, "v2")
         for replica in (a, b):
-            until(lambda: client.get(f"{replica.url}/recommendations/{user}").json()
-                  ["model_version"] == "v2", timeout=5.0, every=0.1)
+            # until() calls the check within this iteration, so the loop variable is current
+            url = f"{replica.url}/recommendations/{user}"
+            until(lambda: client.get(url).json()["model_version"] == "v2",  # noqa: B023
+                  timeout=5.0, every=0.1)
 
 
 class Ingest:
@@ -171,7 +174,7 @@ class Ingest:
                 if r.status_code == 200:
                     self.acked.extend(batch)
 
-    def __enter__(self) -> "Ingest":
+    def __enter__(self) -> Ingest:
         self._thread.start()
         return self
 

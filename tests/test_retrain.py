@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +17,7 @@ from recsys.errors import DataError
 from recsys.recommender import Recommender
 from training.retrain import RetrainConfig, decide, retrain
 
-START = datetime(2018, 1, 1, tzinfo=timezone.utc)
+START = datetime(2018, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_gate_refuses_a_candidate_worse_than_popularity():
 
 
 def _bad_log(kind: str, new: pl.DataFrame, path: Path) -> Path:
-    future = datetime.now(timezone.utc) + timedelta(days=2)
+    future = datetime.now(UTC) + timedelta(days=2)
     if kind == "missing file":
         return path
     if kind == "empty":

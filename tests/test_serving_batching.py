@@ -14,7 +14,8 @@ from recsys.recommender import Filters, Recommender
 from serving.main import create_app
 from serving.service import RecommendJob, recommend_jobs
 from serving.settings import Settings
-from serving.testing import DATA_KEY, copy_models
+from serving.testing import copy_models
+from tests.keys import DATA_KEY
 
 HEADERS = {"X-API-Key": DATA_KEY}
 

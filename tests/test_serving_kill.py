@@ -17,7 +17,8 @@ import time
 import httpx
 import pytest
 
-from serving.testing import DATA_KEY, copy_models
+from serving.testing import copy_models
+from tests.keys import DATA_KEY
 from tests.processes import free_port
 
 START_TIMEOUT_S = 90

@@ -13,10 +13,17 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 
 from serving.main import create_app
-from serving.testing import ADMIN_KEY, DATA_KEY
 from serving.ui.session import COOKIE
-from tests.ui_browser import (HOSTILE_CATEGORY, HOSTILE_ITEM, HOSTILE_TITLE, VISITOR,
-                              add_hostile_item, settings_for, two_versions)
+from tests.keys import ADMIN_KEY, DATA_KEY
+from tests.ui_browser import (
+    HOSTILE_CATEGORY,
+    HOSTILE_ITEM,
+    HOSTILE_TITLE,
+    VISITOR,
+    add_hostile_item,
+    settings_for,
+    two_versions,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ui_browser import (HOSTILE_CATEGORY, HOSTILE_ITEM, HOSTILE_TITLE, PAGES, PHONE,
-                              VISITOR, LiveServer, add_hostile_item, browser_missing, chromium,
-                              console_errors, settings_for, sign_in, two_versions)
+from tests.ui_browser import (
+    HOSTILE_CATEGORY,
+    HOSTILE_ITEM,
+    HOSTILE_TITLE,
+    PAGES,
+    PHONE,
+    VISITOR,
+    LiveServer,
+    add_hostile_item,
+    browser_missing,
+    chromium,
+    console_errors,
+    settings_for,
+    sign_in,
+    two_versions,
+)
 
 missing = browser_missing()
 pytestmark = pytest.mark.skipif(missing is not None, reason=f"no browser: {missing}")
@@ -26,7 +39,7 @@ def site(models_dir, tmp_path_factory):
     from fastapi.testclient import TestClient
 
     from serving.main import create_app
-    from serving.testing import DATA_KEY
+    from tests.keys import DATA_KEY
 
     models = two_versions(models_dir, tmp_path_factory.mktemp("ui-browser") / "models")
     app = create_app(settings_for(models))
@@ -135,7 +148,7 @@ def test_post_a_click_and_see_it_counted(site):
 
 
 def test_promote_needs_the_admin_key(site):
-    from serving.testing import ADMIN_KEY
+    from tests.keys import ADMIN_KEY
 
     server, driver, app = site
     holder = app.state.context.holder

@@ -16,8 +16,14 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from features.build import FEATURES, MISSING_RANK, RECENT_FOR_SIMILARITY, Candidates, Requests, \
-    candidate_features
+from features.build import (
+    FEATURES,
+    MISSING_RANK,
+    RECENT_FOR_SIMILARITY,
+    Candidates,
+    Requests,
+    candidate_features,
+)
 from features.covisitation import RECENCY_DECAY, RECENT_ITEMS, Covisitation, pair_scores
 from features.state import BehaviourState
 from recsys.index import ItemIndex
@@ -48,7 +54,7 @@ def reference_retrieve(histories, profiles, index, state, config, exclude=None, 
         banned = set(np.flatnonzero(~allowed).tolist())
         exclude = [e | banned for e in exclude]
     history_sets = [set(int(i) for i in h) for h in histories]
-    source_exclude = [e | h for e, h in zip(exclude, history_sets)]
+    source_exclude = [e | h for e, h in zip(exclude, history_sets, strict=True)]
     has_history = np.array([len(h) > 0 for h in histories])
     sem_rows = np.full((n, 0), -1, dtype=np.int64)
     if config.n_semantic > 0 and has_history.any():
@@ -129,8 +135,10 @@ def reference_source_ranks(histories, profiles, item_lists, item_vectors, state)
         sem_rank.append(np.minimum(sem, MISSING_RANK))
         covis_rank.append(np.minimum(cov, MISSING_RANK))
         pop_rank.append(np.minimum(pop_rank_of[given], MISSING_RANK))
-    cat = (lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts
-           else np.zeros(0, dtype=dtype))
+
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
     return Candidates(request=cat(requests, np.int64), item=cat(items, np.int64),
                       sem_rank=cat(sem_rank, np.float32), covis_rank=cat(covis_rank, np.float32),
                       pop_rank=cat(pop_rank, np.float32))
@@ -158,7 +166,7 @@ def reference_per_request_features(histories, profiles, req, item, item_vectors,
         cats = item_categories[np.asarray(history, dtype=np.int64)] if len(history) \
             else np.zeros(0, np.int64)
         values, n = np.unique(cats[cats >= 0], return_counts=True)
-        shares.append(dict(zip(values.tolist(), (n / max(len(history), 1)).tolist())))
+        shares.append(dict(zip(values.tolist(), (n / max(len(history), 1)).tolist(), strict=True)))
         if len(history) and cats[-1] >= 0:
             last_category[u] = cats[-1]
     cand_cats = item_categories[item]
@@ -166,10 +174,10 @@ def reference_per_request_features(histories, profiles, req, item, item_vectors,
         "sem_score": sem,
         "sim_last": sim_last,
         "sim_max_recent": best,
-        "in_history": np.array([counts.get((int(r), int(i)), 0) for r, i in zip(req, item)],
-                               dtype=np.float32),
-        "cat_share": np.array([shares[r].get(int(c), 0.0) for r, c in zip(req, cand_cats)],
-                              dtype=np.float32),
+        "in_history": np.array([counts.get((int(r), int(i)), 0)
+                                for r, i in zip(req, item, strict=True)], dtype=np.float32),
+        "cat_share": np.array([shares[r].get(int(c), 0.0)
+                               for r, c in zip(req, cand_cats, strict=True)], dtype=np.float32),
         "cat_last": ((cand_cats >= 0) & (cand_cats == last_category[req])).astype(np.float32),
     }
 
@@ -186,8 +194,8 @@ def reference_search(index: ItemIndex, queries, k, exclude):
         fetch = int(min(fetch, faiss_index.ntotal))
         scores, rows = faiss_index.search(queries[pending], fetch)
         still = []
-        for q, query_scores, query_rows in zip(pending, scores, rows):
-            keep = [(r, s) for r, s in zip(query_rows, query_scores)
+        for q, query_scores, query_rows in zip(pending, scores, rows, strict=True):
+            keep = [(r, s) for r, s in zip(query_rows, query_scores, strict=True)
                     if r >= 0 and r not in excluded[q]]
             if len(keep) < k and fetch >= faiss_index.ntotal:
                 keep = index._exact(queries[q], excluded[q], k)

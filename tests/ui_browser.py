@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from recsys.bundle import MANIFEST
-from serving.testing import ADMIN_KEY, DATA_KEY, copy_bundle, copy_models
+from serving.testing import copy_bundle, copy_models
+from tests.keys import ADMIN_KEY, DATA_KEY
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

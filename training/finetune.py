@@ -22,18 +22,35 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from recsys.encoder import (Encoder, bf16_supported, is_multilingual_dir, pick_device,
-                            resolve_model_dir)
+from recsys.encoder import (
+    Encoder,
+    bf16_supported,
+    is_multilingual_dir,
+    pick_device,
+    resolve_model_dir,
+)
 from recsys.errors import RecsysError
 from recsys.interest import INTEREST_FILE, InterestModel, semantic_scores
 from recsys.metrics import ranking_metrics
 from recsys.retrieval import PROFILE_DECAY, user_profiles
 from recsys.splits import Case, Split
-from training.finetune_adapter import (load_adapter, new_adapter, save_adapter,
-                                       save_servable_encoder, training_model)
-from training.finetune_data import (USER_SIDES, anchor_texts, history_query_texts,
-                                    finetune_events, history_strings, mine_hard_negatives,
-                                    sample_transitions, transitions)
+from training.finetune_adapter import (
+    load_adapter,
+    new_adapter,
+    save_adapter,
+    save_servable_encoder,
+    training_model,
+)
+from training.finetune_data import (
+    USER_SIDES,
+    anchor_texts,
+    finetune_events,
+    history_query_texts,
+    history_strings,
+    mine_hard_negatives,
+    sample_transitions,
+    transitions,
+)
 from training.finetune_interest import CatalogueSoftmaxLoss, interest_model
 
 SELECTION_METRIC = "recall@50"
@@ -60,7 +77,7 @@ class FinetuneConfig:
     user_side: str | None = None
     interest_bias: bool = True               # "interest": a bias term in the query map
     interest_identity_penalty: float = 0.01  # "interest": pull the query map towards identity
-    interest_repeat: bool = True             # "interest": learn a score term for items clicked before
+    interest_repeat: bool = True             # "interest": a score term for items clicked before
     history_items: int = 3                   # recent clicks the user side draws from
     max_length: int | None = None            # tokens per text while training (CPU 48, GPU 128)
     batch_size: int | None = None            # pairs per step (CPU 32, GPU 256)
@@ -80,9 +97,12 @@ class FinetuneConfig:
     keep_base_if_worse: bool = True          # a run that never beats the base keeps the base
     seed: int = 0
 
-    def for_device(self, device: str) -> "FinetuneConfig":
+    def for_device(self, device: str) -> FinetuneConfig:
         gpu = device.startswith("cuda")
-        pick = (lambda value, cpu, cuda: value if value is not None else (cuda if gpu else cpu))
+
+        def pick(value, cpu, cuda):
+            return value if value is not None else (cuda if gpu else cpu)
+
         mode = self.mode or ("transformer" if gpu or self.user_side == "text" else "adapter")
         if mode not in ("transformer", "adapter"):
             raise ValueError(f"mode must be transformer or adapter, got {mode!r}")
@@ -189,7 +209,8 @@ class RetrievalRecallEvaluator(BaseEvaluator):
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict:
         metrics = {f"{self.name}_{k}": v for k, v in self.scores(model).items()}
-        self.history.append({"step": int(max(steps, 0)), **{k: round(v, 5) for k, v in metrics.items()}})
+        self.history.append({"step": int(max(steps, 0)),
+                             **{k: round(v, 5) for k, v in metrics.items()}})
         return metrics
 
 
@@ -234,7 +255,8 @@ class BudgetAndBestCallback:
             def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
                 score = (metrics or {}).get(f"eval_{evaluator.primary_metric}")
                 if score is None or not math.isfinite(score):
-                    raise RuntimeError(f"valid evaluation returned no finite {evaluator.primary_metric}")
+                    raise RuntimeError("valid evaluation returned no finite "
+                                       f"{evaluator.primary_metric}")
                 elapsed = time.perf_counter() - self.started
                 if score > self.best:
                     self.best, self.best_step, self.since_best = score, state.global_step, 0
@@ -298,10 +320,13 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     """
     if is_multilingual_dir(resolve_model_dir(base_model)):
         raise RecsysError("the multilingual encoder is inference only: fine-tuning "
-                          "(--finetune) needs a Hugging Face encoder directory (README, 'Language')")
+                          "(--finetune) needs a Hugging Face encoder directory "
+                          "(README, 'Language')")
     from datasets import Dataset as HFDataset
-    from sentence_transformers import (SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     started = time.perf_counter()
@@ -434,7 +459,8 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
                  f"{loss.get_config_dict()['competing_items']} items, scale 20)"
                  if interest else "MultipleNegativesRankingLoss (in-batch negatives"
                  + (" + 1 hard negative per pair)" if config.hard_negatives else ")")),
-        "data": {"pairs": len(pairs), "before_ranker_labels": before_labels, "next_clicks_in_train": len(all_pairs),
+        "data": {"pairs": len(pairs), "before_ranker_labels": before_labels,
+                 "next_clicks_in_train": len(all_pairs),
                  "train_events": pair_events.height,
                  "train_start": str(pair_events["timestamp"].min()),
                  "train_end": str(pair_events["timestamp"].max()),

@@ -74,7 +74,8 @@ class TrainConfig:
 
 def item_texts(items: pl.DataFrame) -> list[str]:
     """The text the encoder reads for each item: the item's `text`, else its title."""
-    return items.select(pl.coalesce(pl.col("text"), pl.col("title"), pl.lit(""))).to_series().to_list()
+    texts = items.select(pl.coalesce(pl.col("text"), pl.col("title"), pl.lit("")))
+    return texts.to_series().to_list()
 
 
 def category_codes(items: pl.DataFrame) -> np.ndarray:

@@ -106,7 +106,8 @@ def train_ranker(train: RankerData, valid: RankerData, features: list[str],
         "seconds": round(time.perf_counter() - started, 2),
         "config": setting.to_dict(),
         "gain_importance": dict(zip(features, np.asarray(
-            booster.feature_importance("gain", iteration=booster.best_iteration)).round(2).tolist())),
+            booster.feature_importance("gain", iteration=booster.best_iteration)).round(2).tolist(),
+            strict=True)),
     }
     if config.search:
         report["search"] = [{k: v for k, v in t.items() if k not in ("booster", "config")}

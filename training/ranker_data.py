@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
@@ -87,7 +87,7 @@ def label_state(split: Split, n_items: int) -> tuple[BehaviourState, list[Case]]
     if real_time and split.valid_start is not None:
         # windows are measured back from where the label window starts
         times = [c.time for c in cases if math.isfinite(c.time)]
-        cutoff = (datetime.fromtimestamp(min(times), tz=timezone.utc) if times
+        cutoff = (datetime.fromtimestamp(min(times), tz=UTC) if times
                   else split.valid_start)
     state = BehaviourState(n_items=n_items, real_time=real_time).fit(state_events, cutoff=cutoff)
     return state, cases

@@ -41,7 +41,8 @@ def window_cases(events: pl.DataFrame, item_ids: Sequence[str], start: datetime,
     now = epoch_seconds(start)
     cases = []
     joined = targets.join(history, on="user_id", how="left").sort("user_id")
-    for user, window_items, hist, last in joined.select("user_id", "targets", "item", "last").iter_rows():
+    rows = joined.select("user_id", "targets", "item", "last").iter_rows()
+    for user, window_items, hist, last in rows:
         hist = [int(i) for i in (hist or [])]
         seen = set(hist)
         fresh = [int(t) for t in window_items if t not in seen]

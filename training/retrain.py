@@ -1,5 +1,6 @@
 """`recsys retrain`: new click log + the data the current bundle learned from -> candidate bundle
--> evaluation gate on the newest slice neither bundle trained on -> promote, or keep the current one.
+-> evaluation gate on the newest slice neither bundle trained on -> promote, or keep the current
+one.
 
 Every step, data range, both bundles' metrics and the decision with its reason go into the new
 bundle's manifest under "retrain" (the same record is returned and printed by the CLI). A bad log
@@ -20,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,13 @@ import polars as pl
 from features.state import POSITIVE_TYPES
 from recsys import bundle as bundles
 from recsys.data.dataset import Dataset, load_dataset
-from recsys.data.schema import (EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS, EVENTS_FILE, ITEMS_FILE,
-                                META_FILE)
+from recsys.data.schema import (
+    EVENT_COLUMNS,
+    EVENT_OPTIONAL_COLUMNS,
+    EVENTS_FILE,
+    ITEMS_FILE,
+    META_FILE,
+)
 from recsys.data.validate import find_problems, normalize_events
 from recsys.errors import DataError, RecsysError
 from recsys.interest import INTEREST_FILE
@@ -88,7 +94,7 @@ def retrain(models: str | os.PathLike[str], events_path: str | os.PathLike[str],
     events_file, changes = read_export(events_path)
     catalogue, deleted, items_report = apply_item_changes(previous.items, changes)
     new_log, log_report = read_click_log(events_file, previous, config,
-                                         now or datetime.now(timezone.utc), catalogue=catalogue,
+                                         now or datetime.now(UTC), catalogue=catalogue,
                                          deleted=deleted)
     log_report["items"] = items_report
     step("check_log")
@@ -238,7 +244,8 @@ def as_served(recommender: Recommender, changes: pl.DataFrame | None) -> Recomme
     embedded by its encoder), so the gate compares both bundles on the same catalogue."""
     if changes is None or changes.height == 0:
         return recommender
-    from recsys.live_state import apply_item_changes as apply_live, bundle_encoder
+    from recsys.live_state import apply_item_changes as apply_live
+    from recsys.live_state import bundle_encoder
     from recsys.store import StoredItem
 
     stored = [(row["seq"], StoredItem(row["item_id"], row["title"] or "", row["text"] or "",
@@ -421,7 +428,7 @@ def decide(promote: str, scores: dict, config: RetrainConfig) -> tuple[bool, str
                 f"{'>=' if gate[f'vs_{name}']['passed'] else '<'} {name} {value:.4f} - tolerance "
                 f"{config.tolerance}" for name, value in baselines.items()]
     if gate["failed"]:
-        return False, "; ".join(c for c, name in zip(compared, baselines)
+        return False, "; ".join(c for c, name in zip(compared, baselines, strict=True)
                                 if name in gate["failed"]), gate
     return True, "; ".join(compared), gate
 

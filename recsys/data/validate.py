@@ -139,7 +139,8 @@ def find_problems(items: pl.DataFrame | None, events: pl.DataFrame | None,
         usable = [c for c in events.columns if c not in bad]
         typed_events = cast_events.select(usable)
         problems.extend(_null_problems(
-            typed_events, [c for c in ("event_id", "user_id", "item_id", "timestamp") if c in usable],
+            typed_events,
+            [c for c in ("event_id", "user_id", "item_id", "timestamp") if c in usable],
             events_file))
         if "event_id" in usable:
             problems.extend(_duplicate_problems(typed_events, "event_id", events_file, "event id"))

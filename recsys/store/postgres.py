@@ -17,8 +17,14 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from recsys.errors import DataError
-from recsys.store import (POPULAR_TTL_S, POSITIVE_TYPES, Event, EventStoreError, StoredItem,
-                          StoreUnavailable)
+from recsys.store import (
+    POPULAR_TTL_S,
+    POSITIVE_TYPES,
+    Event,
+    EventStoreError,
+    StoredItem,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +133,8 @@ class PostgresEventStore:
             return []
         columns = list(zip(*[
             (e.event_id, e.user_id, e.item_id, int(round(e.timestamp * 1_000_000)), e.type,
-             e.request_id, None if e.value is None else float(e.value)) for e in events]))
+             e.request_id, None if e.value is None else float(e.value)) for e in events],
+                           strict=True))
         with self._connection() as db:
             # one statement, one transaction: the rows are committed when execute returns
             inserted = {row[0] for row in db.execute(

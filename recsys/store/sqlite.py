@@ -20,8 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.store import (POPULAR_TTL_S, POSITIVE_TYPES, Event, EventStoreError, StoredItem,
-                          StoreUnavailable)
+from recsys.store import (
+    POPULAR_TTL_S,
+    POSITIVE_TYPES,
+    Event,
+    EventStoreError,
+    StoredItem,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 

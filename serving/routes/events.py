@@ -44,7 +44,7 @@ async def post_events(ctx: Ctx, _: DataCaller, request: EventsRequest) -> dict:
     # durable before the answer; the user's next request reads them from the store
     new = await ctx.event_writes.run(ctx.store.append, events)  # raises -> 503, nothing acked
     recommender = ctx.holder.current
-    for event, is_new in zip(events, new):
+    for event, is_new in zip(events, new, strict=True):
         if not is_new:
             continue
         ctx.metrics.events_ingested.labels(type=event.type).inc()

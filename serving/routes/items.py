@@ -12,8 +12,16 @@ from recsys.store import StoredItem
 from serving import lookup, service
 from serving.deps import Ctx, DataCaller
 from serving.errors import NoModel
-from serving.schemas import (MAX_ID, MAX_K, DeletedResponse, ErrorResponse, ItemResponse,
-                             ItemsRequest, ItemsResponse, RecommendationResponse)
+from serving.schemas import (
+    MAX_ID,
+    MAX_K,
+    DeletedResponse,
+    ErrorResponse,
+    ItemResponse,
+    ItemsRequest,
+    ItemsResponse,
+    RecommendationResponse,
+)
 
 router = APIRouter(tags=["items"], responses={
     401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},

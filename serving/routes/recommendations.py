@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, serialize_response
 from starlette.responses import Response
 
@@ -19,10 +20,35 @@ from serving.auth import DATA
 from serving.deps import Ctx, DataCaller, authorize
 from serving.errors import NoModel, RateLimited
 from serving.middleware import record
-from serving.schemas import (MAX_ID, MAX_K, MAX_LIST, Diversity, ErrorResponse, HistoryRequest,
-                             RecommendationResponse)
+from serving.schemas import (
+    MAX_ID,
+    MAX_K,
+    MAX_LIST,
+    Diversity,
+    ErrorResponse,
+    HistoryRequest,
+    RecommendationResponse,
+)
 
-router = APIRouter(tags=["recommendations"], responses={
+
+def known_query_only(request: Request) -> None:
+    """Refuse a query parameter the route does not declare (a misspelt `exlude=` would otherwise
+    be ignored silently): 422 naming it, as for any other invalid query."""
+    route = request.scope.get("route")
+    if route is None:
+        return
+    known, dependants = set(), [route.dependant]
+    while dependants:
+        dependant = dependants.pop()
+        known |= {param.alias for param in dependant.query_params}
+        dependants += dependant.dependencies
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", unknown[0]),
+                                       "msg": "unknown query parameter"}])
+
+
+router = APIRouter(tags=["recommendations"], dependencies=[Depends(known_query_only)], responses={
     401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
     503: {"model": ErrorResponse}})
 

@@ -34,7 +34,7 @@ class Activity:
         self.clicks_by_item_day: dict[str, Counter[int]] = {}
         self.recent_clickers: dict[str, deque[Click]] = {}
 
-    def update(self) -> "Activity":
+    def update(self) -> Activity:
         """Read the events stored since the last call (blocking: run it on the model pool)."""
         with self._lock:
             for seq, event in self.store.events(self._seq):

@@ -274,7 +274,7 @@ async def user_page(request: Request) -> Response:
     return page(v, "user.html", history=history, result=result, compared=compared, **values)
 
 
-async def _compare(ctx: AppContext, state: "_UiState", result: dict, other: str,
+async def _compare(ctx: AppContext, state: _UiState, result: dict, other: str,
                    job) -> dict:
     try:
         check_version_name(other)

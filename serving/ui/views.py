@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +188,7 @@ def semantic(recommender: Recommender, encoder, query: str, limit: int = SEARCH_
     inactive = set(np.flatnonzero(~recommender.active).tolist())
     rows, scores = recommender.index.search(vector, limit, exclude=[inactive])
     return [{**item_card(recommender, int(r)), "score": float(s)}
-            for r, s in zip(rows[0], scores[0]) if r >= 0]
+            for r, s in zip(rows[0], scores[0], strict=True) if r >= 0]
 
 
 def item_card(recommender: Recommender, row: int) -> dict:
@@ -205,7 +205,8 @@ def bundle_popularity(recommender: Recommender, row: int) -> dict:
                                  for n in ORDER_WINDOWS_EVENTS]
     counts = state.window_clicks_[row].tolist() if row < len(state.window_clicks_) else []
     total = float(state.clicks_[row]) if row < len(state.clicks_) else 0.0
-    return {"total": int(total), "windows": [(w, int(c)) for w, c in zip(windows, counts)],
+    return {"total": int(total),
+            "windows": [(w, int(c)) for w, c in zip(windows, counts, strict=True)],
             "first_seen": _time(state.first_seen_s_, row) if state.real_time else None,
             "last_seen": _time(state.last_seen_s_, row) if state.real_time else None}
 
@@ -217,7 +218,7 @@ def _time(values: np.ndarray, row: int) -> str | None:
 
 
 def day_text(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _number(value) -> float | None:

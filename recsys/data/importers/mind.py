@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data.dataset import Dataset
-from recsys.data.schema import CLICK, IMPRESSION
 from recsys.data.importers.tables import unreadable
+from recsys.data.schema import CLICK, IMPRESSION
 from recsys.errors import DataError
 
 MIND_NEWS = "news.tsv"

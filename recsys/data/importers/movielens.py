@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data.dataset import Dataset
-from recsys.data.schema import CLICK, RATING
 from recsys.data.importers.tables import unreadable
+from recsys.data.schema import CLICK, RATING
 from recsys.errors import DataError
 
 RATINGS = "ratings.csv"
@@ -31,7 +31,8 @@ def import_movielens(src: str | Path, *, name: str | None = None,
     One event per rating: type "click" when rating >= `click_threshold`, else "rating"; value is
     the rating; a rating of a movie missing from movies.csv is an error unless `drop_unknown`,
     which skips it and counts it. Items carry `tags` (genres, then distinct lowercased user
-    tags, at most `MAX_TAGS`), `year` (the release year from the title, not a creation time) and `summary`.
+    tags, at most `MAX_TAGS`), `year` (the release year from the title, not a creation time) and
+    `summary`.
     """
     root = Path(src)
     ratings = _read(root / RATINGS, {"userId": pl.Int64, "movieId": pl.Int64,
