@@ -15,7 +15,8 @@ import pytest
 
 from serving.main import create_app
 from serving.settings import Settings
-from serving.testing import ADMIN_KEY, DATA_KEY, copy_models
+from serving.testing import copy_models
+from tests.keys import ADMIN_KEY, DATA_KEY
 
 OVERLOAD = Path(__file__).resolve().parent.parent / "benchmarks" / "overload.py"
 
