@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from recsys.recommender import History, Recommender
-from recsys.store import POSITIVE_TYPES, EventStore, StoredItem
+from recsys.store import HISTORY_WINDOW, EventStore, StoredItem, recent_positive
 
 # How many of a user's latest events extend their history (the server's `live_history_items`).
 LIVE_HISTORY_ITEMS = 50
@@ -108,7 +108,7 @@ class LiveSnapshot:
     """The store's events and item changes up to `events_seq` and `items_seq`, read once.
 
     `recent_items` keeps the store's contract (`EventStore.recent_items`): among the user's
-    latest 4 x limit events, the positive ones after `since`, oldest first.
+    latest HISTORY_WINDOW x limit events, the positive ones after `since`, oldest first.
     """
 
     events_seq: int = 0
@@ -138,14 +138,11 @@ class LiveSnapshot:
         return snapshot
 
     def recent_items(self, user_id: str, limit: int, since: float) -> tuple[list[str], float]:
-        rows = self._by_user.get(user_id)
-        if not rows:
-            return [], math.nan
-        latest = sorted(rows, reverse=True)[:4 * limit]   # newest first, later arrival first
-        since_us = since * 1_000_000
-        items = [item for ts_us, _, item, type_ in latest
-                 if type_ in POSITIVE_TYPES and ts_us > since_us][:limit]
-        return items[::-1], latest[0][0] / 1_000_000
+        # newest first, a later arrival first among equal times: the stores' own order
+        latest = sorted(self._by_user.get(user_id, ()), reverse=True)[:HISTORY_WINDOW * limit]
+        events, last = recent_positive([(item, type_, ts_us) for ts_us, _, item, type_ in latest],
+                                       limit, since)
+        return [item for item, _, _ in events], last
 
     @property
     def users(self) -> int:

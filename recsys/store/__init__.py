@@ -7,6 +7,7 @@ from a URL or path. `SqliteEventStore` (recsys.store.sqlite) is the embedded def
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,41 @@ class EventStore(Protocol):
     def close(self) -> None: ...
 
 
+# A history's positive events are looked for among the user's latest HISTORY_WINDOW x limit
+# events of any kind: one indexed read, bounded however many impressions a user has.
+HISTORY_WINDOW = 4
+
+
+def recent_positive(latest: Sequence[tuple[str, str, int]], limit: int,
+                    since: float) -> tuple[list[tuple[str, float, str]], float]:
+    """From a user's latest events, newest first, as (item id, type, epoch microseconds): the
+    positive ones after `since` (at most `limit`, oldest first, as (item id, epoch seconds,
+    type)), and the time of the latest event of any kind (NaN if none). The one rule every
+    store and the offline snapshot (`recsys.live_state.LiveSnapshot`) apply."""
+    if not latest:
+        return [], math.nan
+    since_us = since * 1_000_000
+    events = [(item, ts_us / 1_000_000, type_) for item, type_, ts_us in latest
+              if type_ in POSITIVE_TYPES and ts_us > since_us][:limit]
+    return events[::-1], latest[0][2] / 1_000_000
+
+
+class RecentFromLatest:
+    """`recent_items` and `recent_events` for a store that reads a user's latest events
+    (`_latest_rows(user_id, n)`, newest first)."""
+
+    def _latest_rows(self, user_id: str, n: int) -> list[tuple[str, str, int]]:
+        raise NotImplementedError
+
+    def recent_events(self, user_id: str, limit: int,
+                      since: float) -> tuple[list[tuple[str, float, str]], float]:
+        return recent_positive(self._latest_rows(user_id, HISTORY_WINDOW * limit), limit, since)
+
+    def recent_items(self, user_id: str, limit: int, since: float) -> tuple[list[str], float]:
+        events, last = self.recent_events(user_id, limit, since)
+        return [item for item, _, _ in events], last
+
+
 def open_store(location: str | os.PathLike[str], *, verify: bool = True) -> EventStore:
     """The store at `location`: a path or `sqlite:///path` (the embedded SQLite file), or
     `postgresql://user:password@host:port/database` (a shared PostgreSQL database)."""
@@ -110,5 +146,6 @@ def open_store(location: str | os.PathLike[str], *, verify: bool = True) -> Even
     return SqliteEventStore(Path(text), verify=verify)
 
 
-__all__ = ["Event", "EventStore", "EventStoreError", "POSITIVE_TYPES", "StoreUnavailable",
-           "StoredItem", "open_store"]
+__all__ = ["Event", "EventStore", "EventStoreError", "HISTORY_WINDOW", "POSITIVE_TYPES",
+           "RecentFromLatest", "StoreUnavailable",
+           "StoredItem", "open_store", "recent_positive"]

@@ -22,6 +22,7 @@ from recsys.store import (
     POSITIVE_TYPES,
     Event,
     EventStoreError,
+    RecentFromLatest,
     StoredItem,
     StoreUnavailable,
 )
@@ -72,7 +73,7 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-class PostgresEventStore:
+class PostgresEventStore(RecentFromLatest):
     """A connection pool on one PostgreSQL database; every method may run on any thread."""
 
     def __init__(self, url: str, *, max_connections: int = 10) -> None:
@@ -164,31 +165,11 @@ class PostgresEventStore:
         with self._connection() as db:
             return int(db.execute("SELECT COUNT(*) FROM recsys_events").fetchone()[0])
 
-    def recent_items(self, user_id: str, limit: int, since: float) -> tuple[list[str], float]:
-        rows = self._latest_rows(user_id, limit)
-        if not rows:
-            return [], math.nan
-        since_us = since * 1_000_000
-        items = [item for item, type_, ts_us in rows
-                 if type_ in POSITIVE_TYPES and ts_us > since_us][:limit]
-        return items[::-1], rows[0][2] / 1_000_000
-
-    def recent_events(self, user_id: str, limit: int,
-                      since: float) -> tuple[list[tuple[str, float, str]], float]:
-        rows = self._latest_rows(user_id, limit)
-        if not rows:
-            return [], math.nan
-        since_us = since * 1_000_000
-        events = [(item, ts_us / 1_000_000, type_) for item, type_, ts_us in rows
-                  if type_ in POSITIVE_TYPES and ts_us > since_us][:limit]
-        return events[::-1], rows[0][2] / 1_000_000
-
-    def _latest_rows(self, user_id: str, limit: int) -> list[tuple[str, str, int]]:
-        # the positive events a history takes are found among the user's latest 4 x limit
+    def _latest_rows(self, user_id: str, n: int) -> list[tuple[str, str, int]]:
         with self._connection() as db:
             return db.execute(
                 "SELECT item_id, type, ts_us FROM recsys_events WHERE user_id = %s "
-                "ORDER BY ts_us DESC, seq DESC LIMIT %s", (user_id, 4 * limit)).fetchall()
+                "ORDER BY ts_us DESC, seq DESC LIMIT %s", (user_id, n)).fetchall()
 
     def popular_items(self, k: int, exclude: set[str]) -> list[tuple[str, int]]:
         """Recounted at most every POPULAR_TTL_S: a scan of the store, used only without a model."""

@@ -25,6 +25,7 @@ from recsys.store import (
     POSITIVE_TYPES,
     Event,
     EventStoreError,
+    RecentFromLatest,
     StoredItem,
     StoreUnavailable,
 )
@@ -71,7 +72,7 @@ def _item_crc(item_id, title, text, category, vector: bytes | None, encoder, del
     return zlib.crc32(vector or b"", zlib.crc32(payload.encode("utf-8")))
 
 
-class SqliteEventStore:
+class SqliteEventStore(RecentFromLatest):
     """SQLite file in WAL mode with synchronous=FULL; one writer at a time (a lock), any readers."""
 
     def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
@@ -179,31 +180,11 @@ class SqliteEventStore:
                 self._all_readers.append(db)
         return db
 
-    def recent_items(self, user_id: str, limit: int, since: float) -> tuple[list[str], float]:
-        rows = self._latest_rows(user_id, limit)
-        if not rows:
-            return [], math.nan
-        since_us = since * 1_000_000
-        items = [item for item, type_, ts_us in rows
-                 if type_ in POSITIVE_TYPES and ts_us > since_us][:limit]
-        return items[::-1], rows[0][2] / 1_000_000
-
-    def recent_events(self, user_id: str, limit: int,
-                      since: float) -> tuple[list[tuple[str, float, str]], float]:
-        rows = self._latest_rows(user_id, limit)
-        if not rows:
-            return [], math.nan
-        since_us = since * 1_000_000
-        events = [(item, ts_us / 1_000_000, type_) for item, type_, ts_us in rows
-                  if type_ in POSITIVE_TYPES and ts_us > since_us][:limit]
-        return events[::-1], rows[0][2] / 1_000_000
-
-    def _latest_rows(self, user_id: str, limit: int) -> list[tuple[str, str, int]]:
-        # the positive events a history takes are found among the user's latest 4 x limit
+    def _latest_rows(self, user_id: str, n: int) -> list[tuple[str, str, int]]:
         try:
             return self._reader().execute(
                 "SELECT item_id, type, ts_us FROM events WHERE user_id = ? "
-                "ORDER BY ts_us DESC, seq DESC LIMIT ?", (user_id, 4 * limit)).fetchall()
+                "ORDER BY ts_us DESC, seq DESC LIMIT ?", (user_id, n)).fetchall()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"event store read failed ({exc})") from exc
 
