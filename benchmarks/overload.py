@@ -38,7 +38,6 @@ from benchmarks.serving import (  # noqa: E402
     _LoadConnection,
     _LoadRun,
     _request,
-    _status_and_length,
     event_requests,
     free_port,
     run_client,
@@ -107,38 +106,24 @@ class _RetryingConnection(_LoadConnection):
         self.closing = False
         self.retry_after = 0.0
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            if self.length is None:
-                end = self.buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                head = bytes(self.buffer[:end])
-                self.status, self.length = _status_and_length(head)
-                if self.length is None:
-                    raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
-                self.closing = b"\r\nconnection: close" in head.lower()
-                self.retry_after = _retry_after(head) if self.run.honour_retry_after else 0.0
-                del self.buffer[:end + 4]
-            if len(self.buffer) < self.length:
-                return
-            body = bytes(self.buffer[:self.length])
-            del self.buffer[:self.length]
-            self.length, self.waiting = None, False
-            self.run.record(self.sent, self.status, body, self.connect_from)
-            self.connect_from = None
-            loop = asyncio.get_running_loop()
-            if not self.closing:
-                if self.status == 503 and self.retry_after:
-                    loop.call_later(self.retry_after, self._send)
-                    return
-                self._send()
-                continue
-            self.transport.close()
-            if time.perf_counter() + self.retry_after < self.run.stop_at:
-                loop.call_later(self.retry_after, self.run.reconnect)
-            return
+    def _read_head(self, head: bytes) -> None:
+        self.closing = b"\r\nconnection: close" in head.lower()
+        self.retry_after = _retry_after(head) if self.run.honour_retry_after else 0.0
+
+    def _answered(self, body: bytes) -> bool:
+        self.run.record(self.sent, self.status, body, self.connect_from)
+        self.connect_from = None
+        loop = asyncio.get_running_loop()
+        if not self.closing:
+            if self.status == 503 and self.retry_after:
+                loop.call_later(self.retry_after, self._send)
+                return False
+            self._send()
+            return True
+        self.transport.close()
+        if time.perf_counter() + self.retry_after < self.run.stop_at:
+            loop.call_later(self.retry_after, self.run.reconnect)
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closing and exc is None and not self.waiting:

@@ -409,14 +409,25 @@ class _LoadConnection(asyncio.Protocol):
                 self.status, self.length = _status_and_length(head)
                 if self.length is None:
                     raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+                self._read_head(head)
                 del self.buffer[:end + 4]
             if len(self.buffer) < self.length:
                 return
             body = bytes(self.buffer[:self.length])
             del self.buffer[:self.length]
             self.length, self.waiting = None, False
-            self.run.record(self.sent, self.status, body)
-            self._send()
+            if not self._answered(body):
+                return
+
+    def _read_head(self, head: bytes) -> None:
+        """A response's head has arrived (its status and length are read already)."""
+
+    def _answered(self, body: bytes) -> bool:
+        """A whole response has arrived: count it and send the next request. True to go on
+        reading this connection's buffer."""
+        self.run.record(self.sent, self.status, body)
+        self._send()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.run.closed(self, exc)
