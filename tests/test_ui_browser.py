@@ -23,6 +23,7 @@ from tests.ui_browser import (
     settings_for,
     sign_in,
     two_versions,
+    wait_for_new_page,
 )
 
 missing = browser_missing()
@@ -63,12 +64,9 @@ def open_page(driver, url: str) -> None:
 
 def navigate(driver, act) -> None:
     """Run `act` (a click, a submit, a key press) and wait for the page it opens."""
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
     old = driver.find_element(By.TAG_NAME, "html")
     act()
-    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
+    wait_for_new_page(driver, old)
 
 
 def column(driver, table_id: str) -> list[str]:

@@ -124,8 +124,6 @@ def console_errors(driver) -> list[str]:
 
 def sign_in(driver, base: str, key: str, then: str = "/ui") -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{base}/ui/login?next={then}")
     field = driver.find_element(By.ID, "key")
@@ -133,7 +131,26 @@ def sign_in(driver, base: str, key: str, then: str = "/ui") -> None:
     field.send_keys(key)
     old = driver.find_element(By.TAG_NAME, "html")
     field.submit()
-    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
+    wait_for_new_page(driver, old)
+
+
+def wait_for_new_page(driver, old) -> None:
+    """Wait until the page whose root element was `old` is replaced and the new one is loaded
+    (the old root goes stale before the new document is parsed)."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def replaced(_) -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            # stale, or (mid-navigation) "Node ... does not belong to the document": gone
+            return True
+        return False
+
+    wait = WebDriverWait(driver, 60, ignored_exceptions=(WebDriverException,))
+    wait.until(replaced)
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 PAGES = {  # name -> path, for every page of the explorer
