@@ -112,8 +112,8 @@ def feature_matrix(requests: Requests, candidates: Candidates, state: BehaviourS
     """The feature rows as one float32 block [candidates, FEATURES], column-major.
 
     The serving path hands this block to the ranker as it is: wrapping it in a polars frame
-    (`candidate_features`) and unwrapping it again cost 0.29 ms a call for a 200-row block on
-    the 2-core benchmark machine (docs/benchmarks.md, Serving), for nothing the ranker needs."""
+    (`candidate_features`) and unwrapping it again costs time on every call, for nothing the
+    ranker needs."""
     req, item = candidates.request.astype(np.int64), candidates.item.astype(np.int64)
     history_items, offsets = requests.flat_histories()
     lengths = list_lengths(offsets)

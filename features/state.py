@@ -105,8 +105,8 @@ class BehaviourState:
         its clicks and of its clicks in each of the three windows, and its click-through rate
         where it was shown more often than clicked (NaN elsewhere).
 
-        Made once per state and then gathered by row: the feature rows used to compute four
-        log1p per candidate of every request. The same ufuncs on the same float32 values give
+        Made once per state and then gathered by row, instead of four log1p per candidate of
+        every request. The same ufuncs on the same float32 values give
         the same bits either way. The table is remade when any array it comes from has been
         replaced (a state copied with new items gets arrays of its own)."""
         sources = (self.clicks_, self.window_clicks_, self.shown_, self.ctr_)

@@ -63,8 +63,8 @@ class UserHistories(Mapping[str, "History"]):
     the 20k users of the 100k-item benchmark bundle, 450k small objects in all). Such objects live
     in pymalloc's 1 MiB arenas, and an arena is handed back only when every object in it is gone,
     so objects made by requests while a bundle was loading could pin the old bundle's arenas after
-    a swap. (Most of what swaps left behind turned out to be native memory, mended elsewhere:
-    docs/benchmarks.md, 30-minute soak.)
+    a swap. (Native memory freed at a swap is handed back by
+    `serving.model_holder.return_freed_memory`.)
     """
 
     def __init__(self, user_ids: list[str], offsets: np.ndarray, items: np.ndarray,

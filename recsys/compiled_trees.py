@@ -1,7 +1,7 @@
 """The ranker's trees compiled to machine code (lleaves, on LLVM), checked against LightGBM.
 
-LightGBM's own `predict` spends most of its time outside the trees: for ~200 rows of one
-request it measured 0.33 ms, the compiled trees 0.036 ms (docs/benchmarks.md, Serving). The
+LightGBM's own `predict` spends most of its time outside the trees on the few hundred rows of
+one request; the compiled trees cost a fraction of it (docs/benchmarks.md, Serving). The
 compiled function is built in memory from the booster's model text at load time and never
 written to or read from disk (a cached object file would be native code read from disk, which
 is worse than a pickle). Before it is used it must give LightGBM's scores on probe rows that

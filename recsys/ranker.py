@@ -19,7 +19,7 @@ class Ranker:
     """Scores feature rows; higher is better. Wraps a LightGBM booster (text format, no pickle).
 
     `with_compiled_trees()` gives the same ranker predicting through the trees compiled to
-    machine code (recsys.compiled_trees), ~10x faster on one request's rows and checked to give
+    machine code (recsys.compiled_trees), much cheaper on one request's rows and checked to give
     LightGBM's scores; SHAP contributions always come from LightGBM.
     """
 
@@ -52,7 +52,7 @@ class Ranker:
             if not self._block_in_order:
                 rows = rows[:, self._block_columns]
             return rows.astype(np.float32, copy=False)
-        # a frame already in model column order is read as is: `select` costs ~0.1 ms a call
+        # a frame already in model column order is read as is: `select` has a cost per call
         frame = rows if rows.columns == self.features else rows.select(self.features)
         return frame.to_numpy().astype(np.float32, copy=False)
 
@@ -103,8 +103,8 @@ class Ranker:
 def check_tree_sizes(data: bytes, path: Path) -> None:
     """LightGBM cuts the model text into trees by its `tree_sizes` header and parses them on
     several threads, where a parse error ends the whole process ("terminate called without an
-    active exception": measured, a bundle whose ranker.txt was edited by hand killed the
-    server during a reload). So the cuts are checked here first: every one must start a tree,
+    active exception": a bundle whose ranker.txt is edited by hand kills the server during a
+    reload). So the cuts are checked here first: every one must start a tree,
     in order, and the last must end where the trees end."""
     header = re.search(rb"^tree_sizes=([0-9 ]*)$", data, re.MULTILINE)
     if header is None:

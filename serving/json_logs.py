@@ -18,10 +18,9 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
 FORMATS = ("auto", "text", "json")
 
 # How often the writer thread wakes to write what is queued. Waking it for every line (the
-# standard QueueListener) cost the server 0.18 ms of CPU per request, 12% of its throughput
-# at concurrency 32: each access line woke a thread that then had to win the GIL from the
-# event loop and the model thread (docs/benchmarks.md, Serving). Lines reach stderr at most
-# this late; everything queued is still written when the process exits.
+# standard QueueListener) costs server CPU on every request: each access line wakes a thread
+# that then has to win the GIL from the event loop and the model thread. Lines reach stderr at
+# most this late; everything queued is still written when the process exits.
 FLUSH_S = 0.05
 
 

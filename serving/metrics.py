@@ -53,8 +53,8 @@ class Metrics:
             registry=r)
 
         # the labelled children of the per-request metrics, found once per label set:
-        # `labels()` takes a lock and checks the values on every call (about a tenth of the
-        # event loop's own work per request, measured in-process); neither metric is ever
+        # `labels()` takes a lock and checks the values on every call (a visible share of the
+        # event loop's own work per request); neither metric is ever
         # cleared, so a child stays valid
         self._children: dict[tuple, object] = {}
 

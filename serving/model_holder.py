@@ -38,9 +38,8 @@ RELEASE_AFTER_SWAP_S = 1.0
 
 def return_freed_memory() -> None:
     """Collect the old model's cycles and give the heap pages it freed back to the OS. glibc's
-    malloc keeps them otherwise, and the server's RSS grew with every swap: 746 -> 866 MB over
-    six swaps of the 100k-item benchmark bundle, 746 -> 736 MB with this one second after each
-    (benchmarks/soak_long.py, docs/benchmarks.md). A no-op where libc has no malloc_trim."""
+    malloc keeps them otherwise, and the server's RSS would grow with every swap
+    (benchmarks/soak_long.py checks it stays flat). A no-op where libc has no malloc_trim."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -58,9 +57,8 @@ def predicts_well_within(ranker, timeout_s: float) -> bool:
     """Whether `ranker` is compiled trees that score PROBE_ROWS rows in PROBE_SHARE of
     `timeout_s`. Such a ranker then predicts on the model thread itself: its cost is a fixed
     walk of each tree per row, it cannot hang, and handing each batch to the deadline thread
-    and back cost more server CPU than the prediction (same-run A/B at concurrency 32:
-    docs/benchmarks.md, Serving). Any other ranker (LightGBM's predict, a loader's own) keeps
-    its deadline thread."""
+    and back costs more server CPU than the prediction. Any other ranker (LightGBM's predict, a
+    loader's own) keeps its deadline thread."""
     if not getattr(ranker, "compiled", False):
         return False
     # the block the engine hands over (features.build.feature_matrix): FEATURES columns
@@ -144,10 +142,9 @@ class ModelHolder:
         self._items_seq = 0                     # the last cold-start item change in _current
         self._swap_lock = threading.Lock()      # serialises swaps (reload, item changes)
         self._ranker_pool = ThreadPoolExecutor(max(2, threads), thread_name_prefix="ranker")
-        # Every load runs on this one long-lived thread, so loads never overlap. They used to
-        # run on the thread that asked (the admin route's worker threads end after 10 s idle),
-        # and each swap then left some of the freed model's memory behind in the server
-        # (RSS steps at swaps: docs/benchmarks.md, 30-minute soak).
+        # Every load runs on this one long-lived thread, so loads never overlap. A load on the
+        # thread that asked (the admin route's worker threads end after 10 s idle) leaves some
+        # of the freed model's memory behind in the server: an RSS step at every swap.
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self._encoders: dict[str, object] = {}
         self.refused: dict[str, str] = {}       # version -> why it was refused

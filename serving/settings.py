@@ -52,12 +52,12 @@ class Settings(BaseSettings):
     # over them); requests beyond `max_pending` wait no longer than it takes to say 503.
     model_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     max_pending: int = Field(64, ge=1)
-    # POST /events batches waiting for or in a store write; beyond it: 503 at once (256 kept
-    # no more writes at 1,024 retrying posters and doubled their p99: docs/benchmarks.md).
+    # POST /events batches waiting for or in a store write; beyond it: 503 at once (a larger
+    # cap stores no more events under overload, it only makes the admitted ones wait longer).
     max_pending_events: int = Field(64, ge=1)
     ranker_timeout_ms: float = Field(200.0, gt=0)   # past it: retrieval order, marked degraded
     # Predict through the ranker's trees compiled to machine code (lleaves; checked against
-    # LightGBM's scores at load, which stays in use if they disagree): ~10x cheaper per request.
+    # LightGBM's scores at load, which stays in use if they disagree): cheaper per request.
     compiled_ranker: bool = True
     # Recommendation requests that wait for a model thread are answered together, at most this
     # many per engine call (1: every request alone). See serving/batching.py.

@@ -1,1 +1,1 @@
-"""Training: ranker data and model, the end-to-end training pipeline (and later the encoder)."""
+"""Training: the ranker's data and model, encoder fine-tuning, the pipeline, retraining."""

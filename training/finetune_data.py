@@ -33,8 +33,8 @@ def finetune_events(split, before_labels: bool) -> pl.DataFrame:
     the part before the ranker's label window, the events the ranker's behavioural state is fit
     on. The ranker learns how far to trust the semantic score from its label cases; an encoder
     trained on those very clicks scores them better than it ever scores a new one, and a ranker
-    trained on such rows over-trusts it (amazon test NDCG@10 of the pipeline fell from 0.0982 to
-    0.0933 with the learned user side, see docs/benchmarks.md)."""
+    trained on such rows over-trusts it (bundles int1 and int2 in
+    benchmarks/results/finetune_ablation.json)."""
     if not before_labels:
         return split.train_events()
     state_events, _ = split.label_cases()

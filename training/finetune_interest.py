@@ -9,8 +9,8 @@ query reads exactly the item vectors the bundle will hold.
 
 The loss is a softmax over every item clicked in training (`CatalogueSoftmaxLoss`): with cached
 vectors all their adapted vectors cost one small matrix product per step, so each pair's
-negatives are all other clicked items rather than the batch's. On amazon-scientific valid this
-beat in-batch negatives by far (docs/benchmarks.md).
+negatives are all other clicked items rather than the batch's, which on amazon-scientific valid
+beats in-batch negatives by far.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class AdaptedHistory(InputModule):
 class InterestPooling(nn.Module):
     """Recency-weighted mean (decay**k * exp(offset_k)) -> linear map. Starts as the plain mean:
     offsets 0, identity map, so step 0 is the zero-shot profile. (A second map on the last click
-    alone scored lower on amazon valid: docs/benchmarks.md.)"""
+    alone scores lower on amazon valid: bundle int3 in
+    benchmarks/results/finetune_ablation.json.)"""
 
     def __init__(self, dim: int, positions: int, decay: float, bias: bool = True,
                  repeat: bool = True) -> None:
@@ -131,7 +132,8 @@ class CatalogueSoftmaxLoss(nn.Module):
     The competing items are `target_rows`, the items that are the next click of some training
     pair. An item nobody clicked in training would otherwise be a negative in every step and
     never a positive, a push against exactly the new items that only text can recommend. (On
-    amazon this alone did not win back the unseen-item slice: docs/benchmarks.md.) The label is the
+    amazon this alone does not win back the unseen-item slice: bundle int5 in
+    benchmarks/results/finetune_ablation.json.) The label is the
     positive's item row (texts can repeat across items, so the row is not read back from the
     text). The competing items' document vectors are computed once per step from the cached
     base vectors.
