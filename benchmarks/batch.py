@@ -1,6 +1,7 @@
 """Batch scoring at scale: synthetic users over the real amazon-scientific catalogue, scored by
 `recsys batch-score` with the local and the Ray engine, next to the raw cost of the FAISS batch
 search and the LightGBM batch prediction for the same kind of users, measured in the same run.
+The target: an engine's time per user at most 1.5x the raw cost (`engine_over_raw` in the JSON).
 
     .venv/bin/recsys import recbole ../shared/data/amazon-scientific --out /tmp/batch/amazon
     .venv/bin/recsys train /tmp/batch/amazon --out /tmp/batch/models-amazon
@@ -30,6 +31,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+TARGET_OVER_RAW = 1.5  # issue 23: engine time per user at most 1.5x raw FAISS + LightGBM
+
 
 def synthetic_users(recommender, n_users: int, path: Path, seed: int = 0,
                     row_group: int = 10_000) -> dict:
@@ -56,7 +59,9 @@ def synthetic_users(recommender, n_users: int, path: Path, seed: int = 0,
 
 def raw_cost(recommender, users_path: Path, sample: int, chunk_size: int) -> dict:
     """Median seconds per user of FAISS search + LightGBM predict alone (features prepared
-    outside the timer), on the first `sample` users of the same file."""
+    outside the timer), on the first `sample` users of the same file: the same profiles and the
+    same number of candidate rows the engine scores. LightGBM's own predict, as the batch engine
+    uses it (compiled trees are a serving option, `RECSYS_COMPILED_RANKER`)."""
     from recsys.recommender import History
 
     frame = pl.read_parquet(users_path).head(sample)
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         out = work / f"recs-{engine}.parquet"
         summary = run_engine(engine, Path(args.models), users_path, out, args.chunk_size,
                              args.timeout_s)
-        summary["slowdown_vs_raw"] = round(result["raw"]["users_per_s"] / summary["users_per_s"], 2)
+        summary["engine_over_raw"] = round(result["raw"]["users_per_s"] / summary["users_per_s"], 2)
         assert summary["rows_out"] == summary["checked_rows"] == args.users * 10, summary
         result["engines"][engine] = summary
         out.unlink()
@@ -182,16 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     # the machine is shared and noisy: time the raw cost again after the engines, use the faster
     result["raw_after"] = raw_cost(recommender, users_path, args.raw_sample, args.chunk_size)
     best_raw = max(result["raw"]["users_per_s"], result["raw_after"]["users_per_s"])
+    result["target_engine_over_raw"] = TARGET_OVER_RAW
     for summary in result["engines"].values():
-        summary["slowdown_vs_raw"] = round(best_raw / summary["users_per_s"], 2)
+        summary["engine_over_raw"] = round(best_raw / summary["users_per_s"], 2)
+        summary["meets_target"] = summary["engine_over_raw"] <= TARGET_OVER_RAW
     json_path.write_text(json.dumps(result, indent=2) + "\n")
 
     print("\n| engine | users | users/s | seconds | peak RSS, process tree (MB) "
-          "| x raw FAISS+LightGBM |")
+          f"| engine time / raw time (target <= {TARGET_OVER_RAW}) |")
     print("|---|---|---|---|---|---|")
     for engine, s in result["engines"].items():
         print(f"| {engine} | {s['users_in']:,} | {s['users_per_s']:.0f} | {s['seconds']:.0f} | "
-              f"{s['peak_tree_rss_mb']:.0f} | {s['slowdown_vs_raw']:.1f} |")
+              f"{s['peak_tree_rss_mb']:.0f} | {s['engine_over_raw']:.2f} |")
     print(f"| raw FAISS + LightGBM (before / after) | {result['raw']['sample_users']:,} | "
           f"{result['raw']['users_per_s']:.0f} / {result['raw_after']['users_per_s']:.0f} "
           "| | | 1.0 |")
