@@ -204,3 +204,28 @@ def test_slices_of_an_empty_side_have_no_metrics():
     slices = _impression_slices({m: [np.array([0.3, 0.1])] for m in METHODS},
                                 [np.array([1.0, 0.0])], [np.array([0, 1])], trained)
     assert slices["cold_items"] == {"cases": 0, "metrics": {}}
+
+
+# -- the ranker's label rows hold new items that get clicked -------------------------------------
+def test_label_state_makes_the_catalogue_s_share_of_items_new(recbole_copy):
+    from training.ranker_data import label_state, simulate_new_items
+
+    out, _ = recbole_copy
+    split = split_of(out)
+    n_items = len(split.dataset.items)
+    state_events, cases = split.label_cases()
+    with_events = np.unique(state_events["item"].to_numpy())
+    picked = simulate_new_items(state_events, n_items, seed=0)
+    share = 1 - with_events.size / n_items
+    assert picked.size == round(share * with_events.size) > 0
+    assert set(picked.tolist()) <= set(with_events.tolist())
+    assert np.array_equal(picked, simulate_new_items(state_events, n_items, seed=0))
+    assert not np.array_equal(picked, simulate_new_items(state_events, n_items, seed=1))
+    state, _ = label_state(split, n_items, seed=0)
+    plain, _ = label_state(split, n_items, new_items=False)
+    assert (state.clicks_[picked] == 0).all() and (plain.clicks_[picked] > 0).any()
+    others = np.setdiff1d(np.arange(n_items), picked)
+    assert np.array_equal(state.clicks_[others], plain.clicks_[others])
+    # the label clicks on them stay: the ranker sees new items that were clicked
+    targets = {t for c in cases for t in c.targets}
+    assert targets & set(picked.tolist())

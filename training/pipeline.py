@@ -171,7 +171,7 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
         split, lambda state: RankingContext(label_vectors, categories, label_index, state,
                                             retrieval, label_interest),
         n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed,
-        progress=rows_bar)
+        new_items=config.ranker.new_items, progress=rows_bar)
     valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval,
                                              interest),
                               split.cases("valid"), max_cases=config.max_train_cases,

@@ -75,13 +75,18 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
                       group_cases=group_cases, cases=cases)
 
 
-def label_state(split: Split, n_items: int) -> tuple[BehaviourState, list[Case]]:
+def label_state(split: Split, n_items: int, *, new_items: bool = True,
+                seed: int = 0) -> tuple[BehaviourState, list[Case]]:
     """The behavioural state the ranker's training rows are built from, and their cases.
 
     The state sees only events before the label window (time protocols) or before each user's
     label click (leave-one-out), so no training row's features use its own target or later.
+    With `new_items`, some items are made new in it (`simulate_new_items`).
     """
     state_events, cases = split.label_cases()
+    if new_items and split.protocol != "impressions":
+        state_events = state_events.filter(~pl.col("item").is_in(
+            simulate_new_items(state_events, n_items, seed).tolist()))
     real_time = split.dataset.has_real_time
     cutoff = None
     if real_time and split.valid_start is not None:
@@ -93,10 +98,30 @@ def label_state(split: Split, n_items: int) -> tuple[BehaviourState, list[Case]]
     return state, cases
 
 
+def simulate_new_items(state_events: pl.DataFrame, n_items: int, seed: int = 0) -> np.ndarray:
+    """Item rows to make new in the ranker's label state: the same share of the items that have
+    events there as the catalogue has items without any (seeded).
+
+    Why: the ranker learns from its label rows what a candidate's click history is worth. An item
+    new to the engine (held out, or added through PUT /items) has none; if every item without
+    history in the label rows is also never clicked there, the ranker learns "no clicks, no
+    click" and buries every new item under popular ones. Removing some clicked items' history
+    from the label state (their label clicks stay) gives it cases like the cold ones, as many as
+    the catalogue's own share of new items suggests. Not for impression lists: those already
+    show new items with their real clicks.
+    """
+    with_events = np.unique(state_events["item"].to_numpy().astype(np.int64))
+    share = 1.0 - with_events.size / max(n_items, 1)
+    count = int(round(share * with_events.size))
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(with_events, count, replace=False))
+
+
 def label_rows(split: Split, context_for: Callable[[BehaviourState], RankingContext], *,
                n_items: int, max_cases: int | None = None, seed: int = 0,
-               progress=None) -> RankerData:
+               new_items: bool = True, progress=None) -> RankerData:
     """The ranker's training rows: label cases carved from the end of the training part."""
-    state, cases = label_state(split, n_items)
+    state, cases = label_state(split, n_items, new_items=new_items, seed=seed)
     return build_groups(context_for(state), cases, max_cases=max_cases, seed=seed,
                         progress=progress)
