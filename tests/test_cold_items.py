@@ -229,3 +229,35 @@ def test_label_state_makes_the_catalogue_s_share_of_items_new(recbole_copy):
     # the label clicks on them stay: the ranker sees new items that were clicked
     targets = {t for c in cases for t in c.targets}
     assert targets & set(picked.tolist())
+
+
+def test_an_item_added_through_put_items_is_ranked_as_a_catalogue_item_without_history(
+        recommender):
+    """PUT /items calls `with_items`: the new row has no clicks, no co-visitation and sorts last
+    in popularity, so the ranker reads it as it reads a catalogue item that no training event
+    touched (the cold slice), and the label rows' new items taught it about both. (With real
+    time, item_age_days differs too: an added item is first seen when added; this bundle's time
+    is order only.)"""
+    from features.build import FEATURES
+
+    state = recommender.state
+    never_clicked = np.flatnonzero(state.clicks_ == 0)
+    assert never_clicked.size, "the fixture bundle has items without training clicks"
+    cold = int(never_clicked[0])
+    fresh = recommender.with_items(
+        ["fresh-item"], [recommender.titles[cold]],
+        [recommender.category_names[c] if (c := recommender.item_categories[cold]) >= 0
+         else None], recommender.item_vectors[cold:cold + 1])
+    new_row = fresh.item_rows["fresh-item"]
+    history = [int(i) for i in np.flatnonzero(state.clicks_ > 0)[:3]]
+    requests = fresh.context.requests([history], np.array([np.nan]), np.array([np.nan]))
+    candidates, rows = fresh.context.rows(requests, given=[[cold, new_row]])
+    frame = rows.to_numpy()
+    by_item = {int(item): frame[j] for j, item in enumerate(candidates.item)}
+    differ = [name for j, name in enumerate(FEATURES)
+              if not np.array_equal(by_item[cold][j], by_item[new_row][j], equal_nan=True)]
+    # only the popularity position differs: both come after every clicked item
+    assert differ == ["pop_rank"]
+    clicked = int((state.clicks_ > 0).sum())
+    pop = FEATURES.index("pop_rank")
+    assert by_item[cold][pop] >= clicked and by_item[new_row][pop] >= clicked
