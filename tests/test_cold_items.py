@@ -261,3 +261,36 @@ def test_an_item_added_through_put_items_is_ranked_as_a_catalogue_item_without_h
     clicked = int((state.clicks_ > 0).sum())
     pop = FEATURES.index("pop_rank")
     assert by_item[cold][pop] >= clicked and by_item[new_row][pop] >= clicked
+
+
+def test_items_no_training_event_touched_are_not_negatives_of_the_label_rows(recbole_copy):
+    """Held-out items were not on offer while the training clicks happened: as candidates nobody
+    clicked they would teach the ranker that an item without history is never clicked."""
+    from recsys.index import ItemIndex
+    from recsys.ranking import RankingContext
+    from recsys.retrieval import RetrievalConfig
+    from training.pipeline import category_codes
+    from training.ranker_data import label_rows, label_state
+
+    out, _ = recbole_copy
+    split = split_of(out)
+    n_items = len(split.dataset.items)
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(n_items, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = ItemIndex("flat").fit(vectors)
+    categories = category_codes(split.dataset.items)
+    retrieval = RetrievalConfig(n_semantic=n_items, n_covisitation=30, n_popular=10)
+
+    def context(state):
+        return RankingContext(vectors, categories, index, state, retrieval)
+
+    untouched = ~items_with_training_events(split)
+    with_rule = label_rows(split, context, n_items=n_items)
+    without = label_rows(split, context, n_items=n_items, new_items=False)
+    assert untouched[without.items].any(), "the semantic source returns the held-out items"
+    assert not untouched[with_rule.items].any()
+    # new items that were clicked stay: a positive row whose item has no clicks in the state
+    state, _ = label_state(split, n_items)
+    positives = with_rule.items[with_rule.labels > 0]
+    assert (state.clicks_[positives] == 0).any()

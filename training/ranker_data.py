@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
 
+from features.build import Candidates
 from features.state import BehaviourState
 from recsys.ranking import RankingContext
 from recsys.splits import Case, Split
@@ -34,11 +35,14 @@ class RankerData:
 
 
 def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: int | None = None,
-                 seed: int = 0, progress=None) -> RankerData:
+                 seed: int = 0, on_offer: np.ndarray | None = None,
+                 progress=None) -> RankerData:
     """Retrieve candidates for every case (or take its logged impression list) and label them.
 
     Groups whose candidates miss every target are dropped: they carry no ranking signal.
-    `progress` (a bar) gets these cases added to its total and advances per case.
+    `on_offer` (a mask over item rows): candidates outside it are left out, not counted as
+    negatives (`items_on_offer`). `progress` (a bar) gets these cases added to its total and
+    advances per case.
     """
     cases = list(cases)
     if max_cases is not None and len(cases) > max_cases:
@@ -55,6 +59,11 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
                                     np.array([c.last_time for c in chunk]))
         given = [c.shown for c in chunk] if all(c.shown is not None for c in chunk) else None
         candidates, rows = context.rows(requests, given=given)
+        if on_offer is not None and given is None:
+            offered = on_offer[candidates.item]
+            candidates = Candidates(*(getattr(candidates, f.name)[offered]
+                                      for f in fields(Candidates)))
+            rows = rows.filter(pl.Series(offered))
         is_target = candidates.hits([c.targets for c in chunk]).astype(np.float32)
         order = np.argsort(candidates.request, kind="stable")
         sizes = np.bincount(candidates.request, minlength=len(chunk))
@@ -73,6 +82,26 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
                       groups, len(cases), len(groups),
                       items=np.concatenate(items) if items else np.zeros(0, np.int64),
                       group_cases=group_cases, cases=cases)
+
+
+def items_on_offer(events: pl.DataFrame, n_items: int) -> np.ndarray:
+    """Which item rows have an event in `events`: those the users could have met then.
+
+    An item no event touches was, as far as the data can tell, not on offer then (not listed
+    yet): the ranker must not learn from it as a candidate nobody clicked, or it learns that
+    items without history are never clicked, and those are exactly the new items it will be
+    asked to rank (an item held out by `recsys dataset hold-out-items` is such an item).
+    """
+    offered = np.zeros(n_items, dtype=bool)
+    offered[events["item"].to_numpy().astype(np.int64)] = True
+    return offered
+
+
+def seen_before_test(split: Split) -> pl.DataFrame:
+    """The events before the test part: what the valid rows' candidates could have had."""
+    if split.protocol == "leave_one_out":
+        return split.events.filter(pl.col("split").is_in(["train", "valid"]))
+    return split.events.filter(pl.col("timestamp") < split.test_start)
 
 
 def label_state(split: Split, n_items: int, *, new_items: bool = True,
@@ -123,5 +152,6 @@ def label_rows(split: Split, context_for: Callable[[BehaviourState], RankingCont
                new_items: bool = True, progress=None) -> RankerData:
     """The ranker's training rows: label cases carved from the end of the training part."""
     state, cases = label_state(split, n_items, new_items=new_items, seed=seed)
+    on_offer = items_on_offer(split.train_events(), n_items) if new_items else None
     return build_groups(context_for(state), cases, max_cases=max_cases, seed=seed,
-                        progress=progress)
+                        on_offer=on_offer, progress=progress)
