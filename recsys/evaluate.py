@@ -1,7 +1,9 @@
 """`recsys evaluate`: the pipeline and three baselines on one split, from the same cases.
 
 Full-ranking protocols (leave_one_out, time) rank the target among ALL items: the pipeline's
-ranked candidates first, then every other item by semantic similarity to the user's profile.
+ranked candidates first (new items kept at their semantic rank or better, as served:
+`recsys.ranking.keep_new_items_up`), then every other item by semantic similarity to the user's
+profile.
 Each method is reported unmasked (history items may be recommended again) and masked (history
 items removed before ranking). The impressions protocol ranks each logged list instead.
 
@@ -30,7 +32,7 @@ from recsys.data.dataset import load_dataset
 from recsys.interest import semantic_scores
 from recsys.metrics import impression_metrics, rank_of, ranking_metrics
 from recsys.progress import Steps
-from recsys.ranking import RankingContext
+from recsys.ranking import RankingContext, keep_new_items_up, new_item_rows
 from recsys.recommender import Recommender
 from recsys.semantic_signal import SemanticSignal, semantic_signal
 from recsys.splits import Case, Split
@@ -148,6 +150,7 @@ def _full_ranking(recommender: Recommender, context: RankingContext, cases: list
     pop_position = np.empty(n_items, dtype=np.float64)
     pop_position[state.popular_rows_] = np.arange(n_items)
     popularity = 1.0 - pop_position / n_items               # in (0, 1], higher = more popular
+    is_new = new_item_rows(state)
     ranks: dict[str, list[list[float]]] = {f"{m}{s}": [] for m in METHODS for s in ("", "_masked")}
     scores_seen = _ScoreSample()
     for chunk in _chunks(cases, n_items, bar):
@@ -166,7 +169,9 @@ def _full_ranking(recommender: Recommender, context: RankingContext, cases: list
                 methods = {m: popularity for m in METHODS}
             else:
                 mask = rows_of[j]
-                order = np.argsort(-scores[mask], kind="stable")
+                order = keep_new_items_up(np.argsort(-scores[mask], kind="stable"),
+                                          candidates.item[mask], candidates.sem_rank[mask],
+                                          is_new)
                 pipeline = semantic[j].astype(np.float64).copy()
                 ranked_items = candidates.item[mask][order]
                 pipeline[ranked_items] = 10.0 + (len(order) - np.arange(len(order)))

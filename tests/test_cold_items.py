@@ -294,3 +294,57 @@ def test_items_no_training_event_touched_are_not_negatives_of_the_label_rows(rec
     state, _ = label_state(split, n_items)
     positives = with_rule.items[with_rule.labels > 0]
     assert (state.clicks_[positives] == 0).any()
+
+
+# -- new items are never ranked below their semantic rank -----------------------------------------
+def test_a_new_item_the_ranker_put_low_moves_up_to_its_semantic_rank():
+    from recsys.ranking import keep_new_items_up
+
+    items = np.array([10, 11, 12, 13, 14, 15])
+    sem_rank = np.array([5, 4, 1000, 3, 0, 2], dtype=np.float32)   # 1000: not from semantic
+    is_new = np.zeros(20, dtype=bool)
+    is_new[[14, 15, 12]] = True
+    best_first = np.array([0, 1, 2, 3, 4, 5])       # the ranker's order: 14 at 4, 15 at 5
+    scores = np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    order = keep_new_items_up(best_first, items, sem_rank, is_new, scores)
+    # 14 (semantic rank 0) goes first, 15 (rank 2) to position 2; 12 has no semantic rank
+    assert items[order].tolist() == [14, 10, 15, 11, 12, 13]
+    for position, p in enumerate(order):
+        if is_new[items[p]] and sem_rank[p] < 1000:
+            assert position <= sem_rank[p]
+    # the moved items take the score of the item below them: scores fall along the order
+    assert scores[order].tolist() == [6.0, 6.0, 5.0, 5.0, 4.0, 3.0]
+
+
+def test_an_order_that_already_respects_new_items_is_left_alone():
+    from recsys.ranking import keep_new_items_up
+
+    items = np.array([3, 1, 2])
+    is_new = np.array([False, True, False, True])
+    best_first = np.array([1, 0, 2])
+    order = keep_new_items_up(best_first, items, np.array([2.0, 0.0, 1.0], np.float32), is_new)
+    assert order is best_first
+
+
+class ClicksOnly:
+    """A ranker that judges by clicks alone: an item without any comes last."""
+
+    def predict(self, rows) -> np.ndarray:
+        from features.build import FEATURES
+
+        return np.asarray(rows[:, FEATURES.index("item_clicks_log")], dtype=np.float32)
+
+
+def test_an_item_added_through_put_items_that_fits_the_user_is_served_first(recommender):
+    """The served path (`recommend_histories`, what the API and batch scoring call): a new item
+    the semantic source ranks first for a user is recommended first, even from a ranker that
+    puts every item without clicks last."""
+    from recsys.recommender import History
+
+    history = [int(i) for i in np.flatnonzero(recommender.state.clicks_ > 0)[:4]]
+    profile = recommender.context.requests([history], np.array([np.nan]),
+                                           np.array([np.nan])).profiles[0]
+    fresh = recommender.with_items(["fresh-item"], ["a new item"], [None], profile[None, :])
+    [answer] = fresh.with_ranker(ClicksOnly()).recommend_histories([History(history)], k=10)
+    assert answer.item_ids[0] == "fresh-item"
+    assert answer.scores == sorted(answer.scores, reverse=True)
