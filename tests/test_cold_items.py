@@ -206,38 +206,13 @@ def test_slices_of_an_empty_side_have_no_metrics():
     assert slices["cold_items"] == {"cases": 0, "metrics": {}}
 
 
-# -- the ranker's label rows hold new items that get clicked -------------------------------------
-def test_label_state_makes_the_catalogue_s_share_of_items_new(recbole_copy):
-    from training.ranker_data import label_state, simulate_new_items
-
-    out, _ = recbole_copy
-    split = split_of(out)
-    n_items = len(split.dataset.items)
-    state_events, cases = split.label_cases()
-    with_events = np.unique(state_events["item"].to_numpy())
-    picked = simulate_new_items(state_events, n_items, seed=0)
-    share = 1 - with_events.size / n_items
-    assert picked.size == round(share * with_events.size) > 0
-    assert set(picked.tolist()) <= set(with_events.tolist())
-    assert np.array_equal(picked, simulate_new_items(state_events, n_items, seed=0))
-    assert not np.array_equal(picked, simulate_new_items(state_events, n_items, seed=1))
-    state, _ = label_state(split, n_items, seed=0)
-    plain, _ = label_state(split, n_items, new_items=False)
-    assert (state.clicks_[picked] == 0).all() and (plain.clicks_[picked] > 0).any()
-    others = np.setdiff1d(np.arange(n_items), picked)
-    assert np.array_equal(state.clicks_[others], plain.clicks_[others])
-    # the label clicks on them stay: the ranker sees new items that were clicked
-    targets = {t for c in cases for t in c.targets}
-    assert targets & set(picked.tolist())
-
-
 def test_an_item_added_through_put_items_is_ranked_as_a_catalogue_item_without_history(
         recommender):
     """PUT /items calls `with_items`: the new row has no clicks, no co-visitation and sorts last
     in popularity, so the ranker reads it as it reads a catalogue item that no training event
-    touched (the cold slice), and the label rows' new items taught it about both. (With real
-    time, item_age_days differs too: an added item is first seen when added; this bundle's time
-    is order only.)"""
+    touched (the cold slice), and both are kept up to their semantic rank. (With real time,
+    item_age_days differs too: an added item is first seen when added; this bundle's time is
+    order only.)"""
     from features.build import FEATURES
 
     state = recommender.state
@@ -261,39 +236,6 @@ def test_an_item_added_through_put_items_is_ranked_as_a_catalogue_item_without_h
     clicked = int((state.clicks_ > 0).sum())
     pop = FEATURES.index("pop_rank")
     assert by_item[cold][pop] >= clicked and by_item[new_row][pop] >= clicked
-
-
-def test_items_no_training_event_touched_are_not_negatives_of_the_label_rows(recbole_copy):
-    """Held-out items were not on offer while the training clicks happened: as candidates nobody
-    clicked they would teach the ranker that an item without history is never clicked."""
-    from recsys.index import ItemIndex
-    from recsys.ranking import RankingContext
-    from recsys.retrieval import RetrievalConfig
-    from training.pipeline import category_codes
-    from training.ranker_data import label_rows, label_state
-
-    out, _ = recbole_copy
-    split = split_of(out)
-    n_items = len(split.dataset.items)
-    rng = np.random.default_rng(7)
-    vectors = rng.normal(size=(n_items, 16)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = ItemIndex("flat").fit(vectors)
-    categories = category_codes(split.dataset.items)
-    retrieval = RetrievalConfig(n_semantic=n_items, n_covisitation=30, n_popular=10)
-
-    def context(state):
-        return RankingContext(vectors, categories, index, state, retrieval)
-
-    untouched = ~items_with_training_events(split)
-    with_rule = label_rows(split, context, n_items=n_items)
-    without = label_rows(split, context, n_items=n_items, new_items=False)
-    assert untouched[without.items].any(), "the semantic source returns the held-out items"
-    assert not untouched[with_rule.items].any()
-    # new items that were clicked stay: a positive row whose item has no clicks in the state
-    state, _ = label_state(split, n_items)
-    positives = with_rule.items[with_rule.labels > 0]
-    assert (state.clicks_[positives] == 0).any()
 
 
 # -- new items are never ranked below their semantic rank -----------------------------------------

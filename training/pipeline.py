@@ -34,7 +34,7 @@ from recsys.semantic_signal import semantic_signal
 from recsys.splits import Split, epoch_seconds
 from training.finetune import FinetuneConfig, finetune_step
 from training.ranker import RankerConfig, train_ranker
-from training.ranker_data import build_groups, items_on_offer, label_rows, seen_before_test
+from training.ranker_data import build_groups, label_rows
 
 
 @dataclass
@@ -171,13 +171,11 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
         split, lambda state: RankingContext(label_vectors, categories, label_index, state,
                                             retrieval, label_interest),
         n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed,
-        new_items=config.ranker.new_items, progress=rows_bar)
+        progress=rows_bar)
     valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval,
                                              interest),
                               split.cases("valid"), max_cases=config.max_train_cases,
-                              seed=config.ranker.seed, progress=rows_bar,
-                              on_offer=items_on_offer(seen_before_test(split), len(item_ids))
-                              if config.ranker.new_items else None)
+                              seed=config.ranker.seed, progress=rows_bar)
     rows_bar.close()
     log(f"ranker data: {train_rows.n_groups}/{train_rows.n_cases} train groups, "
         f"{valid_rows.n_groups}/{valid_rows.n_cases} valid groups with a positive candidate")

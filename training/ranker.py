@@ -34,9 +34,6 @@ class RankerConfig:
     # Below these the ranker is not used (the bundle serves the retrieval order, marked): a
     # lambdarank model learned from a handful of queries, or stopped after a tree or two, gives
     # near-constant scores, which rank worse than the sources' own order.
-    # Make some items new in the label rows' state, so the ranker sees new items that get
-    # clicked (training.ranker_data.simulate_new_items) and does not bury cold ones.
-    new_items: bool = True
     min_train_groups: int = 10
     min_trees: int = 2
     extra: dict = field(default_factory=dict)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
 
-from features.build import Candidates
 from features.state import BehaviourState
 from recsys.ranking import RankingContext
 from recsys.splits import Case, Split
@@ -35,14 +34,11 @@ class RankerData:
 
 
 def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: int | None = None,
-                 seed: int = 0, on_offer: np.ndarray | None = None,
-                 progress=None) -> RankerData:
+                 seed: int = 0, progress=None) -> RankerData:
     """Retrieve candidates for every case (or take its logged impression list) and label them.
 
     Groups whose candidates miss every target are dropped: they carry no ranking signal.
-    `on_offer` (a mask over item rows): candidates outside it are left out, not counted as
-    negatives (`items_on_offer`). `progress` (a bar) gets these cases added to its total and
-    advances per case.
+    `progress` (a bar) gets these cases added to its total and advances per case.
     """
     cases = list(cases)
     if max_cases is not None and len(cases) > max_cases:
@@ -59,11 +55,6 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
                                     np.array([c.last_time for c in chunk]))
         given = [c.shown for c in chunk] if all(c.shown is not None for c in chunk) else None
         candidates, rows = context.rows(requests, given=given)
-        if on_offer is not None and given is None:
-            offered = on_offer[candidates.item]
-            candidates = Candidates(*(getattr(candidates, f.name)[offered]
-                                      for f in fields(Candidates)))
-            rows = rows.filter(pl.Series(offered))
         is_target = candidates.hits([c.targets for c in chunk]).astype(np.float32)
         order = np.argsort(candidates.request, kind="stable")
         sizes = np.bincount(candidates.request, minlength=len(chunk))
@@ -84,38 +75,13 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
                       group_cases=group_cases, cases=cases)
 
 
-def items_on_offer(events: pl.DataFrame, n_items: int) -> np.ndarray:
-    """Which item rows have an event in `events`: those the users could have met then.
-
-    An item no event touches was, as far as the data can tell, not on offer then (not listed
-    yet): the ranker must not learn from it as a candidate nobody clicked, or it learns that
-    items without history are never clicked, and those are exactly the new items it will be
-    asked to rank (an item held out by `recsys dataset hold-out-items` is such an item).
-    """
-    offered = np.zeros(n_items, dtype=bool)
-    offered[events["item"].to_numpy().astype(np.int64)] = True
-    return offered
-
-
-def seen_before_test(split: Split) -> pl.DataFrame:
-    """The events before the test part: what the valid rows' candidates could have had."""
-    if split.protocol == "leave_one_out":
-        return split.events.filter(pl.col("split").is_in(["train", "valid"]))
-    return split.events.filter(pl.col("timestamp") < split.test_start)
-
-
-def label_state(split: Split, n_items: int, *, new_items: bool = True,
-                seed: int = 0) -> tuple[BehaviourState, list[Case]]:
+def label_state(split: Split, n_items: int) -> tuple[BehaviourState, list[Case]]:
     """The behavioural state the ranker's training rows are built from, and their cases.
 
     The state sees only events before the label window (time protocols) or before each user's
     label click (leave-one-out), so no training row's features use its own target or later.
-    With `new_items`, some items are made new in it (`simulate_new_items`).
     """
     state_events, cases = split.label_cases()
-    if new_items and split.protocol != "impressions":
-        state_events = state_events.filter(~pl.col("item").is_in(
-            simulate_new_items(state_events, n_items, seed).tolist()))
     real_time = split.dataset.has_real_time
     cutoff = None
     if real_time and split.valid_start is not None:
@@ -127,31 +93,10 @@ def label_state(split: Split, n_items: int, *, new_items: bool = True,
     return state, cases
 
 
-def simulate_new_items(state_events: pl.DataFrame, n_items: int, seed: int = 0) -> np.ndarray:
-    """Item rows to make new in the ranker's label state: the same share of the items that have
-    events there as the catalogue has items without any (seeded).
-
-    Why: the ranker learns from its label rows what a candidate's click history is worth. An item
-    new to the engine (held out, or added through PUT /items) has none; if every item without
-    history in the label rows is also never clicked there, the ranker learns "no clicks, no
-    click" and buries every new item under popular ones. Removing some clicked items' history
-    from the label state (their label clicks stay) gives it cases like the cold ones, as many as
-    the catalogue's own share of new items suggests. Not for impression lists: those already
-    show new items with their real clicks.
-    """
-    with_events = np.unique(state_events["item"].to_numpy().astype(np.int64))
-    share = 1.0 - with_events.size / max(n_items, 1)
-    count = int(round(share * with_events.size))
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.sort(np.random.default_rng(seed).choice(with_events, count, replace=False))
-
-
 def label_rows(split: Split, context_for: Callable[[BehaviourState], RankingContext], *,
                n_items: int, max_cases: int | None = None, seed: int = 0,
-               new_items: bool = True, progress=None) -> RankerData:
+               progress=None) -> RankerData:
     """The ranker's training rows: label cases carved from the end of the training part."""
-    state, cases = label_state(split, n_items, new_items=new_items, seed=seed)
-    on_offer = items_on_offer(split.train_events(), n_items) if new_items else None
+    state, cases = label_state(split, n_items)
     return build_groups(context_for(state), cases, max_cases=max_cases, seed=seed,
-                        on_offer=on_offer, progress=progress)
+                        progress=progress)
