@@ -271,6 +271,8 @@ def test_an_order_that_already_respects_new_items_is_left_alone():
 class ClicksOnly:
     """A ranker that judges by clicks alone: an item without any comes last."""
 
+    features = ["item_clicks_log"]
+
     def predict(self, rows) -> np.ndarray:
         from features.build import FEATURES
 
@@ -290,3 +292,21 @@ def test_an_item_added_through_put_items_that_fits_the_user_is_served_first(reco
     [answer] = fresh.with_ranker(ClicksOnly()).recommend_histories([History(history)], k=10)
     assert answer.item_ids[0] == "fresh-item"
     assert answer.scores == sorted(answer.scores, reverse=True)
+
+
+def test_evaluate_ranks_new_items_as_served(models_dir, recbole_copy, monkeypatch):
+    """`recsys evaluate` builds the pipeline's order with the same rule: with a ranker that puts
+    every item without clicks last, the cold slice is still at least the semantic source's."""
+    import recsys.evaluate as evaluation
+    from recsys.recommender import Recommender
+
+    load = Recommender.load
+    monkeypatch.setattr(evaluation.Recommender, "load",
+                        classmethod(lambda cls, path, **kw: load(path, **kw)
+                                    .with_ranker(ClicksOnly())))
+    out, _ = recbole_copy
+    report = evaluate(models_dir, out, "test", log=lambda _: None)
+    cold = report["slices"]["cold_items"]["metrics"]
+    for metric in ("ndcg@10", "recall@10", "ndcg@50", "recall@50", "mrr"):
+        assert cold["pipeline"][metric] >= cold["semantic"][metric] - 1e-12, metric
+    assert cold["pipeline"]["recall@50"] > 0
