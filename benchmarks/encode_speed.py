@@ -1,6 +1,8 @@
-"""CPU encode speed and quality of each precision path (fp32, bf16 autocast) of `Encoder`.
+"""Encode speed and quality of each precision path (fp32, bf16 autocast) of `Encoder`, on CPU or
+a CUDA GPU.
 
-    python benchmarks/encode_speed.py DATASET [--sample 512] [--repeats 5] [--json OUT.json]
+    python benchmarks/encode_speed.py DATASET [--device cpu|cuda] [--sample 512] [--repeats 5]
+                                      [--json OUT.json]
 
 Speed: texts/s on a fixed sample of item texts, the precisions interleaved in each repeat so
 machine noise hits them alike; medians, and the ratio to fp32 from the same run. Quality: the
@@ -40,6 +42,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset")
     parser.add_argument("--model", default=None, help="encoder directory (default: MiniLM)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where to encode (bf16 is measured where it runs natively)")
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sample", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=128)
@@ -48,11 +53,19 @@ def main(argv=None) -> int:
                         help="speed and sample cosines only (skip encoding the whole catalogue)")
     args = parser.parse_args(argv)
 
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("encode_speed: --device cuda but no CUDA device (torch.cuda.is_available() is "
+                  "False)", file=sys.stderr)
+            return 2
     dataset = load_dataset(args.dataset)
     texts = item_texts(dataset.items)
     split = Split.of(dataset, dataset.items["item_id"].to_list())
-    precisions = ["fp32"] + (["bf16"] if bf16_supported("cpu") else [])
-    encoders = {p: Encoder(args.model, device="cpu", precision=p, max_length=args.max_length)
+    precisions = ["fp32"] + (["bf16"] if bf16_supported(args.device) else [])
+    encoders = {p: Encoder(args.model, device=args.device, precision=p,
+                           max_length=args.max_length, batch_size=args.batch_size)
                 for p in precisions}
     sample = [texts[i] for i in np.random.default_rng(0).choice(len(texts), args.sample,
                                                                 replace=False)]
@@ -65,7 +78,8 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             sample_vectors[p] = encoder.encode(sample, show_progress=False)
             seconds[p].append(time.perf_counter() - started)
-    report = {"dataset": dataset.name, "sample": args.sample, "repeats": args.repeats,
+    report = {"dataset": dataset.name, "device": args.device, "sample": args.sample,
+              "repeats": args.repeats, "batch_size": args.batch_size,
               "max_length": args.max_length, "rows": {}}
     reference = None
     for p, encoder in encoders.items():

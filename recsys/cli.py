@@ -58,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept timestamps before 1990 or more than a day ahead")
     p.set_defaults(run=cmd_validate)
 
+    p = sub.add_parser("dataset", help="derive a dataset from another: hold-out-items")
+    actions = p.add_subparsers(metavar="ACTION", dest="action", required=True)
+    q = actions.add_parser("hold-out-items", help="a copy in which a random share of the items "
+                                                  "lose every training and valid event (cold "
+                                                  "start), keeping their text and test events")
+    q.add_argument("dataset", metavar="DATASET")
+    q.add_argument("--fraction", type=float, default=0.2,
+                   help="share of the items to hold out, strictly between 0 and 1 (default 0.2)")
+    q.add_argument("--seed", type=int, default=0, help="which items (default 0)")
+    q.add_argument("--out", required=True, help="dataset directory to write (new or empty)")
+    q.set_defaults(run=cmd_dataset)
+
     p = sub.add_parser("train", help="train a model bundle from a dataset directory")
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="models directory (bundles + CURRENT)")
@@ -248,6 +260,15 @@ def cmd_validate(args) -> int:
         print(f"{args.dataset}: {len(problems)} problem(s)", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{args.dataset}: valid")
+    return 0
+
+
+def cmd_dataset(args) -> int:
+    from recsys.data.hold_out import hold_out_items
+
+    check_dataset_folder(args.dataset)
+    held = hold_out_items(args.dataset, args.out, fraction=args.fraction, seed=args.seed)
+    print(held.summary(args.out))
     return 0
 
 

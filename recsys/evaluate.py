@@ -1,15 +1,20 @@
 """`recsys evaluate`: the pipeline and three baselines on one split, from the same cases.
 
 Full-ranking protocols (leave_one_out, time) rank the target among ALL items: the pipeline's
-ranked candidates first, then every other item by semantic similarity to the user's profile.
+ranked candidates first (new items kept at their semantic rank or better, as served:
+`recsys.ranking.keep_new_items_up`), then every other item by semantic similarity to the user's
+profile.
 Each method is reported unmasked (history items may be recommended again) and masked (history
 items removed before ranking). The impressions protocol ranks each logged list instead.
 
 JSON contract (`--json FILE`, stable): {"dataset", "split", "protocol", "model_version",
-"metrics": {METHOD: {METRIC: value}}, "details": {...}, "per_case": {...}} with METHOD in
-pipeline, popularity, covisitation, semantic. "semantic_signal" is the semantic score's AUC
-of the targets against sampled catalogue items on these cases (`recsys.semantic_signal`:
-auc, low, high, cases, negatives_per_target, verdict). `per_case` holds what the HTML report plots:
+"metrics": {METHOD: {METRIC: value}}, "slices": {...}, "details": {...}, "per_case": {...}} with
+METHOD in pipeline, popularity, covisitation, semantic. "slices" holds "cold_items" (targets with
+no event in the training part: new to the model) and "warm_items", each {"cases": N, "metrics":
+{METHOD: {METRIC: value}}} (metrics empty when N is 0), over that slice's targets only.
+"semantic_signal" is the semantic score's AUC of the targets against sampled catalogue items on
+these cases (`recsys.semantic_signal`: auc, low, high, cases, negatives_per_target, verdict).
+`per_case` holds what the HTML report plots:
 "history_length" and, per method, "ndcg@10" (one value per case, unmasked), and "scores"
 (pipeline ranker scores of clicked and of not-clicked candidates, the latter sampled).
 """
@@ -27,7 +32,7 @@ from recsys.data.dataset import load_dataset
 from recsys.interest import semantic_scores
 from recsys.metrics import impression_metrics, rank_of, ranking_metrics
 from recsys.progress import Steps
-from recsys.ranking import RankingContext
+from recsys.ranking import RankingContext, keep_new_items_up, new_item_rows
 from recsys.recommender import Recommender
 from recsys.semantic_signal import SemanticSignal, semantic_signal
 from recsys.splits import Case, Split
@@ -56,17 +61,18 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
     context = evaluation_context(recommender, data_split, split)
     steps.start(f"evaluating {recommender.version} on {dataset.name} {split}: {len(cases):,} "
                 f"cases, protocol {data_split.protocol}")
+    trained = items_with_training_events(data_split)
     with steps.bar(len(cases), "case") as bar:
         if data_split.protocol == "impressions":
-            metrics, per_case = _impressions(recommender, context, cases, bar)
+            metrics, per_case, slices = _impressions(recommender, context, cases, trained, bar)
         else:
-            metrics, per_case = _full_ranking(recommender, context, cases, bar)
+            metrics, per_case, slices = _full_ranking(recommender, context, cases, trained, bar)
     per_case["history_length"] = [len(c.history) for c in cases]
     signal = semantic_signal(context, cases, seed=seed)
     seconds = time.perf_counter() - started
     return {
         "dataset": dataset.name, "split": split, "protocol": data_split.protocol,
-        "model_version": recommender.version, "metrics": metrics,
+        "model_version": recommender.version, "metrics": metrics, "slices": slices,
         "semantic_signal": signal.to_dict(),
         "details": {"cases": len(cases), "items": len(recommender.item_ids),
                     "seconds": round(seconds, 1),
@@ -95,6 +101,38 @@ def evaluation_context(recommender: Recommender, split: Split, which: str) -> Ra
                           base.retrieval, base.interest)
 
 
+def items_with_training_events(split: Split) -> np.ndarray:
+    """Which item rows have an event (any type) in the training part: a target outside them is
+    brand new to the model, a cold item."""
+    trained = np.zeros(len(split.dataset.items), dtype=bool)
+    trained[split.train_events()["item"].to_numpy().astype(np.int64)] = True
+    return trained
+
+
+def _slice_targets(cases: list[Case], trained: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """Per slice, per case, which of the case's targets belong to it (boolean over targets)."""
+    warm = [trained[np.asarray(c.targets, dtype=np.int64)] for c in cases]
+    return {"cold_items": [~w for w in warm], "warm_items": warm}
+
+
+def _ranking_slices(ranks: dict[str, list[list[float]]], cases: list[Case],
+                    trained: np.ndarray) -> dict:
+    """The metrics again on each slice's targets: a case counts in a slice with the targets it
+    has there (a case with a cold and a warm target is in both, each with its own)."""
+    out = {}
+    for name, members in _slice_targets(cases, trained).items():
+        used = [j for j, m in enumerate(members) if m.any()]
+        metrics = {}
+        for method in METHODS if used else ():
+            metrics[method] = ranking_metrics(
+                [np.asarray(ranks[method][j])[members[j]] for j in used])
+            masked = ranking_metrics(
+                [np.asarray(ranks[f"{method}_masked"][j])[members[j]] for j in used])
+            metrics[method].update({f"{k}_masked": v for k, v in masked.items()})
+        out[name] = {"cases": len(used), "metrics": metrics}
+    return out
+
+
 def _chunks(cases: list[Case], n_items: int, bar=None):
     size = max(1, min(1000, SCORE_BLOCK // max(n_items, 1)))
     for start in range(0, len(cases), size):
@@ -104,13 +142,15 @@ def _chunks(cases: list[Case], n_items: int, bar=None):
             bar.update(len(chunk))
 
 
-def _full_ranking(recommender: Recommender, context: RankingContext,
-                  cases: list[Case], bar=None) -> tuple[dict[str, dict[str, float]], dict]:
+def _full_ranking(recommender: Recommender, context: RankingContext, cases: list[Case],
+                  trained: np.ndarray, bar=None) -> tuple[dict[str, dict[str, float]], dict,
+                                                          dict]:
     n_items = len(recommender.item_ids)
     state = context.state
     pop_position = np.empty(n_items, dtype=np.float64)
     pop_position[state.popular_rows_] = np.arange(n_items)
     popularity = 1.0 - pop_position / n_items               # in (0, 1], higher = more popular
+    is_new = new_item_rows(state)
     ranks: dict[str, list[list[float]]] = {f"{m}{s}": [] for m in METHODS for s in ("", "_masked")}
     scores_seen = _ScoreSample()
     for chunk in _chunks(cases, n_items, bar):
@@ -129,7 +169,9 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
                 methods = {m: popularity for m in METHODS}
             else:
                 mask = rows_of[j]
-                order = np.argsort(-scores[mask], kind="stable")
+                order = keep_new_items_up(np.argsort(-scores[mask], kind="stable"),
+                                          candidates.item[mask], candidates.sem_rank[mask],
+                                          is_new)
                 pipeline = semantic[j].astype(np.float64).copy()
                 ranked_items = candidates.item[mask][order]
                 pipeline[ranked_items] = 10.0 + (len(order) - np.arange(len(order)))
@@ -154,7 +196,7 @@ def _full_ranking(recommender: Recommender, context: RankingContext,
         name: [round(ranking_metrics([r], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)
                for r in ranks[name]] for name in METHODS},
         "scores": scores_seen.result()}
-    return out, per_case
+    return out, per_case, _ranking_slices(ranks, cases, trained)
 
 
 class _ScoreSample:
@@ -186,11 +228,13 @@ class _ScoreSample:
                 "negative_total": int(self.n_negative)}
 
 
-def _impressions(recommender: Recommender, context: RankingContext,
-                 cases: list[Case], bar=None) -> tuple[dict[str, dict[str, float]], dict]:
+def _impressions(recommender: Recommender, context: RankingContext, cases: list[Case],
+                 trained: np.ndarray, bar=None) -> tuple[dict[str, dict[str, float]], dict,
+                                                         dict]:
     state = context.state
     per_method: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     labels: list[np.ndarray] = []
+    shown_items: list[np.ndarray] = []
     scores_seen = _ScoreSample()
     for chunk in _chunks(cases, len(recommender.item_ids), bar):
         requests = context.requests([c.history for c in chunk], np.array([c.time for c in chunk]),
@@ -207,6 +251,7 @@ def _impressions(recommender: Recommender, context: RankingContext,
             mask = rows_of[j]
             items = candidates.item[mask]
             labels.append(np.isin(items, case.targets).astype(np.float64))
+            shown_items.append(items)
             per_method["pipeline"].append(scores[mask])
             per_method["popularity"].append(state.clicks_[items])
             per_method["covisitation"].append(np.asarray(covis[j, items].todense()).ravel())
@@ -216,7 +261,27 @@ def _impressions(recommender: Recommender, context: RankingContext,
         name: [round(impression_metrics([s], [y], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)
                for s, y in zip(per_method[name], labels, strict=True)] for name in METHODS},
         "scores": scores_seen.result()}
-    return metrics, per_case
+    return metrics, per_case, _impression_slices(per_method, labels, shown_items, trained)
+
+
+def _impression_slices(per_method: dict[str, list[np.ndarray]], labels: list[np.ndarray],
+                       shown_items: list[np.ndarray], trained: np.ndarray) -> dict:
+    """Per slice: the lists with a clicked item of the slice, ranked with only those clicks as
+    positives (the other clicked items left out, the non-clicked kept)."""
+    out = {}
+    for name, want_trained in (("cold_items", False), ("warm_items", True)):
+        keep_rows, kept = [], []
+        for j, (label, items) in enumerate(zip(labels, shown_items, strict=True)):
+            positive = (label > 0) & (trained[items] == want_trained)
+            if positive.any():
+                keep_rows.append(j)
+                kept.append(positive | (label <= 0))
+        metrics = {method: impression_metrics(
+            [per_method[method][j][k] for j, k in zip(keep_rows, kept, strict=True)],
+            [labels[j][k] for j, k in zip(keep_rows, kept, strict=True)])
+            for method in (METHODS if keep_rows else ())}
+        out[name] = {"cases": len(keep_rows), "metrics": metrics}
+    return out
 
 
 def format_table(report: dict) -> str:
@@ -232,6 +297,28 @@ def format_table(report: dict) -> str:
              "method".ljust(14) + "".join(n.rjust(width) for n in names)]
     for method, values in metrics.items():
         lines.append(method.ljust(14) + "".join(f"{values[n]:.4f}".rjust(width) for n in names))
+    lines.extend(format_slices(report))
     if "semantic_signal" in report:   # reports written before the check lack it
         lines.append(SemanticSignal(**report["semantic_signal"]).describe(report["split"]))
     return "\n".join(lines)
+
+
+def slice_headline(report: dict) -> tuple[str, str]:
+    """The two metrics the compact slice table shows (unmasked)."""
+    return ("auc", "ndcg@10") if report["protocol"] == "impressions" else ("ndcg@10", "recall@50")
+
+
+def format_slices(report: dict) -> list[str]:
+    """Cold and warm items in a few lines: per slice, each method's two headline metrics."""
+    slices = report.get("slices")
+    if not slices:   # reports written before slices existed
+        return []
+    first, second = slice_headline(report)
+    lines = [f"slices by target item ({first} / {second}; cold = no training event):",
+             "slice".ljust(20) + "".join(m.rjust(16) for m in METHODS)]
+    for name, part in slices.items():
+        values = part["metrics"]
+        cells = "".join((f"{values[m][first]:.4f}/{values[m][second]:.4f}" if m in values
+                         else "-").rjust(16) for m in METHODS)
+        lines.append(f"{name} ({part['cases']})".ljust(20) + cells)
+    return lines

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from features.build import Candidates, Requests, feature_frame, feature_matrix
+from features.build import MISSING_RANK, Candidates, Requests, feature_frame, feature_matrix
 from features.state import BehaviourState
 from recsys.index import ItemIndex
 from recsys.interest import InterestModel
@@ -56,3 +56,54 @@ class RankingContext:
         block = feature_matrix(requests, candidates, self.state, self.item_vectors,
                                self.item_categories)
         return candidates, feature_frame(block) if as_frame else block
+
+
+def new_item_rows(state: BehaviourState) -> np.ndarray:
+    """Which item rows no event of the state touched (never clicked, never shown): new items.
+    Made once per state (a request would otherwise scan the whole catalogue)."""
+    cached = state.__dict__.get("_new_item_rows")
+    if cached is not None and cached[0] is state.clicks_ and cached[1] is state.shown_:
+        return cached[2]
+    rows = (state.clicks_ == 0) & (state.shown_ == 0)
+    rows.flags.writeable = False
+    state._new_item_rows = (state.clicks_, state.shown_, rows)
+    return rows
+
+
+def keep_new_items_up(best_first: np.ndarray, items: np.ndarray, sem_rank: np.ndarray,
+                      is_new: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+    """One request's candidate positions `best_first` (ranker order), with each new item moved
+    up to its semantic rank where the ranker put it lower.
+
+    The ranker knows nothing of a new item but its text, and learned from items that had a
+    history; it may promote a new item, but demoting one below where the semantic source alone
+    ranks it would bury new items behind popular ones on no evidence. So the new item with
+    semantic rank r (0-based) is at position r or better. `items`, `sem_rank`: per candidate
+    position; `is_new`: per item row. With `scores` (per position, changed in place) a moved
+    item's score becomes that of the item now below it, so scores still fall along the order.
+    """
+    ranks = sem_rank[best_first]
+    moved = is_new[items[best_first]] & (ranks < MISSING_RANK) & \
+        (np.arange(best_first.size) > ranks)
+    if not moved.any():
+        return best_first
+    pinned = sorted((float(ranks[i]), int(best_first[i])) for i in np.flatnonzero(moved))
+    order: list[int] = []
+    placed: set[int] = set()
+    rest = iter(int(p) for p in best_first)
+    j = 0
+    while len(order) < best_first.size:
+        if j < len(pinned) and pinned[j][0] <= len(order):
+            position = pinned[j][1]
+            j += 1
+        else:
+            position = next(p for p in rest if p not in placed)
+        if position not in placed:
+            order.append(position)
+            placed.add(position)
+    out = np.asarray(order, dtype=best_first.dtype)
+    if scores is not None:
+        for i in range(out.size - 2, -1, -1):
+            if scores[out[i]] < scores[out[i + 1]]:
+                scores[out[i]] = scores[out[i + 1]]
+    return out

@@ -24,7 +24,7 @@ from recsys.errors import BundleError, NotFoundError
 from recsys.index import ItemIndex
 from recsys.interest import InterestModel
 from recsys.ranker import Ranker
-from recsys.ranking import RankingContext
+from recsys.ranking import RankingContext, keep_new_items_up, new_item_rows
 from recsys.retrieval import RetrievalConfig
 
 log = logging.getLogger(__name__)
@@ -298,8 +298,12 @@ class Recommender:
             # own slice of `best_first`
             candidates = ranked.candidates
             best_first = np.lexsort((candidates.item, -ranked.scores, candidates.request))
+            is_new = new_item_rows(self.state)
+            ranked.scores = ranked.scores.copy()   # new items moved up take the score below
             for j, (u, rows) in enumerate(zip(warm, candidates.slices(len(warm)), strict=True)):
-                out[u] = self._top_k(ranked, best_first[rows], k, filters, user_ids[u],
+                order = keep_new_items_up(best_first[rows], candidates.item,
+                                          candidates.sem_rank, is_new, ranked.scores)
+                out[u] = self._top_k(ranked, order, k, filters, user_ids[u],
                                      requests.histories[j], explain)
         return out  # type: ignore[return-value]
 

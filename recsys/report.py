@@ -53,6 +53,8 @@ def write_report(report: dict, out_dir: str | Path) -> Path:
                                             "metrics")}
     if "semantic_signal" in report:
         summary["semantic_signal"] = report["semantic_signal"]
+    if "slices" in report:
+        summary["slices"] = report["slices"]
     summary["details"] = report.get("details", {})
     summary["ndcg@10_by_history_length"] = buckets
     write_json(summary, out / "report.json")
@@ -199,6 +201,24 @@ def _signal_paragraph(report: dict) -> str:
     return (f'<p id="semantic-signal"{style}>{html.escape(signal.describe(report["split"]))}</p>')
 
 
+def _slices_section(report: dict) -> str:
+    """Cold and warm target items, each method's two headline metrics (absent from reports
+    written before slices existed)."""
+    slices = report.get("slices")
+    if not slices:
+        return ""
+    first, second = ("auc", "ndcg@10") if report["protocol"] == "impressions" else \
+        ("ndcg@10", "recall@50")
+    methods = list(report["metrics"])
+    rows = [[name, str(part["cases"])]
+            + [f"{part['metrics'][m][first]:.4f} / {part['metrics'][m][second]:.4f}"
+               if m in part["metrics"] else "-" for m in methods]
+            for name, part in slices.items()]
+    return (f"<h2>Cold and warm items</h2><p>{first} / {second}, unmasked, over each slice's "
+            "targets; a cold item had no event in the training part.</p>"
+            + _table(["slice", "cases"] + methods, rows))
+
+
 def _page(report: dict, buckets: list[dict]) -> str:
     metrics = report["metrics"]
     names = list(next(iter(metrics.values())).keys())
@@ -229,6 +249,7 @@ behavioural state: {html.escape(str(details.get('state', '?')))}.</p>
 {_signal_paragraph(report)}
 {figures}
 <h2>Metrics</h2>{_table(['method'] + names, metric_rows)}
+{_slices_section(report)}
 <h2>NDCG@10 by history length</h2>{_table(['history', 'cases'] + methods, bucket_rows)}
 <h2>Details</h2><pre>{html.escape(json.dumps(details, indent=2, default=str))}</pre>
 </body></html>

@@ -17,6 +17,7 @@ import polars as pl
 from features.state import POSITIVE_TYPES
 from recsys.interest import semantic_scores
 from recsys.metrics import rank_of, ranking_metrics
+from recsys.ranking import keep_new_items_up, new_item_rows
 from recsys.recommender import Recommender
 from recsys.splits import Case, epoch_seconds, with_item_rows
 
@@ -74,6 +75,7 @@ def evaluate_window(recommender: Recommender, events: pl.DataFrame, start: datet
     pop_position = np.empty(n_items, dtype=np.float64)
     pop_position[context.state.popular_rows_] = np.arange(n_items)
     popularity = 1.0 - pop_position / n_items
+    is_new = new_item_rows(context.state)
     ranks: dict[str, list[list[float]]] = {f"{m}{s}": [] for m in METHODS
                                            for s in ("", "_masked", "_warm")}
     for first in range(0, len(cases), CHUNK):
@@ -88,7 +90,9 @@ def evaluate_window(recommender: Recommender, events: pl.DataFrame, start: datet
         for j, case in enumerate(chunk):
             if case.history:
                 mask = rows_of[j]
-                order = np.argsort(-scores[mask], kind="stable")
+                order = keep_new_items_up(np.argsort(-scores[mask], kind="stable"),
+                                          candidates.item[mask], candidates.sem_rank[mask],
+                                          is_new)
                 pipeline = semantic[j].astype(np.float64)
                 pipeline[candidates.item[mask][order]] = 10.0 + (len(order) - np.arange(len(order)))
             else:
