@@ -1,6 +1,6 @@
 """Behavioural features, computed with polars/numpy from events up to a cut-off time.
 
-Imports only polars, numpy and scipy: it takes events and candidates as frames/arrays with
+Imports only polars, numpy, scipy and numba: it takes events and candidates as frames/arrays with
 documented columns, so `recsys` can depend on it without a cycle.
 """
 
