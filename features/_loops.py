@@ -126,6 +126,35 @@ def _partial_sums(typingctx, v, queries):
     return signature, codegen
 
 
+@intrinsic
+def _prefetch(typingctx, matrix, row):
+    """Ask the CPU for row `row` of a 2-D C array now: the next candidate's vector is a random
+    row of a large table, read a moment later."""
+    if not (isinstance(matrix, types.Array) and matrix.ndim == 2 and matrix.layout == "C"
+            and isinstance(row, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        array = context.make_array(sig.args[0])(context, builder, args[0])
+        width = builder.extract_value(array.shape, 1)
+        row_index = context.cast(builder, args[1], sig.args[1], types.intp)
+        start = builder.bitcast(builder.gep(array.data, [builder.mul(row_index, width)]),
+                                ir.IntType(8).as_pointer())
+        size = builder.mul(width, ir.Constant(width.type, context.get_abi_sizeof(
+            context.get_data_type(sig.args[0].dtype))))
+        lines = builder.udiv(builder.add(size, ir.Constant(size.type, 63)),
+                             ir.Constant(size.type, 64))
+        prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [ir.IntType(8).as_pointer()] + [ir.IntType(32)] * 3),
+            "llvm.prefetch.p0i8")
+        with cgutils.for_range(builder, lines) as loop:
+            at = builder.gep(start, [builder.mul(loop.index, ir.Constant(size.type, 64))])
+            builder.call(prefetch, [at] + [ir.Constant(ir.IntType(32), k) for k in (0, 3, 1)])
+        return context.get_dummy_value()
+
+    return types.none(matrix, row), codegen
+
+
 @_helper
 def _finish(s, v, q, d):
     """The eight partial sums `s` with the last d % 8 elements added to sums 0.., combined."""
@@ -151,8 +180,18 @@ def _dots(v, queries, n_queries, out):
         group = (queries[j], queries[min(j + 1, last)], queries[min(j + 2, last)],
                  queries[min(j + 3, last)], queries[min(j + 4, last)], queries[min(j + 5, last)])
         sums = _partial_sums(v, group)
-        for k in range(min(_QUERIES_PER_PASS, n_queries - j)):
-            out[j + k] = _finish(sums[k], v, group[k], d)
+        here = n_queries - j  # constant indices below: a tuple indexed by a variable is spilled
+        out[j] = _finish(sums[0], v, group[0], d)
+        if here > 1:
+            out[j + 1] = _finish(sums[1], v, group[1], d)
+        if here > 2:
+            out[j + 2] = _finish(sums[2], v, group[2], d)
+        if here > 3:
+            out[j + 3] = _finish(sums[3], v, group[3], d)
+        if here > 4:
+            out[j + 4] = _finish(sums[4], v, group[4], d)
+        if here > 5:
+            out[j + 5] = _finish(sums[5], v, group[5], d)
 
 
 # -- similarities ----------------------------------------------------------------------------------
@@ -196,6 +235,8 @@ def similarities(profiles, history_items, offsets, request, item, vectors, recen
                     raise IndexError("similarities: history_items out of range or out of order")
                 queries[1 + t - start] = vectors[h]
             current, n_queries = u, 1 + end - start
+        if r + 1 < m and 0 <= item[r + 1] < n_items:
+            _prefetch(vectors, item[r + 1])
         _dots(vectors[i], queries, n_queries, scores)
         out_sem[r] = scores[0]
         best = np.float32(0)
@@ -347,10 +388,36 @@ def covisitation_scores(history_items, offsets, decay, indptr, indices, data, n_
                 sums[used] = cell_sums[j]
                 used += 1
     out_indptr[n] = used
-    return out_indptr, columns[:used].copy(), sums[:used].copy()
+    return out_indptr, columns[:used], sums[:used]
 
 
 # -- merging the candidate sources -----------------------------------------------------------------
+_LOW32 = np.uint64(0xFFFFFFFF)
+_SIGN32 = np.uint32(0x80000000)
+
+
+@intrinsic
+def _float_bits(typingctx, value):
+    """The bits of a float32 as a uint32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(value), codegen
+
+
+@_helper
+def _descending_key(score, column):
+    """A uint64 whose ascending order is score descending, then column ascending (0 <= column <
+    2**32): the score's float32 bits made to sort as numbers (-0.0 as 0.0), flipped, above the
+    column."""
+    bits = _float_bits(score + np.float32(0))
+    ascending = ~bits if bits & _SIGN32 else bits | _SIGN32
+    return (np.uint64(~ascending) << np.uint64(32)) | np.uint64(column)
+
+
 @_helper
 def _add(u, item, source, rank, width, used, keys, row_of, stamps, mask, generation,
          out_request, out_item, out_sem_rank, out_covis_rank, out_pop_rank, missing):
@@ -437,8 +504,7 @@ def merge_candidates(n, semantic_requests, semantic_rows, covis_indptr, covis_in
         most_rows = max(most_rows, rows)
     skip_keys, _, skip_stamps, skip_mask = _map_new(most_skipped)
     keys, row_of, stamps, mask = _map_new(most_rows)
-    covis_scores = np.empty(longest_covis, np.float32)
-    covis_columns = np.empty(longest_covis, np.int64)
+    covis_order = np.empty(longest_covis, np.uint64)
     used = next_sem = 0
     for u in range(n):
         generation = u + 1
@@ -461,18 +527,17 @@ def merge_candidates(n, semantic_requests, semantic_rows, covis_indptr, covis_in
             lo, hi = np.int64(covis_indptr[u]), np.int64(covis_indptr[u + 1])
             m = hi - lo
             for e in range(m):
-                covis_scores[e] = covis_data[lo + e]
-                covis_columns[e] = covis_indices[lo + e]
-            by_item = np.argsort(covis_columns[:m], kind="mergesort")
-            by_score = by_item[np.argsort(-covis_scores[:m][by_item], kind="mergesort")]
+                c = np.int64(covis_indices[lo + e])
+                if c < 0 or c >= width or (has_allowed and c >= n_allowed):
+                    raise IndexError("merge_candidates: covis_indices out of range or out of "
+                                     "order")
+                covis_order[e] = _descending_key(covis_data[lo + e], c)
+            covis_order[:m].sort()
             taken = 0
             for j in range(m):
                 if taken >= n_covisitation:
                     break
-                c = covis_columns[by_score[j]]
-                if c < 0 or c >= width or (has_allowed and c >= n_allowed):
-                    raise IndexError("merge_candidates: covis_indices out of range or out of "
-                                     "order")
+                c = np.int64(covis_order[j] & _LOW32)
                 slot = _map_slot(skip_keys, skip_stamps, skip_mask, generation, c)
                 if skip_stamps[slot] != generation and (not has_allowed or allowed[c]):
                     used = _added(_add(u, c, 1, np.float32(taken), width, used, keys, row_of,
