@@ -18,12 +18,16 @@ same bits on every machine.
 
 from __future__ import annotations
 
+import logging
+
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+log = logging.getLogger(__name__)
 
 # -- signatures ------------------------------------------------------------------------------------
 _IN = {dtype: types.Array(dtype, 1, "C", readonly=True)
@@ -38,11 +42,22 @@ CSR_INDEX = (_IN[types.int32], _IN[types.int64])
 
 
 def _compiled(signatures):
-    return numba.njit(signatures, nogil=True, cache=True)
+    def compile_(function):
+        try:
+            return numba.njit(signatures, nogil=True, cache=True)(function)
+        except RuntimeError as exc:  # numba found no writable folder for its cache
+            if "no locator available" not in str(exc):
+                raise
+            log.warning("numba cannot cache %s (no writable folder: set NUMBA_CACHE_DIR); "
+                        "compiling it for this process only", function.__name__)
+            return numba.njit(signatures, nogil=True)(function)
+
+    return compile_
 
 
 def _helper(function):
-    return numba.njit(nogil=True, cache=True, inline="always")(function)
+    """Inlined into the compiled functions (and cached with them)."""
+    return numba.njit(nogil=True, inline="always")(function)
 
 
 # -- a small int64 hash map ------------------------------------------------------------------------
