@@ -247,6 +247,27 @@ def test_read_only_inputs_are_accepted():
     assert kernels.csr_values(matrix, rows, cols).tolist() == [2, 3, 0]
 
 
+def test_without_a_writable_cache_folder_the_loops_compile_for_the_process(monkeypatch, caplog):
+    """numba refuses cache=True where neither the package's folder nor ~/.cache is writable
+    (an installed, read-only site-packages in a container): the import must still work."""
+    real_njit = _loops.numba.njit
+
+    def njit_without_a_cache_folder(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function 'add_one': no locator available for file")
+        return real_njit(*args, **kwargs)
+
+    monkeypatch.setattr(_loops.numba, "njit", njit_without_a_cache_folder)
+
+    def add_one(x):
+        return x + 1
+
+    with caplog.at_level("WARNING", logger="features._loops"):
+        compiled = _loops._compiled([_loops.INT(_loops.INT)])(add_one)
+    assert compiled(41) == 42
+    assert "NUMBA_CACHE_DIR" in caplog.text
+
+
 # -- the per-item feature table -------------------------------------------------------------------
 def test_item_feature_columns_follow_the_states_arrays():
     from features.state import BehaviourState
