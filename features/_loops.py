@@ -5,8 +5,8 @@ overhead than in arithmetic for one request's ~200 candidates) and gives the sam
 integer work exactly, float32 sums in the same order as the numpy code they replace
 (tests/test_vectorized_equality.py and tests/test_kernels.py hold them to the per-request
 reference loops). The one exception is the dot products of `similarities`, which sum in a fixed
-order of their own (eight interleaved partial sums, `_dot`), the same for every row, batch and
-caller.
+order of their own (eight interleaved partial sums: `_partial_sums`, `_finish`), the same for
+every row, batch and caller.
 
 Every function has explicit signatures, compiled when this module is imported (from numba's
 cache after the first time), so an array of the wrong element type or a read-only output is a
