@@ -13,8 +13,7 @@ PG_INITDB := $(wildcard /usr/lib/postgresql/*/bin/initdb)
 
 install: $(VENV)/.installed
 
-# the C part (features/_kernels.c) is compiled by the install: a change to it installs again
-$(VENV)/.installed: pyproject.toml $(wildcard setup.py features/*.c)
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0

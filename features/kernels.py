@@ -1,11 +1,10 @@
-"""Typed entry points to the compiled loops of the ranking path (features/_kernels.c).
+"""Typed entry points to the compiled loops of the ranking path (features/_loops.py, numba).
 
 Retrieval and the feature rows run a few dozen numpy calls per batch; for one request's ~200
-candidates their call overhead cost more than their arithmetic (docs/benchmarks.md, Serving).
-These loops do the same work in one call each, with the GIL released. Training, evaluation,
-batch scoring and serving all call them, so offline and online rows still come from one path.
-The arrays are converted here (no copy when they already have the dtype), and the C side
-checks sizes and bounds again.
+candidates their call overhead cost more than their arithmetic. These loops do the same work in
+one call each, with the GIL released. Training, evaluation, batch scoring and serving all call
+them, so offline and online rows still come from one path. The arrays are converted here (no
+copy when they already have the dtype), and the loops check sizes and bounds again.
 """
 
 from __future__ import annotations
@@ -13,13 +12,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from features import _loops
 from features.ragged import list_lengths
 
-try:
-    from features import _kernels
-except ImportError as exc:  # pragma: no cover - a source checkout that was never installed
-    raise ImportError("features._kernels (the compiled part of recsys) is not built: install "
-                      "the package, e.g. `pip install -e .` (needs a C compiler)") from exc
+_NOTHING_ALLOWED = np.zeros(0, dtype=bool)  # with allowed=None, a placeholder the loop never reads
 
 
 def _ints(values) -> np.ndarray:
@@ -30,17 +26,26 @@ def _floats(values) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
+def _csr_index(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """indptr and indices of one integer type (scipy keeps them alike; the loops take int32 or
+    int64 for both)."""
+    if matrix.indptr.dtype == matrix.indices.dtype and matrix.indptr.dtype in (np.int32,
+                                                                                np.int64):
+        return np.ascontiguousarray(matrix.indptr), np.ascontiguousarray(matrix.indices)
+    return _ints(matrix.indptr), _ints(matrix.indices)
+
+
 def similarities(profiles: np.ndarray, history_items: np.ndarray, offsets: np.ndarray,
                  request: np.ndarray, item: np.ndarray, item_vectors: np.ndarray,
                  recent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per candidate row: (its vector . its request's profile, . the request's last history
     item, the best . over its last `recent` history items); the last two are 0 for an empty
-    history. float32, summed in one fixed order (see `_kernels.c`)."""
+    history. float32, summed in one fixed order (see `_loops._dot`)."""
     m = len(item)
     sem = np.empty(m, np.float32)
     last = np.empty(m, np.float32)
     best = np.empty(m, np.float32)
-    _kernels.similarities(_floats(profiles), _ints(history_items), _ints(offsets), _ints(request),
+    _loops.similarities(_floats(profiles), _ints(history_items), _ints(offsets), _ints(request),
                           _ints(item), _floats(item_vectors), int(recent), sem, last, best)
     return sem, last, best
 
@@ -55,25 +60,25 @@ def csr_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.
         matrix.sum_duplicates()
     rows = _ints(rows)
     out = np.empty(rows.size, np.float32)
-    _kernels.csr_lookup(matrix.indptr, matrix.indices, _floats(matrix.data), matrix.shape[1],
-                        rows, _ints(cols), out)
+    indptr, indices = _csr_index(matrix)
+    _loops.csr_lookup(indptr, indices, _floats(matrix.data), matrix.shape[1], rows, _ints(cols),
+                      out)
     return out
 
 
 def covisitation_scores(history_items: np.ndarray, offsets: np.ndarray, decay: np.ndarray,
                         matrix: sp.csr_matrix) -> sp.csr_matrix:
     """[histories, items] scores: each history's last len(decay) items' rows of `matrix`, the
-    k-th most recent weighted decay[k], summed in scipy's order (see `_kernels.c`)."""
+    k-th most recent weighted decay[k], summed in scipy's order (see
+    `_loops.covisitation_scores`)."""
     n_items = matrix.shape[0]
-    indptr, indices, data = _kernels.covisitation_scores(
-        _ints(history_items), _ints(offsets), _floats(decay), matrix.indptr, matrix.indices,
+    matrix_indptr, matrix_indices = _csr_index(matrix)
+    indptr, indices, data = _loops.covisitation_scores(
+        _ints(history_items), _ints(offsets), _floats(decay), matrix_indptr, matrix_indices,
         _floats(matrix.data), n_items)
-    indptr = np.frombuffer(indptr, dtype=np.int64)
-    indices = np.frombuffer(indices, dtype=np.int64)
     if max(n_items, indices.size) < 2**31:
         indptr, indices = indptr.astype(np.int32), indices.astype(np.int32)
-    out = sp.csr_matrix((np.frombuffer(data, dtype=np.float32), indices, indptr),
-                        shape=(len(offsets) - 1, n_items))
+    out = sp.csr_matrix((data, indices, indptr), shape=(len(offsets) - 1, n_items))
     out.has_sorted_indices = True
     out.has_canonical_format = True
     return out
@@ -86,22 +91,26 @@ def merge_candidates(n_requests: int, semantic_requests: np.ndarray, semantic_ro
                      history_offsets: np.ndarray, width: int, missing_rank: float,
                      ) -> tuple[np.ndarray, ...]:
     """(request, item, sem_rank, covis_rank, pop_rank) of the merged candidate rows; see
-    `_kernels.merge_candidates` for the order and the ranks."""
+    `_loops.merge_candidates` for the order and the ranks."""
     semantic_rows = _ints(semantic_rows)
-    k = semantic_rows.shape[1] if semantic_rows.ndim == 2 else 0
+    if semantic_rows.ndim != 2:
+        semantic_rows = semantic_rows.reshape(len(semantic_requests), -1) \
+            if len(semantic_requests) else semantic_rows.reshape(0, 0)
+    k = semantic_rows.shape[1]
     covis_rows = np.minimum(list_lengths(covis_scores.indptr), max(n_covisitation, 0)).sum()
     capacity = int(len(semantic_requests) * k + covis_rows + n_requests * max(n_popular, 0)
                    + len(history_items))
     request = np.empty(capacity, np.int64)
     item = np.empty(capacity, np.int64)
     ranks = np.empty((3, capacity), np.float32)
-    used = _kernels.merge_candidates(
-        int(n_requests), _ints(semantic_requests), semantic_rows, covis_scores.indptr,
-        covis_scores.indices, _floats(covis_scores.data), int(n_covisitation), _ints(popular),
-        int(n_popular), None if allowed is None else np.ascontiguousarray(allowed, dtype=bool),
-        _ints(skipped_items), _ints(skipped_offsets), _ints(history_items),
-        _ints(history_offsets), int(width), float(missing_rank), request, item, ranks[0],
-        ranks[1], ranks[2])
+    covis_indptr, covis_indices = _csr_index(covis_scores)
+    used = _loops.merge_candidates(
+        int(n_requests), _ints(semantic_requests), semantic_rows, covis_indptr, covis_indices,
+        _floats(covis_scores.data), int(n_covisitation), _ints(popular), int(n_popular),
+        allowed is not None, _NOTHING_ALLOWED if allowed is None
+        else np.ascontiguousarray(allowed, dtype=bool), _ints(skipped_items),
+        _ints(skipped_offsets), _ints(history_items), _ints(history_offsets), int(width),
+        float(missing_rank), request, item, ranks[0], ranks[1], ranks[2])
     return request[:used], item[:used], ranks[0, :used], ranks[1, :used], ranks[2, :used]
 
 
@@ -114,8 +123,8 @@ def history_features(history_items: np.ndarray, offsets: np.ndarray, request: np
     in_history = np.empty(m, np.float32)
     cat_share = np.empty(m, np.float32)
     cat_last = np.empty(m, np.float32)
-    _kernels.history_features(_ints(history_items), _ints(offsets), _ints(request), _ints(item),
-                              _ints(item_categories), in_history, cat_share, cat_last)
+    _loops.history_features(_ints(history_items), _ints(offsets), _ints(request), _ints(item),
+                            _ints(item_categories), in_history, cat_share, cat_last)
     return in_history, cat_share, cat_last
 
 
@@ -123,7 +132,7 @@ def distinct_in_range(items: np.ndarray, offsets: np.ndarray, width: int) -> np.
     """For each list (items[offsets[u]:offsets[u + 1]]), its distinct values in [0, width)."""
     offsets = _ints(offsets)
     out = np.empty(offsets.size - 1, np.int64)
-    _kernels.distinct_in_range(_ints(items), offsets, int(width), out)
+    _loops.distinct_in_range(_ints(items), offsets, int(width), out)
     return out
 
 
@@ -134,9 +143,8 @@ def filter_hits(rows: np.ndarray, scores: np.ndarray, queries: np.ndarray,
     out_rows[queries[j]] / out_scores[queries[j]] when it has k (or on the last try), and
     returns how many each query kept."""
     found = np.empty(len(queries), np.int64)
-    _kernels.filter_hits(_ints(rows), _floats(scores), _ints(queries), _ints(skipped_items),
-                         _ints(skipped_offsets), int(k), bool(last_try), out_rows, out_scores,
-                         found)
+    _loops.filter_hits(_ints(rows), _floats(scores), _ints(queries), _ints(skipped_items),
+                       _ints(skipped_offsets), int(k), bool(last_try), out_rows, out_scores, found)
     return found
 
 

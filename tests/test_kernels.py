@@ -1,4 +1,4 @@
-"""The compiled loops (features/_kernels.c) on their own: values against plain Python
+"""The compiled loops (features/_loops.py) on their own: values against plain Python
 references, answers that do not depend on batch order, and bad input refused with an
 exception instead of a crash or a read outside an array.
 
@@ -7,19 +7,12 @@ rows against the per-request code they replaced."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from features import _kernels, kernels
+from features import _loops, kernels
 from features.ragged import flatten
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _histories(rng, n, n_items, longest=12):
@@ -72,24 +65,34 @@ def test_similarities_of_a_row_do_not_depend_on_the_rest_of_the_batch():
         np.testing.assert_array_equal(a[rows], b)
 
 
-def test_similarities_give_the_same_bits_on_the_portable_path():
-    """The CPU-specific dot products (AVX2, picked at import) and the portable ones add the
-    same partial sums in the same order: a bundle scores alike on any x86 machine."""
-    script = (
-        "import numpy as np, sys\n"
-        "from features import kernels\n"
-        "from features.ragged import flatten\n"
-        "rng = np.random.default_rng(7)\n"
-        "v = rng.standard_normal((300, 77)).astype(np.float32)\n"
-        "items, offsets = flatten([list(rng.integers(0, 300, n)) for n in (0, 1, 4, 9)])\n"
-        "p = rng.standard_normal((4, 77)).astype(np.float32)\n"
-        "out = kernels.similarities(p, items, offsets, rng.integers(0, 4, 500),\n"
-        "                           rng.integers(0, 300, 500), v, 5)\n"
-        "sys.stdout.write(np.concatenate(out).tobytes().hex())\n")
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                           check=True, cwd=ROOT, env={**os.environ, **extra}).stdout
-            for extra in ({}, {"RECSYS_KERNELS_PORTABLE": "1"})]
-    assert runs[0] and runs[0] == runs[1]
+def eight_lane_dot(v: np.ndarray, q: np.ndarray) -> np.float32:
+    """v . q in float32 the way the loop sums it: element i goes to partial sum i % 8, each
+    product rounded before it is added, the sums combined ((0+4) + (2+6)) + ((1+5) + (3+7))."""
+    products = v.astype(np.float32) * q.astype(np.float32)
+    sums = np.zeros(8, np.float32)
+    for start in range(0, len(products), 8):
+        chunk = products[start:start + 8]
+        sums[:len(chunk)] += chunk
+    return ((sums[0] + sums[4]) + (sums[2] + sums[6])) + ((sums[1] + sums[5]) + (sums[3] + sums[7]))
+
+
+@pytest.mark.parametrize("dim", [5, 16, 77, 384])
+def test_similarities_sum_in_the_fixed_eight_lane_order_bit_for_bit(dim):
+    """The fixed order is what makes a bundle score alike in training and serving and on any
+    machine: a fused multiply-add or a reordered sum would change the last bits."""
+    rng = np.random.default_rng(dim + 1)
+    vectors = rng.standard_normal((50, dim)).astype(np.float32)
+    histories = _histories(rng, 5, 50) + [[]]
+    profiles = rng.standard_normal((6, dim)).astype(np.float32)
+    request, item = rng.integers(0, 6, 120), rng.integers(0, 50, 120)
+    items, offsets = flatten(histories)
+    sem, last, best = kernels.similarities(profiles, items, offsets, request, item, vectors, 5)
+    for r in range(120):
+        v, tail = vectors[item[r]], histories[request[r]][-5:]
+        assert sem[r].view(np.int32) == eight_lane_dot(v, profiles[request[r]]).view(np.int32)
+        sims = [eight_lane_dot(v, vectors[t]) for t in tail] or [np.float32(0)]
+        assert last[r].view(np.int32) == sims[-1].view(np.int32)
+        assert best[r].view(np.int32) == max(sims).view(np.int32)
 
 
 # -- CSR lookups and co-visitation ----------------------------------------------------------------
@@ -215,22 +218,54 @@ def test_out_of_range_indices_raise_instead_of_reading_past_an_array():
 
 
 def test_the_compiled_functions_refuse_arrays_of_the_wrong_type():
+    """Explicit signatures: a wrong element type or a read-only output is refused, not
+    compiled anew or written through."""
+    indptr, indices = np.array([0, 0], np.int32), np.zeros(0, np.int32)
+    data = np.zeros(0, np.float32)
     out = np.empty(1, np.float32)
-    with pytest.raises(TypeError, match="rows"):
-        _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), 1, np.array([0.0]), np.array([0]), out)
-    with pytest.raises(TypeError, match="out"):
-        _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), 1, np.array([0]), np.array([0]),
-                            np.empty(1, np.float64))
-    with pytest.raises(TypeError, match="writable"):
+    with pytest.raises(TypeError, match="No matching definition"):
+        _loops.csr_lookup(indptr, indices, data, 1, np.array([0.0]), np.array([0]), out)
+    with pytest.raises(TypeError, match="No matching definition"):
+        _loops.csr_lookup(indptr, indices, data, 1, np.array([0]), np.array([0]),
+                          np.empty(1, np.float64))
+    with pytest.raises(TypeError, match="No matching definition"):
         readonly = np.empty(1, np.float32)
         readonly.flags.writeable = False
-        _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), 1, np.array([0]), np.array([0]), readonly)
+        _loops.csr_lookup(indptr, indices, data, 1, np.array([0]), np.array([0]), readonly)
     with pytest.raises(ValueError, match="lengths"):
-        _kernels.csr_lookup(np.array([0, 0], np.int32), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), 1, np.array([0, 0]), np.array([0]), out)
+        _loops.csr_lookup(indptr, indices, data, 1, np.array([0, 0]), np.array([0]), out)
+    assert len(_loops.csr_lookup.signatures) == 2  # int32 and int64 indices, nothing compiled
+
+
+def test_read_only_inputs_are_accepted():
+    """Bundle arrays can be read-only (memory-mapped); the loops only read their inputs."""
+    matrix = sp.csr_matrix(np.array([[0, 2], [3, 0]], np.float32))
+    for array in (matrix.indptr, matrix.indices, matrix.data):
+        array.flags.writeable = False
+    rows, cols = np.array([0, 1, -1]), np.array([1, 0, 0])
+    rows.flags.writeable = cols.flags.writeable = False
+    assert kernels.csr_values(matrix, rows, cols).tolist() == [2, 3, 0]
+
+
+def test_without_a_writable_cache_folder_the_loops_compile_for_the_process(monkeypatch, caplog):
+    """numba refuses cache=True where neither the package's folder nor ~/.cache is writable
+    (an installed, read-only site-packages in a container): the import must still work."""
+    real_njit = _loops.numba.njit
+
+    def njit_without_a_cache_folder(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function 'add_one': no locator available for file")
+        return real_njit(*args, **kwargs)
+
+    monkeypatch.setattr(_loops.numba, "njit", njit_without_a_cache_folder)
+
+    def add_one(x):
+        return x + 1
+
+    with caplog.at_level("WARNING", logger="features._loops"):
+        compiled = _loops._compiled([_loops.INT(_loops.INT)])(add_one)
+    assert compiled(41) == 42
+    assert "NUMBA_CACHE_DIR" in caplog.text
 
 
 # -- the per-item feature table -------------------------------------------------------------------
