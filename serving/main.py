@@ -41,13 +41,10 @@ open."""
 
 
 class RecsysAPI(FastAPI):
-    """FastAPI, with load shedding (serving.shedding) and the recommendations fast path
-    (serving.routes.recommendations.fast_path) tried before its middleware stack."""
+    """FastAPI, with load shedding (serving.shedding) tried before its middleware stack."""
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and (await shedding.refuse_if_full(self, scope, receive, send)
-                                        or await recommendations.fast_path(self, scope, receive,
-                                                                           send)):
+        if scope["type"] == "http" and await shedding.refuse_if_full(self, scope, receive, send):
             return
         await super().__call__(scope, receive, send)
 
