@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # POST /events batches waiting for or in a store write; beyond it: 503 at once (256 kept
     # no more writes at 1,024 retrying posters and doubled their p99: docs/benchmarks.md).
     max_pending_events: int = Field(64, ge=1)
+    # A 503 for a full queue closes its connection (a client retrying at once must reconnect
+    # first); false: the connection stays open for the client's next request.
+    refusal_close: bool = True
     ranker_timeout_ms: float = Field(200.0, gt=0)   # past it: retrieval order, marked degraded
     # Predict through the ranker's trees compiled to machine code (lleaves; checked against
     # LightGBM's scores at load, which stays in use if they disagree): ~10x cheaper per request.
