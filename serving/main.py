@@ -42,12 +42,17 @@ open."""
 
 
 class RecsysAPI(FastAPI):
-    """FastAPI, with load shedding (serving.shedding) tried before its middleware stack."""
+    """FastAPI, with load shedding (serving.shedding) and the recommendations fast path
+    (serving.routes.recommendations.fast_path) tried before its middleware stack."""
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            await shedding.serve(self, scope, receive, send, super().__call__)
+            await shedding.serve(self, scope, receive, send, self._answer)
         else:
+            await super().__call__(scope, receive, send)
+
+    async def _answer(self, scope, receive, send) -> None:
+        if not await recommendations.fast_path(self, scope, receive, send):
             await super().__call__(scope, receive, send)
 
 
