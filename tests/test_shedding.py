@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -109,8 +110,10 @@ def test_a_refusal_closes_its_connection_and_is_counted(server):
 def overload():
     spec = importlib.util.spec_from_file_location("bench_overload", OVERLOAD)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_overload"] = module  # its client processes' work is found by name
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules["bench_overload"]
 
 
 def test_the_overload_client_reconnects_after_connection_close(overload):
@@ -300,3 +303,50 @@ def test_under_a_burst_refusals_are_fast_503s_and_admitted_posts_are_stored(serv
     # the refused never reached the app; each served POST did, and the GET /live after it
     assert calls.count == 2 * statuses.count(200)
     assert ctx.admitted == {"recommend": 0, "events": 0}
+
+
+def test_the_overload_ramp_serves_with_the_servers_default_caps(overload):
+    defaults = Settings.model_fields
+    assert overload.DEFAULT_CAPS == {
+        "RECSYS_MAX_PENDING": str(defaults["max_pending"].default),
+        "RECSYS_MAX_PENDING_EVENTS": str(defaults["max_pending_events"].default)}
+
+
+def test_the_overload_ramp_can_split_its_clients_over_processes(overload):
+    """Two client processes: their measurements are joined into one level, and the event ids
+    they send stay unique across them."""
+    seen: list[bytes] = []
+
+    async def handler(reader, writer):
+        try:
+            while True:
+                seen.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    def make(n):
+        return b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % n
+
+    ready = threading.Event()
+    port = []
+
+    def serve():
+        async def main():
+            server = await asyncio.start_server(handler, "127.0.0.1", 0)
+            port.append(server.sockets[0].getsockname()[1])
+            ready.set()
+            async with server:
+                await asyncio.sleep(3)
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(5)
+    level = overload.run_level(port[0], make, 6, 0.5, 0.05, False, 2, None)
+    thread.join(timeout=10)
+    assert level["client_processes"] == 2 and level["goodput_rps"] > 0
+    assert level["requests"] > 20 and level["other_statuses"] == {}
+    paths = [head.split(b" ", 2)[1] for head in seen]
+    assert len(paths) == len(set(paths))  # no request number sent twice
