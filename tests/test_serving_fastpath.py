@@ -169,7 +169,10 @@ def test_user_query_is_fastapis_validation():
     assert user_query("u1", b"") == {"user_id": "u1", "k": 10, "exclude": [],
                                      "categories": None, "exclude_categories": [],
                                      "exclude_seen": True, "diversity": "none", "explain": False}
-    assert user_query("u1", b"k=7&explain=true&exclude=a&exclude=b")["exclude"] == ["a", "b"]
+    first = user_query("u1", b"k=7&explain=true&exclude=a&exclude=b")
+    assert first["exclude"] == ["a", "b"]
+    first["exclude"].append("changed by a caller")  # validation is remembered per query string
+    assert user_query("u2", b"k=7&explain=true&exclude=a&exclude=b")["exclude"] == ["a", "b"]
     for user, raw in (("u1", b"k=0"), ("u1", b"k=1000"), ("u1", b"k=1e1"), ("u1", b"other=1"),
                       ("u1", b"diversity="), ("u1", b"exclude="), ("", b""), ("u" * 201, b"")):
         assert user_query(user, raw) is None, (user, raw)

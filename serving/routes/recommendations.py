@@ -7,6 +7,7 @@ validation, `user_query`) is answered by `fast_path`, in front of FastAPI's midd
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Annotated
 
@@ -69,15 +70,27 @@ def user_query(user_id: str, raw: bytes) -> dict | None:
     parsed by Starlette and checked by FastAPI's own validation against the route's own
     parameter declarations, as FastAPI does for its path; None when anything is invalid or
     undeclared, which FastAPI then answers (its 422) as always."""
+    values = _valid_query(raw)
+    if values is None:
+        return None
+    path, errors = request_params_to_args(_USER_ROUTE.dependant.path_params,
+                                          {"user_id": user_id})
+    if errors:
+        return None
+    # fresh lists: the remembered answer is shared by every request with this query string
+    return {**path, **{name: list(value) if isinstance(value, list) else value
+                       for name, value in values.items()}}
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_query(raw: bytes) -> dict | None:
+    # remembered per query string: validating it costs more than the rest of the fast path, and
+    # clients repeat a few query strings (the answer depends on the string alone)
     query = QueryParams(raw)
     if not _USER_QUERY.issuperset(query.keys()):
         return None
-    dependant = _USER_ROUTE.dependant
-    values, errors = request_params_to_args(dependant.query_params, query)
-    if errors:
-        return None
-    path, errors = request_params_to_args(dependant.path_params, {"user_id": user_id})
-    return None if errors else {**path, **values}
+    values, errors = request_params_to_args(_USER_ROUTE.dependant.query_params, query)
+    return None if errors else values
 
 
 ROUTE = "/recommendations/{user_id}"
