@@ -176,7 +176,8 @@ async def measure_level(port: int, make_request, concurrency: int, seconds: floa
         for transport in run.transports:
             transport.close()
     return {"window_s": min(time.perf_counter(), run.stop_at) - run.measure_from,
-            "by_status": run.by_status, "waited": run.waited, "reconnects": run.reconnects}
+            "by_status": run.by_status, "waited": run.waited, "reconnects": run.reconnects,
+            "answered": run.answered}
 
 
 def level_figures(concurrency: int, raws: list[dict]) -> dict:
@@ -244,7 +245,12 @@ def run_level(port: int, make_request, concurrency: int, seconds: float, warmup_
     level["client_processes"] = len(jobs)
     level["client_cores"] = round(sum(raw["cpu_s"] for raw in raws) / wall, 2)
     if server_pid:
-        level["server_cores"] = round((tree_cpu_s(server_pid) - server_cpu) / wall, 2)
+        server_cpu = tree_cpu_s(server_pid) - server_cpu
+        level["server_cores"] = round(server_cpu / wall, 2)
+        # what an answer (a 503 or a 200, warm-up included) cost the server: the figure the
+        # other jobs on the machine do not move much
+        level["server_cpu_ms_per_answer"] = round(
+            1000 * server_cpu / max(sum(raw["answered"] for raw in raws), 1), 3)
     return level
 
 
@@ -268,7 +274,8 @@ def ramp(port: int, users: list[str], seconds: float, warmup_s: float, label: st
                   f"503 {level['share_503']:.0%}, 503 p99 {level['p99_503_ms']} ms "
                   f"({level['p99_503_with_reconnect_ms']} ms with reconnect), "
                   f"200 p99 {level['p99_200_ms']} ms; CPU cores: client "
-                  f"{level['client_cores']}, server {level.get('server_cores')}", flush=True)
+                  f"{level['client_cores']}, server {level.get('server_cores')} "
+                  f"({level.get('server_cpu_ms_per_answer')} ms per answer)", flush=True)
             levels.append(level)
         out[route] = {"levels": levels}
     return out
