@@ -388,14 +388,15 @@ def main(argv: list[str] | None = None) -> int:
               "targets": {"refusal_p99_ms_under": REFUSAL_P99_MS,
                           "goodput_1024_share_of_best_at_least": GOODPUT_SHARE}}
     before, after = [], []
-    for _ in range(args.rounds):
-        if args.baseline:
-            before.append(serve_and_ramp(models, users, Path(args.baseline), args.seconds,
-                                         args.warmup, "before", env, args.route,
-                                         args.honour_retry_after, args.client_processes))
-        after.append(serve_and_ramp(models, users, ROOT, args.seconds, args.warmup, "after",
-                                    env, args.route, args.honour_retry_after,
-                                    args.client_processes))
+    for round_ in range(args.rounds):
+        # the baseline first in even rounds, last in odd ones: the machine's drift hits both
+        for label in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
+            if label == "before" and not args.baseline:
+                continue
+            root, runs = (Path(args.baseline), before) if label == "before" else (ROOT, after)
+            runs.append(serve_and_ramp(models, users, root, args.seconds, args.warmup, label,
+                                       env, args.route, args.honour_retry_after,
+                                       args.client_processes))
     if before:
         result["baseline"] = summarise(before)
     result["routes"] = summarise(after)
