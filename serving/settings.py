@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     # over them); requests beyond `max_pending` wait no longer than it takes to say 503.
     model_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     max_pending: int = Field(64, ge=1)
-    # POST /events batches waiting for or in a store write; beyond it: 503 at once (256 kept
-    # no more writes at 1,024 retrying posters and doubled their p99: docs/benchmarks.md).
+    # POST /events requests admitted (being read, validated, or waiting for the store's next
+    # group write: serving.event_writer); beyond it: 503 at once.
     max_pending_events: int = Field(64, ge=1)
     # A 503 for a full queue closes its connection (a client retrying at once must reconnect
     # first); false: the connection stays open for the client's next request.
