@@ -3,15 +3,19 @@
     python benchmarks/overload.py [--workdir /tmp/overload-bench] [--seconds 5]
         [--json benchmarks/results/overload.json] [--baseline ROOT] [--rounds N]
         [--route /events] [--set RECSYS_NAME=VALUE] [--honour-retry-after]
+        [--models /tmp/serving-bench/models] [--client-processes N]
 
-Trains a small bundle on the RecBole test fixture (seconds), starts `recsys serve` on 127.0.0.1
-with its default caps (RECSYS_MAX_PENDING, RECSYS_MAX_PENDING_EVENTS) unless `--set` changes
-them, and loads `GET /recommendations/{user}` and `POST /events` (one event per request) with 8,
-64, 256 and 1,024 keep-alive clients that send their next request the moment an answer arrives,
-a 503 included (clients retrying at once; when the answer said `Connection: close`, the retry
-goes out on a new connection at once, and its latency counts from the reconnect). Per level:
-goodput (200s per second), the share of 503s, and the p50/p99 latency of the 503s. Targets
-(issue 22): a refusal in under 50 ms p99, and goodput at 1,024 clients at least 80% of the best
+Trains a small bundle on the RecBole test fixture (seconds; `--models` serves another models
+folder instead, such as the serving benchmark's 100k-item bundle), starts `recsys serve` on
+127.0.0.1 with its default caps (RECSYS_MAX_PENDING, RECSYS_MAX_PENDING_EVENTS) unless `--set`
+changes them, and loads `GET /recommendations/{user}` and `POST /events` (one event per request)
+with 8, 64, 256 and 1,024 keep-alive clients that send their next request the moment an answer
+arrives, a 503 included (clients retrying at once; when the answer said `Connection: close`, the
+retry goes out on a new connection at once, and its latency counts from the reconnect). Per
+level: goodput (200s per second), the share of 503s, the p50/p99 latency of the 503s, and the
+CPU cores the clients and the server used (the clients share the machine with the server;
+`--client-processes` spreads the connections over several client event loops). Targets (issue
+22): a refusal in under 50 ms p99, and goodput at 1,024 clients at least 80% of the best
 level's. `--baseline ROOT` ramps another checkout too, alternating with this one for `--rounds`
 rounds (the tables are the medians); `--honour-retry-after` makes the clients wait as a 503's
 Retry-After says instead (a second table, not the target's).
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import resource
 import sys
 import tempfile
@@ -43,9 +48,13 @@ from benchmarks.serving import (  # noqa: E402
     run_client,
     start_server,
     stop_server,
+    tree_cpu_s,
 )
 
 LEVELS = (8, 64, 256, 1024)
+# the server's own caps (benchmarks.serving.start_server raises RECSYS_MAX_PENDING for its
+# throughput runs); `--set` changes them
+DEFAULT_CAPS = {"RECSYS_MAX_PENDING": "64", "RECSYS_MAX_PENDING_EVENTS": "64"}
 REFUSAL_P99_MS = 50.0
 GOODPUT_SHARE = 0.8
 
@@ -143,6 +152,14 @@ def _retry_after(head: bytes) -> float:
 
 async def ramp_level(port: int, make_request, concurrency: int, seconds: float,
                      warmup_s: float, honour_retry_after: bool = False) -> dict:
+    return level_figures(concurrency, [await measure_level(port, make_request, concurrency,
+                                                           seconds, warmup_s,
+                                                           honour_retry_after)])
+
+
+async def measure_level(port: int, make_request, concurrency: int, seconds: float,
+                        warmup_s: float, honour_retry_after: bool = False) -> dict:
+    """One client's raw latencies (seconds) per status, and its measured window."""
     loop = asyncio.get_running_loop()
     run = _ByStatus(port, make_request, concurrency, seconds, warmup_s)
     run.honour_retry_after = honour_retry_after
@@ -158,11 +175,23 @@ async def ramp_level(port: int, make_request, concurrency: int, seconds: float,
             task.cancel()
         for transport in run.transports:
             transport.close()
-    window = min(time.perf_counter(), run.stop_at) - run.measure_from
-    total = sum(len(v) for v in run.by_status.values())
-    refused = np.array(run.by_status.get(503, [])) * 1000
-    refused_waited = np.array(run.waited.get(503, [])) * 1000
-    ok = np.array(run.waited.get(200, [])) * 1000  # as the client waited, reconnect included
+    return {"window_s": min(time.perf_counter(), run.stop_at) - run.measure_from,
+            "by_status": run.by_status, "waited": run.waited, "reconnects": run.reconnects,
+            "answered": run.answered}
+
+
+def level_figures(concurrency: int, raws: list[dict]) -> dict:
+    """The figures of one level from its clients' raw measurements (one per client process)."""
+    window = max(raw["window_s"] for raw in raws)
+
+    def joined(kind: str, status: int) -> np.ndarray:
+        return np.array([x for raw in raws for x in raw[kind].get(status, [])]) * 1000
+
+    statuses = {status for raw in raws for status in raw["by_status"]}
+    total = sum(len(raw["by_status"][status]) for raw in raws for status in raw["by_status"])
+    refused = joined("by_status", 503)
+    refused_waited = joined("waited", 503)
+    ok = joined("waited", 200)  # as the client waited, reconnect included
     return {"clients": concurrency, "requests": total,
             "goodput_rps": round(len(ok) / window, 1),
             "share_503": round(len(refused) / total, 3) if total else 0.0,
@@ -172,13 +201,62 @@ async def ramp_level(port: int, make_request, concurrency: int, seconds: float,
                 round(float(np.percentile(refused_waited, 99)), 2) if refused.size else None,
             "p50_200_ms": round(float(np.percentile(ok, 50)), 2) if ok.size else None,
             "p99_200_ms": round(float(np.percentile(ok, 99)), 2) if ok.size else None,
-            "reconnects": run.reconnects,
-            "other_statuses": {str(k): len(v) for k, v in run.by_status.items()
-                               if k not in (200, 503)}}
+            "reconnects": sum(raw["reconnects"] for raw in raws),
+            "other_statuses": {str(k): sum(len(raw["by_status"].get(k, [])) for raw in raws)
+                               for k in statuses if k not in (200, 503)}}
+
+
+_JOBS: list[tuple] = []  # the client processes' work, inherited through fork (closures)
+
+
+def _client_process(index: int) -> dict:
+    port, make, concurrency, seconds, warmup_s, honour = _JOBS[index]
+    count = len(_JOBS)
+
+    def make_request(n: int) -> bytes:  # request numbers (event ids) unique across processes
+        return make(n * count + index)
+    started = _cpu_s()
+    raw = run_client(measure_level(port, make_request, concurrency, seconds, warmup_s, honour))
+    return {**raw, "cpu_s": _cpu_s() - started}
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_level(port: int, make_request, concurrency: int, seconds: float, warmup_s: float,
+              honour_retry_after: bool, processes: int, server_pid: int | None) -> dict:
+    """One level, its connections shared among `processes` client processes (each its own
+    event loop), with the CPU the clients and the server used meanwhile."""
+    server_cpu = tree_cpu_s(server_pid) if server_pid else 0.0
+    wall = time.perf_counter()
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    jobs = [(port, make_request, share, seconds, warmup_s, honour_retry_after)
+            for share in shares if share]
+    _JOBS[:] = jobs
+    if len(jobs) == 1:
+        raws = [_client_process(0)]
+    else:
+        with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+            raws = pool.map(_client_process, range(len(jobs)))
+    wall = time.perf_counter() - wall
+    level = level_figures(concurrency, raws)
+    level["client_processes"] = len(jobs)
+    level["client_cores"] = round(sum(raw["cpu_s"] for raw in raws) / wall, 2)
+    if server_pid:
+        server_cpu = tree_cpu_s(server_pid) - server_cpu
+        level["server_cores"] = round(server_cpu / wall, 2)
+        # what an answer (a 503 or a 200, warm-up included) cost the server: the figure the
+        # other jobs on the machine do not move much
+        level["server_cpu_ms_per_answer"] = round(
+            1000 * server_cpu / max(sum(raw["answered"] for raw in raws), 1), 3)
+    return level
 
 
 def ramp(port: int, users: list[str], seconds: float, warmup_s: float, label: str,
-         only: list[str] | None = None, honour_retry_after: bool = False) -> dict:
+         only: list[str] | None = None, honour_retry_after: bool = False,
+         processes: int = 1, server_pid: int | None = None) -> dict:
     routes = {
         "/recommendations": lambda: (lambda encoded: lambda n: encoded[n % len(encoded)])(
             [_request("GET", f"/recommendations/{u}?k=10") for u in users]),
@@ -190,12 +268,14 @@ def ramp(port: int, users: list[str], seconds: float, warmup_s: float, label: st
             continue
         levels = []
         for clients in LEVELS:
-            level = run_client(ramp_level(port, make(), clients, seconds, warmup_s,
-                                          honour_retry_after))
+            level = run_level(port, make(), clients, seconds, warmup_s, honour_retry_after,
+                              processes, server_pid)
             print(f"{label} {route} {clients:5d} clients: goodput {level['goodput_rps']:7.1f}/s, "
                   f"503 {level['share_503']:.0%}, 503 p99 {level['p99_503_ms']} ms "
                   f"({level['p99_503_with_reconnect_ms']} ms with reconnect), "
-                  f"200 p99 {level['p99_200_ms']} ms", flush=True)
+                  f"200 p99 {level['p99_200_ms']} ms; CPU cores: client "
+                  f"{level['client_cores']}, server {level.get('server_cores')} "
+                  f"({level.get('server_cpu_ms_per_answer')} ms per answer)", flush=True)
             levels.append(level)
         out[route] = {"levels": levels}
     return out
@@ -231,11 +311,14 @@ def summarise(rounds: list[dict]) -> dict:
     return out
 
 
-def build_models(workdir: Path) -> tuple[Path, list[str]]:
+def build_models(workdir: Path, models: Path | None = None) -> tuple[Path, list[str]]:
+    """The models folder (`models`, or a small bundle trained under `workdir`) and its users."""
     from recsys.data.importers import import_dataset
     from recsys.recommender import Recommender
     from training.pipeline import train
 
+    if models is not None:
+        return models, sorted(Recommender.load(models).users)
     models = workdir / "models"
     if not (models / "CURRENT").exists():
         dataset = workdir / "recbole"
@@ -248,15 +331,22 @@ def build_models(workdir: Path) -> tuple[Path, list[str]]:
 
 def serve_and_ramp(models: Path, users: list[str], root: Path, seconds: float,
                    warmup_s: float, label: str, env: dict[str, str],
-                   only: list[str] | None, honour_retry_after: bool) -> dict:
+                   only: list[str] | None, honour_retry_after: bool, processes: int) -> dict:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="overload-store-") as scratch:
         server = start_server(models, port, Path(scratch) / "events.sqlite", root=root,
-                              extra_env={"RECSYS_LOG_LEVEL": "WARNING", **env})
+                              extra_env={"RECSYS_LOG_LEVEL": "WARNING", **DEFAULT_CAPS, **env})
         try:
-            return ramp(port, users, seconds, warmup_s, label, only, honour_retry_after)
+            return ramp(port, users, seconds, warmup_s, label, only, honour_retry_after,
+                        processes, server.pid)
         finally:
             stop_server(server)
+
+
+def _items(models: Path) -> int | None:
+    version = (models / "CURRENT").read_text().strip()
+    manifest = json.loads((models / version / "manifest.json").read_text())
+    return manifest.get("index", {}).get("items")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,28 +365,38 @@ def main(argv: list[str] | None = None) -> int:
                         help="a RECSYS_* setting for both servers (default: their own)")
     parser.add_argument("--honour-retry-after", action="store_true",
                         help="clients wait as a 503's Retry-After says (default: retry at once)")
+    parser.add_argument("--models", type=Path,
+                        help="serve this models folder (e.g. the serving benchmark's 100k-item "
+                             "bundle, /tmp/serving-bench/models) instead of the small bundle")
+    parser.add_argument("--client-processes", type=int, default=1,
+                        help="share each level's connections among this many client processes")
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.set)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    models, users = build_models(workdir)
+    models, users = build_models(workdir, args.models)
     result = {"benchmark": "overload ramp (RELIABILITY.md row 16)",
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": "python benchmarks/overload.py " + " ".join(argv or sys.argv[1:]),
-              "seconds_per_level": args.seconds, "rounds": args.rounds, "settings": env,
+              "models": str(models), "items": _items(models),
+              "client_processes": args.client_processes,
+              "seconds_per_level": args.seconds, "rounds": args.rounds,
+              "settings": {**DEFAULT_CAPS, **env},
               "clients_honour_retry_after": args.honour_retry_after,
               "targets": {"refusal_p99_ms_under": REFUSAL_P99_MS,
                           "goodput_1024_share_of_best_at_least": GOODPUT_SHARE}}
     before, after = [], []
-    for _ in range(args.rounds):
-        if args.baseline:
-            before.append(serve_and_ramp(models, users, Path(args.baseline), args.seconds,
-                                         args.warmup, "before", env, args.route,
-                                         args.honour_retry_after))
-        after.append(serve_and_ramp(models, users, ROOT, args.seconds, args.warmup, "after",
-                                    env, args.route, args.honour_retry_after))
+    for round_ in range(args.rounds):
+        # the baseline first in even rounds, last in odd ones: the machine's drift hits both
+        for label in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
+            if label == "before" and not args.baseline:
+                continue
+            root, runs = (Path(args.baseline), before) if label == "before" else (ROOT, after)
+            runs.append(serve_and_ramp(models, users, root, args.seconds, args.warmup, label,
+                                       env, args.route, args.honour_retry_after,
+                                       args.client_processes))
     if before:
         result["baseline"] = summarise(before)
     result["routes"] = summarise(after)

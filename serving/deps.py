@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
-from starlette.concurrency import run_in_threadpool
 
 from recsys.index import set_search_threads
 from recsys.store import EventStore
 from serving.auth import ADMIN, DATA, KeyChecker, RateLimiter
 from serving.batching import Coalescer
 from serving.errors import Overloaded, RateLimited
+from serving.event_writer import EventWriter
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.settings import Settings
@@ -50,28 +50,6 @@ class ModelPool:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-class PendingCap:
-    """A count of requests waiting for or doing one kind of work, with a cap: past it a
-    request gets 503 at once (touched only on the event loop)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.pending = 0
-
-    @property
-    def full(self) -> bool:
-        return self.pending >= self.limit
-
-    async def run(self, fn, *args):
-        if self.full:
-            raise Overloaded("server busy: too many event batches waiting for the store")
-        self.pending += 1
-        try:
-            return await run_in_threadpool(fn, *args)
-        finally:
-            self.pending -= 1
-
-
 @dataclass
 class AppContext:
     settings: Settings
@@ -82,7 +60,10 @@ class AppContext:
     keys: KeyChecker
     limiter: RateLimiter
     batcher: Coalescer
-    event_writes: PendingCap
+    event_writes: EventWriter
+    # requests holding a place per queue, from admission until their response ends
+    # (serving.shedding)
+    admitted: dict[str, int] = field(default_factory=lambda: {"recommend": 0, "events": 0})
 
 
 async def get_context(request: Request) -> AppContext:
@@ -124,5 +105,5 @@ check_data_caller = _access(DATA)
 DataCaller = Annotated[str, Depends(check_data_caller)]
 AdminCaller = Annotated[str, Depends(_access(ADMIN))]
 
-__all__ = ["AdminCaller", "AppContext", "Ctx", "DataCaller", "ModelPool", "PendingCap",
+__all__ = ["AdminCaller", "AppContext", "Ctx", "DataCaller", "ModelPool",
            "api_key_header", "authorize", "check_data_caller", "get_context"]

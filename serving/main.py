@@ -20,7 +20,8 @@ from recsys.store import EventStore, open_store
 from serving import errors, service, shedding
 from serving.auth import KeyChecker, RateLimiter
 from serving.batching import Coalescer
-from serving.deps import AppContext, ModelPool, PendingCap
+from serving.deps import AppContext, ModelPool
+from serving.event_writer import EventWriter
 from serving.metrics import Metrics
 from serving.middleware import ServingMiddleware
 from serving.model_holder import Loader, ModelHolder
@@ -45,11 +46,14 @@ class RecsysAPI(FastAPI):
     (serving.routes.recommendations.fast_path) tried before its middleware stack."""
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and (await shedding.refuse_if_full(self, scope, receive, send)
-                                        or await recommendations.fast_path(self, scope, receive,
-                                                                           send)):
-            return
-        await super().__call__(scope, receive, send)
+        if scope["type"] == "http":
+            await shedding.serve(self, scope, receive, send, self._answer)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _answer(self, scope, receive, send) -> None:
+        if not await recommendations.fast_path(self, scope, receive, send):
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, loader: Loader | None = None,
@@ -86,16 +90,18 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
                             run=partial(service.answer_batch, holder=holder, store=event_store,
                                         live_items=settings.live_history_items))
         batcher.batch_sizes = metrics.recommend_batch.observe
+        event_writes = EventWriter(event_store.append, settings.max_pending_events)
         app.state.context = AppContext(
             settings=settings, holder=holder, store=event_store, metrics=metrics,
             pool=pool, keys=KeyChecker(settings.api_keys, settings.admin_key),
             limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
-            batcher=batcher, event_writes=PendingCap(settings.max_pending_events))
+            batcher=batcher, event_writes=event_writes)
         try:
             yield
         finally:
             holder.close()
             pool.close()
+            event_writes.close()
             if store is None:
                 event_store.close()
             if scratch is not None:
@@ -200,7 +206,7 @@ def __getattr__(name: str):
     if name == "NoDelayHttpToolsProtocol":
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        return _no_delay(HttpToolsProtocol)
+        return _no_delay(shedding.refusing_protocol(HttpToolsProtocol))
     raise AttributeError(name)
 
 

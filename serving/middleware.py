@@ -60,8 +60,8 @@ class ServingMiddleware:
 
 def record(metrics: Metrics, method: str, route: str, status: int, elapsed_s: float,
            caller: str) -> None:
-    """A request's latency metric and access log line (here and on the recommendations fast
-    path, serving.routes.recommendations.fast_path)."""
+    """A request's latency metric and access log line (here, on the recommendations fast path
+    serving.routes.recommendations.fast_path, and for the refusals of serving.shedding)."""
     metrics.observe_request(route, method, status, elapsed_s)
     access_log.info("request", extra={"method": method, "route": route, "status": status,
                                       "ms": round(elapsed_s * 1000, 2), "caller": caller})

@@ -52,9 +52,12 @@ class Settings(BaseSettings):
     # over them); requests beyond `max_pending` wait no longer than it takes to say 503.
     model_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     max_pending: int = Field(64, ge=1)
-    # POST /events batches waiting for or in a store write; beyond it: 503 at once (a larger
-    # cap stores no more events under overload, it only makes the admitted ones wait longer).
+    # POST /events requests admitted (being read, validated, or waiting for the store's next
+    # group write: serving.event_writer); beyond it: 503 at once.
     max_pending_events: int = Field(64, ge=1)
+    # A 503 for a full queue closes its connection (a client retrying at once must reconnect
+    # first); false: the connection stays open for the client's next request.
+    refusal_close: bool = True
     ranker_timeout_ms: float = Field(200.0, gt=0)   # past it: retrieval order, marked degraded
     # Predict through the ranker's trees compiled to machine code (lleaves; checked against
     # LightGBM's scores at load, which stays in use if they disagree): cheaper per request.

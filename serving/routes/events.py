@@ -41,8 +41,9 @@ async def post_events(ctx: Ctx, _: DataCaller, request: EventsRequest) -> dict:
         else:
             events.append(Event(e.event_id, e.user_id, e.item_id, stamp, e.type, e.request_id,
                                 e.value))
-    # durable before the answer; the user's next request reads them from the store
-    new = await ctx.event_writes.run(ctx.store.append, events)  # raises -> 503, nothing acked
+    # durable before the answer (with other requests' batches: serving.event_writer); the
+    # user's next request reads them from the store
+    new = await ctx.event_writes.write(events)  # raises -> 503, nothing acked
     recommender = ctx.holder.current
     for event, is_new in zip(events, new, strict=True):
         if not is_new:

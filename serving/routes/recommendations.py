@@ -1,18 +1,21 @@
 """Recommendations for a known user (live history included) or an anonymous history.
 
 Both go through the coalescer (serving.batching): requests waiting for the model share one
-engine call. `GET /recommendations/{user_id}` with a plain query string is answered by
-`fast_path`, in front of FastAPI's middleware stack (serving.main.RecsysAPI); everything else
-takes FastAPI's own path."""
+engine call. `GET /recommendations/{user_id}` with a valid query (checked by FastAPI's own
+validation, `user_query`) is answered by `fast_path`, in front of FastAPI's middleware stack
+(serving.main.RecsysAPI); everything else takes FastAPI's own path."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.dependencies.utils import request_params_to_args
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, serialize_response
+from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
 from serving import service
@@ -37,12 +40,7 @@ def known_query_only(request: Request) -> None:
     route = request.scope.get("route")
     if route is None:
         return
-    known, dependants = set(), [route.dependant]
-    while dependants:
-        dependant = dependants.pop()
-        known |= {param.alias for param in dependant.query_params}
-        dependants += dependant.dependencies
-    unknown = sorted(set(request.query_params) - known)
+    unknown = sorted(set(request.query_params) - declared_query(route))
     if unknown:
         raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", unknown[0]),
                                        "msg": "unknown query parameter"}])
@@ -57,40 +55,42 @@ IdList = Annotated[list[QueryId], Query(max_length=MAX_LIST)]
 OptionalIdList = Annotated[list[QueryId] | None, Query(max_length=MAX_LIST)]
 
 
-_FLAGS = {b"true": True, b"false": False}
-_DIVERSITY = {b"none": "none", b"mmr": "mmr", b"category_cap": "category_cap"}
+def declared_query(route: APIRoute) -> set[str]:
+    """The query parameter names `route` declares, its dependencies' included."""
+    known, dependants = set(), [route.dependant]
+    while dependants:
+        dependant = dependants.pop()
+        known |= {param.alias for param in dependant.query_params}
+        dependants += dependant.dependencies
+    return known
 
 
-def plain_query(raw: bytes) -> dict | None:
-    """The arguments of a query string in the plainest form (`k=10&explain=false`: each of k,
-    exclude_seen, diversity, explain at most once, canonical values, nothing to decode), or
-    None for anything else, which FastAPI then parses and validates as it always does."""
-    args: dict = {}
-    if not raw:
-        return args
-    if b"%" in raw or b"+" in raw:
+def user_query(user_id: str, raw: bytes) -> dict | None:
+    """The arguments of `GET /recommendations/{user_id}` for the fast path: the query string
+    parsed by Starlette and checked by FastAPI's own validation against the route's own
+    parameter declarations, as FastAPI does for its path; None when anything is invalid or
+    undeclared, which FastAPI then answers (its 422) as always."""
+    values = _valid_query(raw)
+    if values is None:
         return None
-    for part in raw.split(b"&"):
-        name, equals, value = part.partition(b"=")
-        key = name.decode("ascii", "replace")
-        if not equals or key in args:
-            return None
-        if name == b"k":
-            if not (value.isdigit() and value[:1] != b"0" and len(value) <= 3
-                    and int(value) <= MAX_K):
-                return None
-            args[key] = int(value)
-        elif name in (b"exclude_seen", b"explain"):
-            if value not in _FLAGS:
-                return None
-            args[key] = _FLAGS[value]
-        elif name == b"diversity":
-            if value not in _DIVERSITY:
-                return None
-            args[key] = _DIVERSITY[value]
-        else:
-            return None
-    return args
+    path, errors = request_params_to_args(_USER_ROUTE.dependant.path_params,
+                                          {"user_id": user_id})
+    if errors:
+        return None
+    # fresh lists: the remembered answer is shared by every request with this query string
+    return {**path, **{name: list(value) if isinstance(value, list) else value
+                       for name, value in values.items()}}
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_query(raw: bytes) -> dict | None:
+    # remembered per query string: validating it costs more than the rest of the fast path, and
+    # clients repeat a few query strings (the answer depends on the string alone)
+    query = QueryParams(raw)
+    if not _USER_QUERY.issuperset(query.keys()):
+        return None
+    values, errors = request_params_to_args(_USER_ROUTE.dependant.query_params, query)
+    return None if errors else values
 
 
 ROUTE = "/recommendations/{user_id}"
@@ -104,7 +104,7 @@ async def fast_path(app, scope, receive, send) -> bool:
     Every layer of the stack (seven middlewares, the router, the route's parameter solving)
     runs for each request; together with them the event loop spent about ten times the CPU
     per request that uvicorn alone needs, measured at concurrency 32 (docs/benchmarks.md,
-    Serving). A request whose query string `plain_query` understands, that carries an
+    Serving). A request whose path and query `user_query` finds valid, that carries an
     X-API-Key header and no body (none, or Content-Length: 0), on an app with no dependency
     overrides, is answered with the calls FastAPI would make: the same key check and rate
     limit (serving.deps.authorize), the same endpoint, the same response serializer, the
@@ -116,13 +116,13 @@ async def fast_path(app, scope, receive, send) -> bool:
             or app.dependency_overrides):
         return False
     user_id = path[len(_PREFIX):]
-    if not user_id or "/" in user_id or len(user_id) > MAX_ID:
+    if "/" in user_id:
         return False
     api_key = _header(scope, b"x-api-key")
     if not api_key or _header(scope, b"content-length") not in (None, "0") \
             or _header(scope, b"transfer-encoding") is not None:
         return False
-    args = plain_query(scope.get("query_string", b""))
+    args = user_query(user_id, scope.get("query_string", b""))
     if args is None:
         return False
     started = time.perf_counter()
@@ -132,8 +132,7 @@ async def fast_path(app, scope, receive, send) -> bool:
     try:
         client = scope.get("client")
         caller = authorize(ctx, api_key, DATA, client[0] if client else None)
-        result = await recommend_for_user(ctx, caller, user_id, exclude=[], categories=None,
-                                          exclude_categories=[], **args)
+        result = await recommend_for_user(ctx, caller, **args)
         response = Response(content=await _serialize(result),
                             media_type="application/json")
     except Exception as exc:  # what FastAPI's exception middlewares would answer
@@ -203,6 +202,7 @@ async def recommend_for_user(
 router.add_api_route(ROUTE, recommend_for_user, methods=["GET"],
                      response_model=RecommendationResponse)
 _USER_ROUTE = _route()
+_USER_QUERY = declared_query(_USER_ROUTE)
 
 
 @router.post("/recommendations", response_model=RecommendationResponse)
