@@ -27,7 +27,7 @@ from recsys.data.dataset import load_dataset
 from recsys.interest import semantic_scores
 from recsys.metrics import impression_metrics, rank_of, ranking_metrics
 from recsys.progress import Steps
-from recsys.ranking import RankingContext
+from recsys.ranking_context import RankingContext
 from recsys.recommender import Recommender
 from recsys.semantic_signal import SemanticSignal, semantic_signal
 from recsys.splits import Case, Split

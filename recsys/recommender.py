@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +19,17 @@ import polars as pl
 
 from features.build import FEATURES, Candidates, Requests
 from features.state import BehaviourState
-from recsys.bundle import read_manifest, resolve_bundle
+from recsys.bundle_files import read_bundle
+from recsys.bundle_versions import read_manifest, resolve_bundle
 from recsys.diversity import diversify
 from recsys.errors import BundleError, NotFoundError
 from recsys.index import ItemIndex
 from recsys.interest import InterestModel
 from recsys.new_items import grow_rows, state_with_new_items
-from recsys.ranker import Ranker, RetrievalOrder, retrieval_order_scores
-from recsys.ranking import RankingContext
+from recsys.ranker_model import Ranker, RetrievalOrder, retrieval_order_scores
+from recsys.ranking_context import RankingContext
 from recsys.retrieval import FreshItemsIndex, RetrievalConfig
+from recsys.user_history import History
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,6 @@ class RankedBatch:
     scores: np.ndarray
     features: pl.DataFrame | None = None
     degraded: bool = False
-
-
-@dataclass
-class History:
-    items: list[int] = field(default_factory=list)   # item rows, oldest first
-    last_time: float = math.nan                        # epoch seconds of the last event
 
 
 class Recommender:
@@ -111,11 +107,9 @@ class Recommender:
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True, threads: int = 0) -> Recommender:
-        from recsys.bundle_io import read_bundle
-
         bundle = resolve_bundle(path)
         manifest = read_manifest(bundle, verify=verify)
-        return read_bundle(cls, bundle, manifest, threads=threads)
+        return cls(**vars(read_bundle(bundle, manifest, threads=threads)))
 
     # -- public API ----------------------------------------------------------------------------
     def recommend(self, users: Sequence[str], k: int = 10, filters: Filters | None = None,

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from features.build import FEATURES
-from recsys.bundle import CURRENT, check_version_name, current_version, read_manifest, set_current
+from recsys.bundle_versions import (
+    CURRENT,
+    check_version_name,
+    current_version,
+    read_manifest,
+    set_current,
+)
 from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
 from recsys.live_state import apply_item_changes

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from features.build import MISSING_RANK
-from recsys.ranking import RankingContext
+from recsys.ranking_context import RankingContext
 from recsys.retrieval import (
     SOURCES,
     RetrievalBatch,

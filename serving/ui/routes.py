@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from recsys.bundle import check_version_name, rollback
+from recsys.bundle_versions import check_version_name, rollback
 from recsys.errors import NotFoundError, RecsysError
 from recsys.store import Event
 from serving import lookup, service
