@@ -218,8 +218,10 @@ def score_chunk(recommender, batch: pa.RecordBatch | pa.Table, *, k: int, exclud
                 if i is not None and i in recommender.item_rows]
         unknown += len(items) - len(rows)
         histories.append(History(rows))
+    # with a live snapshot, time is measured from its latest event, as the server measures it
     recs = recommender.recommend_histories(histories, k, Filters(exclude_seen=exclude_seen),
-                                           explain=explain, user_ids=user_ids)
+                                           now=live.now(recommender) if live is not None
+                                           else None, explain=explain, user_ids=user_ids)
     sizes = np.fromiter((len(r.item_ids) for r in recs), dtype=np.int64, count=len(recs))
     columns = {
         "user_id": pa.array(np.repeat(np.asarray(user_ids, dtype=object), sizes), pa.string()),

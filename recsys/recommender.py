@@ -101,7 +101,7 @@ class Recommender:
         self.real_time = state.real_time
         self.active = np.ones(len(self.item_ids), dtype=bool)  # False = deleted, never served
         cutoff = state.cutoff_
-        self.latest_event_s = cutoff.timestamp() if (cutoff is not None and self.real_time) \
+        self.data_end_s = cutoff.timestamp() if (cutoff is not None and self.real_time) \
             else time.time()
 
     # -- loading ---------------------------------------------------------------------------------
@@ -228,19 +228,16 @@ class Recommender:
 
     # -- ranking core (also used by evaluation and batch scoring) --------------------------------
     def clock(self) -> float:
-        """The time features are measured from: the freshest data the model knows of.
+        """The time features are measured from when a call gives no `now`: the freshest data
+        the bundle knows of.
 
         Item age, idleness and user recency were learned relative to the training cut-off, so
-        they are measured from the data's own clock (the state's cut-off, or the latest event
-        seen since, see `observe_time`), not the wall clock: a bundle trained on last year's log
-        then sees the same kind of gaps it learned from.
+        they are measured from the data's own clock (the state's cut-off), not the wall clock: a
+        bundle trained on last year's log then sees the same kind of gaps it learned from. A
+        server that takes in live events keeps the later clock itself
+        (`recsys.live_state.LiveClock`) and passes it as `now`.
         """
-        return self.latest_event_s
-
-    def observe_time(self, epoch_seconds: float) -> None:
-        """Advance the data clock (called when live events arrive)."""
-        if np.isfinite(epoch_seconds) and epoch_seconds > self.latest_event_s:
-            self.latest_event_s = float(epoch_seconds)
+        return self.data_end_s
 
     def request_batch(self, histories: Sequence[History], now: float | None = None) -> Requests:
         if self.real_time:

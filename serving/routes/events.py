@@ -43,13 +43,11 @@ async def post_events(ctx: Ctx, _: DataCaller, request: EventsRequest) -> dict:
                                 e.value))
     # durable before the answer; the user's next request reads them from the store
     new = await ctx.event_writes.run(ctx.store.append, events)  # raises -> 503, nothing acked
-    recommender = ctx.holder.current
     for event, is_new in zip(events, new, strict=True):
         if not is_new:
             continue
         ctx.metrics.events_ingested.labels(type=event.type).inc()
-        if recommender is not None:
-            recommender.observe_time(event.timestamp)
+        ctx.holder.clock.observe(event.timestamp)
     duplicates = len(new) - sum(new)
     if duplicates:
         ctx.metrics.events_duplicate.inc(duplicates)
