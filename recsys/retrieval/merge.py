@@ -16,9 +16,7 @@ from features.build import MISSING_RANK, Candidates
 from recsys.retrieval import _item_sets as sets
 from recsys.retrieval.source import CandidateSource, RetrievalBatch, SourceHits
 
-# The ranks the ranker's features read (features/build.py); other sources' ranks stay in
-# `MergedCandidates.ranks`.
-FEATURE_RANKS = ("sem_rank", "covis_rank", "pop_rank")
+_MISSING = np.float32(MISSING_RANK)
 
 
 @dataclass
@@ -34,7 +32,8 @@ class MergedCandidates:
         return int(self.item.shape[0])
 
     def candidates(self) -> Candidates:
-        """The rows as the feature builder reads them (a missing feature rank: MISSING_RANK)."""
+        """The rows as the feature builder reads them: the ranks the ranker's features read
+        (a source absent here: MISSING_RANK); other sources' ranks stay in `ranks`."""
         def rank(name: str) -> np.ndarray:
             found = self.ranks.get(name)
             return found if found is not None else np.full(len(self), MISSING_RANK, np.float32)
@@ -58,10 +57,11 @@ def merge_sources(n_requests: int, hits: Sequence[SourceHits],
         raise ValueError(f"{len(hits)} sources' hits for {len(names)} names")
     if not hits:
         return MergedCandidates(np.zeros(0, np.int64), np.zeros(0, np.int64), {})
+    # the hits' dtypes are the protocol's (int64 items and offsets, float32 ranks), so they
+    # go in as they are: this runs once per request batch
     request, item, merged = merge_ranked(
-        n_requests, tuple([np.asarray(h.items, np.int64) for h in hits]),
-        tuple([np.asarray(h.ranks, np.float32) for h in hits]),
-        tuple([np.asarray(h.offsets, np.int64) for h in hits]), np.float32(MISSING_RANK))
+        n_requests, tuple([h.items for h in hits]), tuple([h.ranks for h in hits]),
+        tuple([h.offsets for h in hits]), _MISSING)
     return MergedCandidates(request, item, dict(zip(names, merged, strict=True)))
 
 
