@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from recsys.atomic_files import write_json  # noqa: E402
 from recsys.data.dataset import load_dataset  # noqa: E402
 from recsys.embedding_cache import encode_cached  # noqa: E402
 from recsys.encoder import Encoder  # noqa: E402
-from recsys.io import write_json  # noqa: E402
 from recsys.retrieval import user_profiles  # noqa: E402
 from recsys.splits import Split  # noqa: E402
 from training.finetune import (  # noqa: E402

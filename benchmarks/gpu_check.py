@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recsys.io import write_json  # noqa: E402
+from recsys.atomic_files import write_json  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 # The CPU adapter's `recsys train --finetune` bundle evaluated on amazon-scientific test.

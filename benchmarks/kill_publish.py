@@ -38,7 +38,7 @@ WRITE_WINDOW_S = 0.2  # train kills land this long at most after its bundle fold
 def publish_copies(models: Path, source: str, prefix: str) -> None:
     """Child: publish copies of bundle `source` (hard links, so only the hashing, manifest,
     fsync and renames cost time) until killed or PUBLISHES_PER_CHILD are done."""
-    from recsys.bundle import MANIFEST, BundleWriter
+    from recsys.bundle_versions import MANIFEST, BundleWriter
 
     manifest = json.loads((models / source / MANIFEST).read_text())
     for key in ("format_version", "version", "created_at", "libraries", "files"):
@@ -56,7 +56,7 @@ def publish_copies(models: Path, source: str, prefix: str) -> None:
 
 def check(models: Path) -> dict:
     """What a server starting now, or `recsys models list`, would find."""
-    from recsys.bundle import MANIFEST, current_version, read_manifest
+    from recsys.bundle_versions import MANIFEST, current_version, read_manifest
     from recsys.cli import main as cli
     from recsys.recommender import Recommender
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.monotonic() - started
 
     # how long one publish takes, to spread the kills over the child's publishing
-    from recsys.bundle import MANIFEST, BundleWriter
+    from recsys.bundle_versions import MANIFEST, BundleWriter
 
     manifest = json.loads((models / "v1" / MANIFEST).read_text())
     for key in ("format_version", "version", "created_at", "libraries", "files"):
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in bad:
         print("BAD:", r, file=sys.stderr)
     if args.out:
-        from recsys.io import write_json
+        from recsys.atomic_files import write_json
 
         write_json(totals, args.out)
     shutil.rmtree(work, ignore_errors=True)

@@ -31,11 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from recsys.atomic_files import write_json  # noqa: E402
 from recsys.data.dataset import load_dataset  # noqa: E402
 from recsys.data.importers import import_dataset  # noqa: E402
 from recsys.evaluate import evaluate  # noqa: E402
 from recsys.interest import semantic_scores  # noqa: E402
-from recsys.io import write_json  # noqa: E402
 from recsys.metrics import impression_metrics  # noqa: E402
 from recsys.recommender import Recommender  # noqa: E402
 from recsys.semantic_signal import semantic_signal  # noqa: E402

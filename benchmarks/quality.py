@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from features.build import FEATURE_GROUPS  # noqa: E402
+from recsys.atomic_files import write_json  # noqa: E402
 from recsys.data.dataset import load_dataset  # noqa: E402
 from recsys.data.importers import import_dataset  # noqa: E402
 from recsys.evaluate import evaluate  # noqa: E402
-from recsys.io import write_json  # noqa: E402
 from recsys.metrics import rank_of, ranking_metrics  # noqa: E402
 from recsys.recommender import Filters, History, Recommender  # noqa: E402
 from recsys.splits import Split  # noqa: E402

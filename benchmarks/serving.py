@@ -46,15 +46,15 @@ import polars as pl  # noqa: E402
 
 from features.build import FEATURES  # noqa: E402
 from features.state import BehaviourState  # noqa: E402
-from recsys.bundle import BundleWriter  # noqa: E402
-from recsys.bundle_io import users_table, write_parts  # noqa: E402
+from recsys.bundle_files import users_table, write_parts  # noqa: E402
+from recsys.bundle_versions import BundleWriter  # noqa: E402
 from recsys.encoder import Encoder  # noqa: E402
 from recsys.index import ItemIndex  # noqa: E402
-from recsys.ranking import RankingContext  # noqa: E402
+from recsys.ranking_context import RankingContext  # noqa: E402
 from recsys.retrieval import RetrievalConfig  # noqa: E402
 from recsys.splits import Case  # noqa: E402
-from training.ranker import RankerConfig, train_ranker  # noqa: E402
 from training.ranker_data import build_groups  # noqa: E402
+from training.train_ranker import RankerConfig, train_ranker  # noqa: E402
 
 API_KEY = "benchmark-key-0123456789"
 ADMIN_KEY = "benchmark-admin-0123456789"
@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
               "ceiling_rps": ceiling, "ceiling_compiled_rps": ceiling_compiled,
               "recommendations": levels, "events": ingest,
               "targets": targets, "seconds_per_level": args.seconds}
-    from recsys.io import write_json
+    from recsys.atomic_files import write_json
 
     write_json(report, args.json)
     print(f"wrote {args.json}")

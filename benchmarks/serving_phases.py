@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | " + " | ".join(f"{table[b][name]:.3f}" for b in batches) + " |")
     print("| **engine total** | " + " | ".join(f"**{sum(table[b].values()):.3f}**"
                                               for b in batches) + " |")
-    from recsys.io import write_json
+    from recsys.atomic_files import write_json
 
     write_json({"ms_per_request": {str(b): table[b] for b in batches},
                 "total_ms_per_request": {str(b): sum(table[b].values()) for b in batches},

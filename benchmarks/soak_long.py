@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 from benchmarks import serving as bench  # noqa: E402  (the benchmark, not the package)
-from recsys.bundle import set_current  # noqa: E402
+from recsys.bundle_versions import set_current  # noqa: E402
 from serving.testing import copy_bundle  # noqa: E402
 
 CONNECTIONS = 32        # keep-alive connections the open-loop load is spread over
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
           f"the first minute, {rss[-1][1]:.0f} MB at the end (growth {growth:+.1f} MB, max "
           f"{report['rss_max_mb']:.0f} MB; by part {parts_growth}); p99 last third / first "
           f"third {p99_ratio:.2f}")
-    from recsys.io import write_json
+    from recsys.atomic_files import write_json
 
     write_json(report, args.json)
     ok = all(report["met"].values())

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 from benchmarks import serving as bench  # noqa: E402  (the benchmark, not the package)
-from recsys.bundle import current_version, set_current  # noqa: E402
+from recsys.bundle_versions import current_version, set_current  # noqa: E402
 from serving.testing import copy_bundle  # noqa: E402
 
 CLIENTS = 16
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         set_current(models, "v1")
     report["current_after_run"] = current_version(models)
     print(json.dumps(report, indent=2))
-    from recsys.io import write_json
+    from recsys.atomic_files import write_json
 
     write_json(report, args.json)
     ok = (report["failed_requests"] == 0 and report["old_version_after_swap"] == 0

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
              and r["in_flight_truncated"] == 0 and r["acked_events_missing"] == 0
              and r["unanswered_events_stored"] == 0 and r["wal_bytes_left"] == 0
              for r in rounds)
-    from recsys.io import write_json
+    from recsys.atomic_files import write_json
 
     write_json({"clients": CLIENTS, "signal": args.signal, "rounds": rounds, "passed": ok},
                args.json)

@@ -125,7 +125,7 @@ def main() -> None:
              or result["browser"]["page_ready"]["median_ms"] < TARGET_MS))
     print(json.dumps(result, indent=2))
     if args.json:
-        from recsys.io import write_json
+        from recsys.atomic_files import write_json
 
         write_json(result, args.json)
 

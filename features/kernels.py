@@ -13,7 +13,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from features import _loops
-from features.ragged import list_lengths
 
 _NOTHING_ALLOWED = np.zeros(0, dtype=bool)  # with allowed=None, a placeholder the loop never reads
 
@@ -84,36 +83,6 @@ def covisitation_scores(history_items: np.ndarray, offsets: np.ndarray, decay: n
     return out
 
 
-def merge_candidates(n_requests: int, semantic_requests: np.ndarray, semantic_rows: np.ndarray,
-                     covis_scores: sp.csr_matrix, n_covisitation: int, popular: np.ndarray,
-                     n_popular: int, allowed: np.ndarray | None, skipped_items: np.ndarray,
-                     skipped_offsets: np.ndarray, history_items: np.ndarray,
-                     history_offsets: np.ndarray, width: int, missing_rank: float,
-                     ) -> tuple[np.ndarray, ...]:
-    """(request, item, sem_rank, covis_rank, pop_rank) of the merged candidate rows; see
-    `_loops.merge_candidates` for the order and the ranks."""
-    semantic_rows = _ints(semantic_rows)
-    if semantic_rows.ndim != 2:
-        semantic_rows = semantic_rows.reshape(len(semantic_requests), -1) \
-            if len(semantic_requests) else semantic_rows.reshape(0, 0)
-    k = semantic_rows.shape[1]
-    covis_rows = np.minimum(list_lengths(covis_scores.indptr), max(n_covisitation, 0)).sum()
-    capacity = int(len(semantic_requests) * k + covis_rows + n_requests * max(n_popular, 0)
-                   + len(history_items))
-    request = np.empty(capacity, np.int64)
-    item = np.empty(capacity, np.int64)
-    ranks = np.empty((3, capacity), np.float32)
-    covis_indptr, covis_indices = _csr_index(covis_scores)
-    used = _loops.merge_candidates(
-        int(n_requests), _ints(semantic_requests), semantic_rows, covis_indptr, covis_indices,
-        _floats(covis_scores.data), int(n_covisitation), _ints(popular), int(n_popular),
-        allowed is not None, _NOTHING_ALLOWED if allowed is None
-        else np.ascontiguousarray(allowed, dtype=bool), _ints(skipped_items),
-        _ints(skipped_offsets), _ints(history_items), _ints(history_offsets), int(width),
-        float(missing_rank), request, item, ranks[0], ranks[1], ranks[2])
-    return request[:used], item[:used], ranks[0, :used], ranks[1, :used], ranks[2, :used]
-
-
 def history_features(history_items: np.ndarray, offsets: np.ndarray, request: np.ndarray,
                      item: np.ndarray, item_categories: np.ndarray,
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -149,4 +118,4 @@ def filter_hits(rows: np.ndarray, scores: np.ndarray, queries: np.ndarray,
 
 
 __all__ = ["covisitation_scores", "csr_values", "distinct_in_range", "filter_hits",
-           "history_features", "merge_candidates", "similarities"]
+           "history_features", "similarities"]

@@ -31,8 +31,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from recsys.atomic_files import atomic_path, fsync_dir
 from recsys.errors import DataError, NotFoundError, RecsysError
-from recsys.io import atomic_path, fsync_dir
 from recsys.store.export import shown
 
 USER_COLUMN = "user_id"
@@ -107,7 +107,7 @@ def batch_score(models: str | os.PathLike[str], users_path: str | os.PathLike[st
 def live_store_location(models: str | os.PathLike[str], store: str | None) -> str | None:
     """The live store to apply: `store` (a URL or path, which must exist), else the models
     folder's own when there is one (MODELS or MODELS/VERSION given), else None."""
-    from recsys.bundle import MANIFEST
+    from recsys.bundle_versions import MANIFEST
     from recsys.store.export import STORE_FILE, existing_store
 
     if store is not None:
@@ -218,8 +218,10 @@ def score_chunk(recommender, batch: pa.RecordBatch | pa.Table, *, k: int, exclud
                 if i is not None and i in recommender.item_rows]
         unknown += len(items) - len(rows)
         histories.append(History(rows))
+    # with a live snapshot, time is measured from its latest event, as the server measures it
     recs = recommender.recommend_histories(histories, k, Filters(exclude_seen=exclude_seen),
-                                           explain=explain, user_ids=user_ids)
+                                           now=live.now(recommender) if live is not None
+                                           else None, explain=explain, user_ids=user_ids)
     sizes = np.fromiter((len(r.item_ids) for r in recs), dtype=np.int64, count=len(recs))
     columns = {
         "user_id": pa.array(np.repeat(np.asarray(user_ids, dtype=object), sizes), pa.string()),

@@ -290,8 +290,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from recsys.atomic_files import write_json
     from recsys.evaluate import evaluate, format_table
-    from recsys.io import write_json
     from recsys.progress import Steps
 
     check_dataset_folder(args.dataset)
@@ -377,7 +377,7 @@ def cmd_events(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from recsys import bundle
+    from recsys import bundle_versions as bundle
 
     bundle.check_models_folder(args.models)
     if args.action == "list":

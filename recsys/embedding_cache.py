@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recsys.atomic_files import write_parquet
 from recsys.encoder import Encoder
-from recsys.io import write_parquet
 
 
 def default_cache_dir() -> Path:

@@ -2,8 +2,8 @@
 
 Full-ranking protocols (leave_one_out, time) rank the target among ALL items: the pipeline's
 ranked candidates first (new items kept at their semantic rank or better, as served:
-`recsys.ranking.keep_new_items_up`), then every other item by semantic similarity to the user's
-profile.
+`recsys.ranking_context.keep_new_items_up`), then every other item by semantic similarity to
+the user's profile.
 Each method is reported unmasked (history items may be recommended again) and masked (history
 items removed before ranking). The impressions protocol ranks each logged list instead.
 
@@ -32,7 +32,7 @@ from recsys.data.dataset import load_dataset
 from recsys.interest import semantic_scores
 from recsys.metrics import impression_metrics, rank_of, ranking_metrics
 from recsys.progress import Steps
-from recsys.ranking import RankingContext, keep_new_items_up, new_item_rows
+from recsys.ranking_context import RankingContext, keep_new_items_up, new_item_rows
 from recsys.recommender import Recommender
 from recsys.semantic_signal import SemanticSignal, semantic_signal
 from recsys.splits import Case, Split

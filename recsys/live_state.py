@@ -8,8 +8,8 @@ first attempt saw.
 
 from __future__ import annotations
 
-import copy
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -148,18 +148,43 @@ class LiveSnapshot:
     def users(self) -> int:
         return len(self._by_user)
 
+    def now(self, recommender: Recommender) -> float:
+        """The data clock of a server that has taken in these events: the later of the latest
+        stored event and the bundle's data end."""
+        return max(self.latest_event_s, recommender.clock())
+
 
 def apply_snapshot(recommender: Recommender, snapshot: LiveSnapshot,
                    encode: Encode | None = None) -> Recommender:
     """The bundle as a server that has taken in everything in `snapshot` serves it: the item
-    changes applied and its data clock at the latest stored event."""
-    live = apply_item_changes(recommender, snapshot.item_changes,
+    changes applied. Its data clock is `snapshot.now(recommender)`, passed as `now`."""
+    return apply_item_changes(recommender, snapshot.item_changes,
                               encode or bundle_encoder(recommender))
-    if live is recommender:
-        live = copy.copy(recommender)   # observe_time below must not move the caller's clock
-    live.observe_time(snapshot.latest_event_s)
-    return live
 
 
-__all__ = ["LIVE_HISTORY_ITEMS", "LiveSnapshot", "apply_item_changes", "apply_snapshot",
-           "bundle_encoder", "latest_changes", "live_history", "live_since", "vectors_for"]
+class LiveClock:
+    """The data clock of a serving process: the latest live event time it has taken in.
+
+    Time features (item age, idleness, user recency) are measured from the data's own clock:
+    the later of this and the bundle's data end (`now`). The server owns one clock across model
+    swaps and passes `now` to each `Recommender` call, so the shared Recommender never changes
+    after load.
+    """
+
+    def __init__(self) -> None:
+        self._latest = -math.inf
+        self._lock = threading.Lock()
+
+    def observe(self, epoch_seconds: float) -> None:
+        """Advance the clock to a live event's time (never backwards)."""
+        if math.isfinite(epoch_seconds):
+            with self._lock:
+                self._latest = max(self._latest, float(epoch_seconds))
+
+    def now(self, recommender: Recommender) -> float:
+        return max(self._latest, recommender.clock())
+
+
+__all__ = ["LIVE_HISTORY_ITEMS", "LiveClock", "LiveSnapshot", "apply_item_changes",
+           "apply_snapshot", "bundle_encoder", "latest_changes", "live_history", "live_since",
+           "vectors_for"]

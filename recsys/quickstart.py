@@ -23,8 +23,8 @@ def import_demo(workdir: Path) -> tuple[Path, Path]:
 def evaluate_demo(workdir: Path, dataset_dir: Path, models_dir: Path, *,
                   host: str = "127.0.0.1", port: int = 8000) -> dict:
     """Print the trained demo's test evaluation and a curl for its most active user."""
+    from recsys.atomic_files import write_json
     from recsys.evaluate import evaluate, format_table
-    from recsys.io import write_json
     from recsys.recommender import Recommender
 
     print("[3/4] evaluating on the test split (the last 10% of time)")

@@ -129,7 +129,7 @@ def score_with_ray(models, users, out: Path, *, k: int, chunk_size: int, exclude
         read_chunks,
         read_live_state,
     )
-    from recsys.bundle import read_manifest, resolve_bundle
+    from recsys.bundle_versions import read_manifest, resolve_bundle
 
     bundle = resolve_bundle(models)
     version = read_manifest(bundle)["version"]

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,17 @@ import polars as pl
 
 from features.build import FEATURES, Candidates, Requests
 from features.state import BehaviourState
-from recsys.bundle import read_manifest, resolve_bundle
+from recsys.bundle_files import read_bundle
+from recsys.bundle_versions import read_manifest, resolve_bundle
+from recsys.diversity import diversify
 from recsys.errors import BundleError, NotFoundError
 from recsys.index import ItemIndex
 from recsys.interest import InterestModel
-from recsys.ranker import Ranker
-from recsys.ranking import RankingContext, keep_new_items_up, new_item_rows
-from recsys.retrieval import RetrievalConfig
+from recsys.new_items import grow_rows, state_with_new_items
+from recsys.ranker_model import Ranker, RetrievalOrder, retrieval_order_scores
+from recsys.ranking_context import RankingContext, keep_new_items_up, new_item_rows
+from recsys.retrieval import FreshItemsIndex, RetrievalConfig
+from recsys.user_history import History
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +69,6 @@ class RankedBatch:
     degraded: bool = False
 
 
-@dataclass
-class History:
-    items: list[int] = field(default_factory=list)   # item rows, oldest first
-    last_time: float = math.nan                        # epoch seconds of the last event
-
-
 class Recommender:
     """Holds one loaded bundle. Thread-safe for reads: nothing mutates after `load`."""
 
@@ -103,17 +101,15 @@ class Recommender:
         self.real_time = state.real_time
         self.active = np.ones(len(self.item_ids), dtype=bool)  # False = deleted, never served
         cutoff = state.cutoff_
-        self.latest_event_s = cutoff.timestamp() if (cutoff is not None and self.real_time) \
+        self.data_end_s = cutoff.timestamp() if (cutoff is not None and self.real_time) \
             else time.time()
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True, threads: int = 0) -> Recommender:
-        from recsys.bundle_io import read_bundle
-
         bundle = resolve_bundle(path)
         manifest = read_manifest(bundle, verify=verify)
-        return read_bundle(cls, bundle, manifest, threads=threads)
+        return cls(**vars(read_bundle(bundle, manifest, threads=threads)))
 
     # -- public API ----------------------------------------------------------------------------
     def recommend(self, users: Sequence[str], k: int = 10, filters: Filters | None = None,
@@ -186,7 +182,8 @@ class Recommender:
         vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
         n = len(self.item_ids)
         fresh = copy.copy(self)
-        fresh.item_vectors, fresh._vector_buffer = _grow_rows(self, vectors)
+        fresh.item_vectors, fresh._vector_buffer = grow_rows(
+            self.item_vectors, getattr(self, "_vector_buffer", None), vectors)
         fresh.item_ids = self.item_ids + list(item_ids)
         fresh.titles = self.titles + [t or "" for t in titles]
         fresh.item_rows = dict(self.item_rows)
@@ -205,7 +202,7 @@ class Recommender:
         fresh.item_categories = np.concatenate([self.item_categories, np.array(
             [code[c] if c is not None else -1 for c in categories], dtype=np.int64)])
         stamp = self.clock() if now is None else float(now)
-        fresh.state = _state_with_new_items(self.state, m, stamp)
+        fresh.state = state_with_new_items(self.state, m, stamp)
         base = self.index.base if isinstance(self.index, FreshItemsIndex) else self.index
         fresh.index = FreshItemsIndex(base, fresh.item_vectors[base.size:])
         fresh.context = RankingContext(fresh.item_vectors, fresh.item_categories, fresh.index,
@@ -231,19 +228,16 @@ class Recommender:
 
     # -- ranking core (also used by evaluation and batch scoring) --------------------------------
     def clock(self) -> float:
-        """The time features are measured from: the freshest data the model knows of.
+        """The time features are measured from when a call gives no `now`: the freshest data
+        the bundle knows of.
 
         Item age, idleness and user recency were learned relative to the training cut-off, so
-        they are measured from the data's own clock (the state's cut-off, or the latest event
-        seen since, see `observe_time`), not the wall clock: a bundle trained on last year's log
-        then sees the same kind of gaps it learned from.
+        they are measured from the data's own clock (the state's cut-off), not the wall clock: a
+        bundle trained on last year's log then sees the same kind of gaps it learned from. A
+        server that takes in live events keeps the later clock itself
+        (`recsys.live_state.LiveClock`) and passes it as `now`.
         """
-        return self.latest_event_s
-
-    def observe_time(self, epoch_seconds: float) -> None:
-        """Advance the data clock (called when live events arrive)."""
-        if np.isfinite(epoch_seconds) and epoch_seconds > self.latest_event_s:
-            self.latest_event_s = float(epoch_seconds)
+        return self.data_end_s
 
     def request_batch(self, histories: Sequence[History], now: float | None = None) -> Requests:
         if self.real_time:
@@ -350,170 +344,6 @@ class Recommender:
 
             rec.reasons = explain_rows(self, ranked, order, history)
         return rec
-
-
-def diversify(order: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int, filters: Filters,
-              item_vectors: np.ndarray, item_categories: np.ndarray) -> np.ndarray:
-    """Pick k of the ranked positions `order`, applying the diversity rule of `filters`."""
-    if filters.diversity == "none" or len(order) <= 1:
-        return order[:k]
-    if filters.diversity == "category_cap":
-        taken: dict[int, int] = {}
-        picked, spill = [], []
-        for pos in order:
-            cat = int(item_categories[items[pos]])
-            if cat < 0 or taken.get(cat, 0) < filters.max_per_category:
-                picked.append(pos)
-                taken[cat] = taken.get(cat, 0) + 1
-            else:
-                spill.append(pos)
-            if len(picked) == k:
-                break
-        # never return fewer than k just because the cap ran out of categories
-        return np.asarray((picked + spill)[:k], dtype=np.int64)
-    if filters.diversity == "mmr":
-        pool = order[:max(4 * k, 50)]
-        vectors = item_vectors[items[pool]]
-        relevance = scores[pool].astype(np.float64)
-        spread = relevance.max() - relevance.min()
-        relevance = ((relevance - relevance.min()) / spread if spread > 0
-                     else np.ones_like(relevance))
-        chosen: list[int] = []
-        max_sim = np.full(len(pool), -np.inf)
-        for _ in range(min(k, len(pool))):
-            novelty = np.where(np.isfinite(max_sim), max_sim, 0.0)
-            value = filters.mmr_lambda * relevance - (1 - filters.mmr_lambda) * novelty
-            value[chosen] = -np.inf
-            best = int(np.argmax(value))
-            chosen.append(best)
-            max_sim = np.maximum(max_sim, vectors @ vectors[best])
-        return pool[chosen]
-    raise ValueError(f"unknown diversity rule {filters.diversity!r}: none, mmr or category_cap")
-
-
-def retrieval_order_scores(candidates: Candidates) -> np.ndarray:
-    """A score that reproduces the sources' own order: best rank across sources first."""
-    best = np.minimum(np.minimum(candidates.sem_rank, candidates.covis_rank), candidates.pop_rank)
-    return (-best).astype(np.float32)
-
-
-class RetrievalOrder:
-    """Stands in for a ranker that training found unable to rank: scores candidates in the
-    sources' own order (as `retrieval_order_scores`), from the source-rank feature columns, so
-    serving, batch scoring, evaluation and the retrain gate all see the order that is served."""
-
-    compiled = False
-    _RANKS = ("sem_rank", "covis_rank", "pop_rank")
-
-    def __init__(self, features: Sequence[str]) -> None:
-        self.features = list(features)
-
-    def _ranks(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
-        if isinstance(rows, np.ndarray):
-            return rows[:, [FEATURES.index(name) for name in self._RANKS]]
-        return rows.select(self._RANKS).to_numpy()
-
-    def predict(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
-        if len(rows) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return (-self._ranks(rows).min(axis=1)).astype(np.float32)
-
-    def contributions(self, rows: pl.DataFrame) -> np.ndarray:
-        """The source that ranked each candidate best gets the whole score, so an explanation
-        names it (e.g. "similar to what you viewed"); [n, n_features + 1], the last the bias."""
-        out = np.zeros((len(rows), len(self.features) + 1))
-        if len(rows):
-            ranks = self._ranks(rows)
-            best = ranks.argmin(axis=1)
-            for source, name in enumerate(self._RANKS):
-                if name in self.features:
-                    out[best == source, self.features.index(name)] = 1.0
-        return out
-
-
-class FreshItemsIndex:
-    """The bundle's index plus an exact search over items added since it was built.
-
-    Same `search(queries, k, exclude)` contract as `ItemIndex`; fresh rows follow the bundle's
-    (row `base.size + j` is the j-th fresh vector), so results merge by score.
-    """
-
-    def __init__(self, base: ItemIndex, fresh_vectors: np.ndarray) -> None:
-        self.base = base
-        self.fresh_vectors = fresh_vectors
-
-    @property
-    def size(self) -> int:
-        return self.base.size + int(self.fresh_vectors.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return self.base.dim
-
-    def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        rows, scores = self.base.search(queries, k, exclude)
-        offset, m = self.base.size, self.fresh_vectors.shape[0]
-        if m == 0 or k <= 0:
-            return rows, scores
-        fresh_scores = queries @ self.fresh_vectors.T
-        if exclude is not None:
-            for q, excluded in enumerate(exclude):
-                for r in excluded:
-                    if offset <= int(r) < offset + m:
-                        fresh_scores[q, int(r) - offset] = -np.inf
-        fresh_rows = np.broadcast_to(np.arange(offset, offset + m), fresh_scores.shape)
-        fresh_rows = np.where(np.isfinite(fresh_scores), fresh_rows, -1)
-        all_rows = np.concatenate([rows, fresh_rows], axis=1)
-        all_scores = np.concatenate([scores, fresh_scores.astype(np.float32)], axis=1)
-        k = min(k, self.size)
-        order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
-        return (np.take_along_axis(all_rows, order, axis=1),
-                np.take_along_axis(all_scores, order, axis=1))
-
-
-def _grow_rows(recommender: Recommender, new_rows: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """`recommender.item_vectors` with `new_rows` appended, without copying the catalogue each time.
-
-    Vectors live in a buffer with spare capacity; a copy writes only into rows no earlier view
-    can see, and only the copy that filled the buffer last may extend it in place.
-    Returns the new view and the (buffer, fill) pair to keep beside it.
-    """
-    current = recommender.item_vectors
-    n, m = current.shape[0], new_rows.shape[0]
-    buffer, fill = getattr(recommender, "_vector_buffer", (None, None))
-    if buffer is None or fill[0] != n or buffer.shape[0] < n + m:
-        buffer = np.empty((n + m + max(1024, (n + m) // 8), current.shape[1]), dtype=np.float32)
-        buffer[:n] = current
-        fill = [n]
-    buffer[n:n + m] = new_rows
-    fill[0] = n + m
-    return buffer[:n + m], (buffer, fill)
-
-
-def _state_with_new_items(state: BehaviourState, m: int, first_seen_s: float) -> BehaviourState:
-    """The behavioural state with `m` new items that have no events yet."""
-    import scipy.sparse as sp
-
-    n = state.n_items
-    covis = copy.copy(state.covisitation)
-    matrix = state.covisitation.matrix_
-    indptr = np.concatenate([matrix.indptr,
-                             np.full(m, matrix.indptr[-1], dtype=matrix.indptr.dtype)])
-    covis.n_items = n + m
-    covis.matrix_ = sp.csr_matrix((matrix.data, matrix.indices, indptr), shape=(n + m, n + m))
-    grown = copy.copy(state)
-    grown.n_items = n + m
-    grown.clicks_ = np.concatenate([state.clicks_, np.zeros(m, np.float32)])
-    grown.shown_ = np.concatenate([state.shown_, np.zeros(m, np.float32)])
-    grown.ctr_ = np.concatenate([state.ctr_, np.zeros(m, np.float32)])  # unused: never shown
-    grown.window_clicks_ = np.concatenate(
-        [state.window_clicks_, np.zeros((m, state.window_clicks_.shape[1]), np.float32)])
-    grown.first_seen_s_ = np.concatenate([state.first_seen_s_, np.full(m, first_seen_s)])
-    grown.last_seen_s_ = np.concatenate([state.last_seen_s_, np.full(m, np.nan)])
-    grown.popular_rows_ = np.concatenate([state.popular_rows_, np.arange(n, n + m)])
-    grown.covisitation_ = covis
-    return grown
 
 
 __all__ = ["Filters", "History", "Recommendation", "Recommender", "MODEL", "POPULARITY",

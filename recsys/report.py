@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from features.build import FEATURE_GROUPS  # noqa: E402
+from recsys.atomic_files import atomic_path, write_json, write_text  # noqa: E402
 from recsys.errors import RecsysError  # noqa: E402
-from recsys.io import atomic_path, write_json, write_text  # noqa: E402
 from recsys.semantic_signal import SemanticSignal  # noqa: E402
 
 PLOTS = ("metrics.png", "importance.png", "ndcg_by_history.png", "score_distribution.png")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from recsys.interest import semantic_scores
-from recsys.ranking import RankingContext
+from recsys.ranking_context import RankingContext
 from recsys.splits import Case
 
 # Items sampled per target; each case's AUC is the share of (target, sampled item) pairs won.

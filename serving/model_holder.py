@@ -20,10 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from features.build import FEATURES
-from recsys.bundle import CURRENT, check_version_name, current_version, read_manifest, set_current
+from recsys.bundle_versions import (
+    CURRENT,
+    check_version_name,
+    current_version,
+    read_manifest,
+    set_current,
+)
 from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
-from recsys.live_state import apply_item_changes
+from recsys.live_state import LiveClock, apply_item_changes
 from recsys.recommender import Filters, History, Recommender
 from recsys.store import EventStore, StoreUnavailable
 
@@ -130,6 +136,7 @@ class ModelHolder:
                  on_change: Callable[[str | None], None] = None,
                  on_refused: Callable[[str], None] = None) -> None:
         self.models_dir = None if models_dir is None else Path(models_dir)
+        self.clock = LiveClock()   # live events' time, kept across swaps; each call's `now`
         self.store = store
         self.threads = threads
         self.ranker_timeout_s = ranker_timeout_s

@@ -10,7 +10,7 @@ import errno
 import socket
 from pathlib import Path
 
-from recsys.bundle import CURRENT
+from recsys.bundle_versions import CURRENT
 from recsys.data.schema import EVENTS_FILE, ITEMS_FILE, META_FILE
 from recsys.errors import RecsysError
 

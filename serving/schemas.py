@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from recsys.bundle import VERSION_PATTERN
+from recsys.bundle_versions import VERSION_PATTERN
 from recsys.data.schema import EVENT_TYPES
 from recsys.data.timestamps import epoch_seconds
 

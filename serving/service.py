@@ -47,17 +47,18 @@ def answer_batch(jobs: Sequence[RecommendJob], holder, store: EventStore,
     recommender = holder.refresh_items()
     if recommender is None:
         raise NoModel("no model is loaded")
-    return recommend_jobs(jobs, recommender, store, live_items)
+    return recommend_jobs(jobs, recommender, store, live_items, now=holder.clock.now(recommender))
 
 
 def recommend_jobs(jobs: Sequence[RecommendJob], recommender: Recommender, store: EventStore,
-                   live_items: int) -> list[dict | Exception]:
+                   live_items: int, now: float | None = None) -> list[dict | Exception]:
     """Response bodies for many requests, in one `recommend_histories` call per group of jobs
     that share k, filters and explain (the call ranks each history on its own:
     tests/test_serving_batching.py checks the answers equal one-by-one answers).
 
     A failure belongs to the job that caused it: a group whose call raises is answered again
-    one job at a time, so one bad request never fails the others."""
+    one job at a time, so one bad request never fails the others. `now`: the data clock time
+    features are measured from (None: the bundle's own)."""
     out: list[dict | Exception | None] = [None] * len(jobs)
     groups: dict[tuple, list[tuple[int, History]]] = {}
     for j, job in enumerate(jobs):
@@ -69,14 +70,14 @@ def recommend_jobs(jobs: Sequence[RecommendJob], recommender: Recommender, store
         groups.setdefault(_group_key(job), []).append((j, history))
     for members in groups.values():
         try:
-            results = _recommend(recommender, jobs, members)
+            results = _recommend(recommender, jobs, members, now)
         except Exception as exc:
             if len(members) == 1:
                 results = [exc]
             else:
                 log.exception("a batch of %d recommendation requests failed; answering each "
                               "alone", len(members))
-                results = [_attempt(recommender, jobs, member) for member in members]
+                results = [_attempt(recommender, jobs, member, now) for member in members]
         for (j, _), result in zip(members, results, strict=True):
             out[j] = result if isinstance(result, Exception) else body(recommender, result)
     return out  # type: ignore[return-value]
@@ -101,16 +102,16 @@ def _group_key(job: RecommendJob) -> tuple:
 
 
 def _recommend(recommender: Recommender, jobs: Sequence[RecommendJob],
-               members: list[tuple[int, History]]) -> list:
+               members: list[tuple[int, History]], now: float | None) -> list:
     first = jobs[members[0][0]]
     return recommender.recommend_histories(
-        [history for _, history in members], first.k, first.filters, explain=first.explain,
-        user_ids=[jobs[j].user_id for j, _ in members])
+        [history for _, history in members], first.k, first.filters, now=now,
+        explain=first.explain, user_ids=[jobs[j].user_id for j, _ in members])
 
 
-def _attempt(recommender, jobs, member):
+def _attempt(recommender, jobs, member, now):
     try:
-        return _recommend(recommender, jobs, [member])[0]
+        return _recommend(recommender, jobs, [member], now)[0]
     except Exception as exc:
         return exc
 

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from recsys.bundle import MANIFEST, sha256_file
+from recsys.bundle_versions import MANIFEST, sha256_file
 
 
 def copy_models(models_dir: Path, target: Path) -> Path:

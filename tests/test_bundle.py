@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from recsys import bundle
+from recsys import bundle_versions as bundle
 from recsys.errors import BundleError, NotFoundError
 from recsys.recommender import Recommender
 

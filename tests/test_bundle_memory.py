@@ -11,7 +11,7 @@ import math
 import polars as pl
 import pytest
 
-from recsys.bundle_io import UserHistories
+from recsys.bundle_files import UserHistories
 from recsys.errors import BundleError
 from recsys.recommender import History, Recommender
 

@@ -240,7 +240,7 @@ def test_an_item_added_through_put_items_is_ranked_as_a_catalogue_item_without_h
 
 # -- new items are never ranked below their semantic rank -----------------------------------------
 def test_a_new_item_the_ranker_put_low_moves_up_to_its_semantic_rank():
-    from recsys.ranking import keep_new_items_up
+    from recsys.ranking_context import keep_new_items_up
 
     items = np.array([10, 11, 12, 13, 14, 15])
     sem_rank = np.array([5, 4, 1000, 3, 0, 2], dtype=np.float32)   # 1000: not from semantic
@@ -259,7 +259,7 @@ def test_a_new_item_the_ranker_put_low_moves_up_to_its_semantic_rank():
 
 
 def test_an_order_that_already_respects_new_items_is_left_alone():
-    from recsys.ranking import keep_new_items_up
+    from recsys.ranking_context import keep_new_items_up
 
     items = np.array([3, 1, 2])
     is_new = np.array([False, True, False, True])

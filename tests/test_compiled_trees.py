@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from recsys import compiled_trees
 from recsys.compiled_trees import CompiledTreesError, check_agreement, compile_trees, probe_rows
-from recsys.ranker import Ranker
+from recsys.ranker_model import Ranker
 from recsys.recommender import Filters
 from serving.main import create_app
 from serving.settings import Settings
@@ -118,7 +118,7 @@ def test_the_server_keeps_lightgbms_predict_when_the_trees_do_not_compile(
     def broken(booster):
         raise CompiledTreesError("lleaves could not compile the ranker's trees (test)")
 
-    monkeypatch.setattr("recsys.ranker.compile_trees", broken)
+    monkeypatch.setattr("recsys.ranker_model.compile_trees", broken)
     with caplog.at_level(logging.WARNING, logger="serving.model_holder"), \
             TestClient(create_app(_settings(models_dir, tmp_path))) as client:
         holder = client.app.state.context.holder

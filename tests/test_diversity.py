@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.recommender import Filters, diversify
+from recsys.diversity import diversify
+from recsys.recommender import Filters
 
 # Six items: 0-2 are near-duplicates (category 0), 3-4 another pair (category 1), 5 alone.
 VECTORS = np.array([[1, 0, 0], [0.99, 0.14, 0], [0.98, 0.2, 0],

@@ -19,7 +19,7 @@ def movielens_recommender(tmp_path_factory, movielens_dataset):
     """A bundle with real timestamps, so the time features (age, idleness) are not NaN."""
     from recsys.recommender import Recommender
     from training.pipeline import TrainConfig, train
-    from training.ranker import RankerConfig
+    from training.train_ranker import RankerConfig
 
     models = tmp_path_factory.mktemp("models-ml")
     # its 3 query groups are too few to be served by default: the ranker is what is checked here
@@ -128,7 +128,7 @@ def test_ranker_reads_the_block_in_its_own_feature_order(recommender):
     columns out of the block by name, as `select` does on the frame."""
     import lightgbm as lgb
 
-    from recsys.ranker import Ranker
+    from recsys.ranker_model import Ranker
 
     users = sorted(recommender.users)[:N_USERS]
     batch = recommender.request_batch([recommender.users[u] for u in users])

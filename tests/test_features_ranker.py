@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from training.ranker import RankerConfig, train_ranker
 from training.ranker_data import RankerData
+from training.train_ranker import RankerConfig, train_ranker
 
 FEATURES = ["signal", "noise"]
 

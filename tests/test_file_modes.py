@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys import bundle
+from recsys import bundle_versions as bundle
+from recsys.atomic_files import process_umask, write_json, write_parquet, write_text
 from recsys.data.importers import import_dataset
 from recsys.embedding_cache import encode_cached
-from recsys.io import process_umask, write_json, write_parquet, write_text
 from tests.conftest import FIXTURES
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys.bundle import MANIFEST, set_current
+from recsys.bundle_versions import MANIFEST, set_current
 from recsys.recommender import Recommender
 from recsys.store import Event, EventStoreError
 from recsys.store.sqlite import SqliteEventStore

@@ -119,7 +119,7 @@ def test_save_load_round_trip_and_refusals(tmp_path):
 def test_bundle_serves_with_its_interest_model_and_refuses_to_lose_it(models_dir, tmp_path):
     """Add an interest model to a copy of the fixture bundle (resealed): the Recommender's
     profiles come from it; deleting the file afterwards is a refused bundle, not a silent mean."""
-    from recsys.bundle import sha256_file
+    from recsys.bundle_versions import sha256_file
     from recsys.recommender import Recommender
 
     bundle = tmp_path / "v1"

@@ -127,32 +127,6 @@ def test_covisitation_scores_sum_in_the_sparse_products_order():
     assert got.nnz == want.nnz  # zero sums are dropped, as scipy drops them
 
 
-# -- merging the sources --------------------------------------------------------------------------
-def test_merge_candidates_keeps_first_appearance_and_every_sources_rank():
-    covis = sp.csr_matrix(np.array([[0, 0.5, 0.9, 0, 0.5, 0]], np.float32))
-    request, item, sem, cov, pop = kernels.merge_candidates(
-        1, np.array([0]), np.array([[3, 2, -1]]), covis, 2, np.array([4, 0, 1, 2, 5]), 2,
-        None, np.array([0]), np.array([0, 1]), np.array([0]), np.array([0, 1]), 6, 1000.0)
-    # semantic 3, 2; co-visitation 2 (0.9), then 1 and 4 tie at 0.5: the lower row first;
-    # popular: 4 at position 0, 0 is skipped, 1 at position 2; history 0 offered last
-    assert item.tolist() == [3, 2, 1, 4, 0]
-    assert request.tolist() == [0] * 5
-    assert sem.tolist() == [0, 1, 1000, 1000, 1000]
-    assert cov.tolist() == [1000, 0, 1, 1000, 1000]
-    assert pop.tolist() == [1000, 1000, 2, 0, 1000]
-
-
-def test_merge_candidates_respects_the_allowed_mask():
-    covis = sp.csr_matrix((2, 6), dtype=np.float32)
-    allowed = np.array([True, False, True, False, True, True])
-    _, item, _, _, pop = kernels.merge_candidates(
-        2, np.zeros(0, np.int64), np.zeros((0, 0), np.int64), covis, 5, np.arange(6), 3,
-        allowed, np.array([0]), np.array([0, 1, 1]), np.zeros(0, np.int64),
-        np.zeros(3, np.int64), 6, 1000.0)
-    assert item.tolist() == [2, 4, 5, 0, 2, 4]
-    assert pop.tolist() == [2, 4, 5, 0, 2, 4]
-
-
 # -- history features -----------------------------------------------------------------------------
 def test_history_features_do_not_need_rows_grouped_by_request():
     rng = np.random.default_rng(4)
@@ -210,11 +184,6 @@ def test_out_of_range_indices_raise_instead_of_reading_past_an_array():
     with pytest.raises(IndexError, match="cols"):
         kernels.csr_values(sp.csr_matrix((3, 3), dtype=np.float32), np.array([0]),
                            np.array([3]))
-    with pytest.raises(IndexError, match="semantic_requests"):
-        kernels.merge_candidates(2, np.array([1, 0]), np.array([[1], [2]]),
-                                 sp.csr_matrix((2, 4), dtype=np.float32), 1, np.arange(4), 1,
-                                 None, np.zeros(0, np.int64), np.zeros(3, np.int64),
-                                 np.zeros(0, np.int64), np.zeros(3, np.int64), 4, 1000.0)
 
 
 def test_the_compiled_functions_refuse_arrays_of_the_wrong_type():

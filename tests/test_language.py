@@ -138,7 +138,7 @@ def test_train_and_serve_side_load_with_the_multilingual_encoder(tmp_path, recbo
 # -- the semantic-signal check --------------------------------------------------------------------
 def test_signal_is_clear_on_real_text_and_gone_on_shuffled_vectors(recommender, recbole_dataset):
     from recsys.data.dataset import load_dataset
-    from recsys.ranking import RankingContext
+    from recsys.ranking_context import RankingContext
 
     split = Split.of(load_dataset(recbole_dataset), recommender.item_ids)
     cases = split.cases("valid")

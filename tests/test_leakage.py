@@ -18,7 +18,7 @@ import pytest
 
 from recsys.data.dataset import Dataset, load_dataset
 from recsys.index import ItemIndex
-from recsys.ranking import RankingContext
+from recsys.ranking_context import RankingContext
 from recsys.retrieval import RetrievalConfig
 from recsys.splits import Split
 from training.pipeline import category_codes

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save_file
 
-from recsys.bundle import rollback, set_current
+from recsys.bundle_versions import rollback, set_current
 from recsys.cli import main as cli
 from recsys.recommender import Recommender
 from recsys.store.sqlite import SqliteEventStore

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from recsys.bundle import set_current
+from recsys.bundle_versions import set_current
 from serving.testing import copy_bundle, copy_models
 from tests.keys import DATA_KEY
 from tests.processes import free_port, stop_group

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from recsys import bundle
+from recsys import bundle_versions as bundle
 from recsys.cli import main
 from recsys.errors import DataError
 from recsys.recommender import Recommender

@@ -9,7 +9,7 @@ import pytest
 
 from recsys.recommender import DEGRADED, POPULARITY, Filters, Recommender
 from training.pipeline import TrainConfig, train
-from training.ranker import RankerConfig, too_little_to_rank
+from training.train_ranker import RankerConfig, too_little_to_rank
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from recsys.bundle import MANIFEST
+from recsys.bundle_versions import MANIFEST
 from serving.testing import copy_bundle, copy_models
 from tests.keys import ADMIN_KEY, DATA_KEY
 

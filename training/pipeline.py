@@ -20,21 +20,21 @@ import polars as pl
 
 from features.build import FEATURE_GROUPS, FEATURES
 from features.state import POSITIVE_TYPES, BehaviourState
-from recsys.bundle import BundleWriter
-from recsys.bundle_io import users_table, write_parts
+from recsys.bundle_files import users_table, write_parts
+from recsys.bundle_versions import BundleWriter
 from recsys.data.dataset import Dataset, load_dataset
 from recsys.embedding_cache import encode_cached
 from recsys.encoder import Encoder, pick_device
 from recsys.index import ItemIndex
 from recsys.interest import InterestModel
 from recsys.progress import Steps, silence_library_bars
-from recsys.ranking import RankingContext
+from recsys.ranking_context import RankingContext
 from recsys.retrieval import RetrievalConfig
 from recsys.semantic_signal import semantic_signal
 from recsys.splits import Split, epoch_seconds
 from training.finetune import FinetuneConfig, finetune_step
-from training.ranker import RankerConfig, train_ranker
 from training.ranker_data import build_groups, label_rows
+from training.train_ranker import RankerConfig, train_ranker
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from features.state import BehaviourState
-from recsys.ranking import RankingContext
+from recsys.ranking_context import RankingContext
 from recsys.splits import Case, Split
 
 CHUNK = 1000

@@ -17,7 +17,7 @@ import polars as pl
 from features.state import POSITIVE_TYPES
 from recsys.interest import semantic_scores
 from recsys.metrics import rank_of, ranking_metrics
-from recsys.ranking import keep_new_items_up, new_item_rows
+from recsys.ranking_context import keep_new_items_up, new_item_rows
 from recsys.recommender import Recommender
 from recsys.splits import Case, epoch_seconds, with_item_rows
 

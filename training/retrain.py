@@ -28,7 +28,8 @@ from typing import Any
 import polars as pl
 
 from features.state import POSITIVE_TYPES
-from recsys import bundle as bundles
+from recsys import bundle_versions as bundles
+from recsys.atomic_files import fsync_dir
 from recsys.data.dataset import Dataset, load_dataset
 from recsys.data.schema import (
     EVENT_COLUMNS,
@@ -40,14 +41,13 @@ from recsys.data.schema import (
 from recsys.data.validate import find_problems, normalize_events
 from recsys.errors import DataError, RecsysError
 from recsys.interest import INTEREST_FILE
-from recsys.io import fsync_dir
 from recsys.progress import Steps
 from recsys.recommender import Recommender
 from recsys.retrieval import RetrievalConfig
 from recsys.store.export import EVENTS_NAME, ITEM_CHANGES_NAME, ITEM_CHANGES_SCHEMA
 from training.pipeline import TrainConfig, dataset_fingerprint, train
-from training.ranker import RankerConfig
 from training.replay import evaluate_window
+from training.train_ranker import RankerConfig
 
 PROMOTE_MODES = ("auto", "never", "always")
 DATASETS_DIR = "datasets"  # MODELS/datasets/<version>/: the merged data each retrained bundle saw

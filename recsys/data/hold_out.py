@@ -21,10 +21,10 @@ import numpy as np
 import polars as pl
 
 from features.state import POSITIVE_TYPES
+from recsys.atomic_files import fsync_dir, write_json, write_parquet
 from recsys.data.dataset import Dataset, load_dataset
 from recsys.data.schema import EVENTS_FILE, ITEMS_FILE, META_FILE
 from recsys.errors import RecsysError
-from recsys.io import fsync_dir, write_json, write_parquet
 from recsys.splits import Split
 
 # A leave-one-out split marks events after a user's test click "after"; they are not history for

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys.atomic_files import write_parquet
 from recsys.errors import NotFoundError, RecsysError
-from recsys.io import write_parquet
 from recsys.store import EventStore, open_store
 
 STORE_FILE = "events.sqlite"          # where the server keeps the store in a models folder

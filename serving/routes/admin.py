@@ -19,7 +19,7 @@ async def reload(ctx: Ctx, _: AdminCaller, request: ReloadRequest | None = None)
     """Load `version` (and make it CURRENT), or reload CURRENT. The new bundle is verified
     (checksums, dimensions) and warmed first; a broken one is refused (409) and the old one
     keeps serving."""
-    from recsys.bundle import check_version_name
+    from recsys.bundle_versions import check_version_name
 
     version = request.version if request is not None else None
     if version is not None:

@@ -44,13 +44,11 @@ async def post_events(ctx: Ctx, _: DataCaller, request: EventsRequest) -> dict:
     # durable before the answer (with other requests' batches: serving.event_writer); the
     # user's next request reads them from the store
     new = await ctx.event_writes.write(events)  # raises -> 503, nothing acked
-    recommender = ctx.holder.current
     for event, is_new in zip(events, new, strict=True):
         if not is_new:
             continue
         ctx.metrics.events_ingested.labels(type=event.type).inc()
-        if recommender is not None:
-            recommender.observe_time(event.timestamp)
+        ctx.holder.clock.observe(event.timestamp)
     duplicates = len(new) - sum(new)
     if duplicates:
         ctx.metrics.events_duplicate.inc(duplicates)

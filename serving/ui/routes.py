@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from recsys.bundle import check_version_name, rollback
+from recsys.bundle_versions import check_version_name, rollback
 from recsys.errors import NotFoundError, RecsysError
 from recsys.store import Event
 from serving import lookup, service
@@ -289,7 +289,8 @@ async def _compare(ctx: AppContext, state: _UiState, result: dict, other: str,
         recommender = current if current is not None and current.version == other \
             else state.other_versions.get(ctx.settings.models_dir, other)
         answer = service.recommend_jobs([plain], recommender, ctx.store,
-                                        ctx.settings.live_history_items)[0]
+                                        ctx.settings.live_history_items,
+                                        now=ctx.holder.clock.now(recommender))[0]
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -416,7 +417,7 @@ async def post_click(request: Request) -> Response:
     new = await run_in_threadpool(ctx.store.append, [event])  # durable before the redirect
     if new and new[0]:
         ctx.metrics.events_ingested.labels(type="click").inc()
-        recommender.observe_time(now)
+        ctx.holder.clock.observe(now)
     return _redirect("/ui/live?" + urlencode({"user_id": user_id, "posted": item_id}))
 
 

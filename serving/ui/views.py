@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from features.state import ORDER_WINDOWS_EVENTS, TIME_WINDOWS_DAYS
-from recsys.bundle import MANIFEST, current_version, list_versions
+from recsys.bundle_versions import MANIFEST, current_version, list_versions
 from recsys.errors import RecsysError
 from recsys.recommender import Recommender
 from recsys.report import PLOTS

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from recsys.atomic_files import write_json, write_parquet
 from recsys.data.dataset import Dataset, load_dataset
 from recsys.data.importers.files import import_files
 from recsys.data.importers.mind import import_mind
@@ -20,7 +21,6 @@ from recsys.data.importers.recbole import import_recbole
 from recsys.data.schema import EVENTS_FILE, ITEMS_FILE, META_FILE
 from recsys.data.validate import combine, find_problems, normalize_events, normalize_items
 from recsys.errors import DataError
-from recsys.io import write_json, write_parquet
 
 # format name (as typed after `recsys import`) -> importer(src, **options) -> unwritten Dataset;
 # `files` takes no SRC folder: its options name the two files.

@@ -7,7 +7,7 @@ rows here, so the rows a model learns from are made exactly as the rows it later
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -16,7 +16,15 @@ from features.build import MISSING_RANK, Candidates, Requests, feature_frame, fe
 from features.state import BehaviourState
 from recsys.index import ItemIndex
 from recsys.interest import InterestModel
-from recsys.retrieval import RetrievalConfig, retrieve, source_ranks, user_profiles
+from recsys.retrieval import (
+    CandidateSource,
+    RetrievalConfig,
+    SourceInputs,
+    build_sources,
+    retrieve,
+    source_ranks,
+    user_profiles,
+)
 
 
 @dataclass
@@ -27,6 +35,13 @@ class RankingContext:
     state: BehaviourState
     retrieval: RetrievalConfig
     interest: InterestModel | None = None   # learned user side; None = recency-weighted mean
+    # the candidate sources in merge order; None: the registry's, set up by `retrieval`
+    sources: Sequence[CandidateSource] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.sources is None:
+            self.sources = build_sources(self.retrieval, SourceInputs(
+                self.index, self.state, self.item_vectors))
 
     def requests(self, histories: Sequence[Sequence[int]], times: np.ndarray,
                  last_times: np.ndarray) -> Requests:
@@ -49,10 +64,11 @@ class RankingContext:
         if given is None:
             candidates = retrieve(requests.histories, requests.profiles, self.index, self.state,
                                   self.retrieval, exclude=exclude, allowed=allowed,
-                                  covis_scores=covis_scores)
+                                  covis_scores=covis_scores, sources=self.sources)
         else:
             candidates = source_ranks(requests.histories, requests.profiles, given,
-                                      self.item_vectors, self.state, covis_scores=covis_scores)
+                                      self.item_vectors, self.state, covis_scores=covis_scores,
+                                      sources=self.sources)
         block = feature_matrix(requests, candidates, self.state, self.item_vectors,
                                self.item_categories)
         return candidates, feature_frame(block) if as_frame else block

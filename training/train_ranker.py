@@ -11,7 +11,7 @@ import lightgbm as lgb
 import numpy as np
 
 from recsys.errors import RecsysError
-from recsys.ranker import Ranker
+from recsys.ranker_model import Ranker
 from training.ranker_data import RankerData
 
 

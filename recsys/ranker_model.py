@@ -1,16 +1,18 @@
-"""The learned ranker at prediction time: a LightGBM model read from its text format."""
+"""The ranker at prediction time: the learned LightGBM model read from its text format, or the
+sources' own order standing in for a model that training found unable to rank."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from features.build import FEATURES
+from features.build import FEATURES, Candidates
 from recsys.compiled_trees import CompiledTrees, compile_trees
 from recsys.errors import BundleError
 
@@ -118,3 +120,43 @@ def check_tree_sizes(data: bytes, path: Path) -> None:
     if position < 0 or not data.startswith(b"end of trees", position):
         raise BundleError(f"{path}: LightGBM model whose tree_sizes do not match its trees "
                           "(they do not end where the trees end)")
+
+
+def retrieval_order_scores(candidates: Candidates) -> np.ndarray:
+    """A score that reproduces the sources' own order: best rank across sources first."""
+    best = np.minimum(np.minimum(candidates.sem_rank, candidates.covis_rank), candidates.pop_rank)
+    return (-best).astype(np.float32)
+
+
+class RetrievalOrder:
+    """Stands in for a ranker that training found unable to rank: scores candidates in the
+    sources' own order (as `retrieval_order_scores`), from the source-rank feature columns, so
+    serving, batch scoring, evaluation and the retrain gate all see the order that is served."""
+
+    compiled = False
+    _RANKS = ("sem_rank", "covis_rank", "pop_rank")
+
+    def __init__(self, features: Sequence[str]) -> None:
+        self.features = list(features)
+
+    def _ranks(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
+        if isinstance(rows, np.ndarray):
+            return rows[:, [FEATURES.index(name) for name in self._RANKS]]
+        return rows.select(self._RANKS).to_numpy()
+
+    def predict(self, rows: pl.DataFrame | np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return (-self._ranks(rows).min(axis=1)).astype(np.float32)
+
+    def contributions(self, rows: pl.DataFrame) -> np.ndarray:
+        """The source that ranked each candidate best gets the whole score, so an explanation
+        names it (e.g. "similar to what you viewed"); [n, n_features + 1], the last the bias."""
+        out = np.zeros((len(rows), len(self.features) + 1))
+        if len(rows):
+            ranks = self._ranks(rows)
+            best = ranks.argmin(axis=1)
+            for source, name in enumerate(self._RANKS):
+                if name in self.features:
+                    out[best == source, self.features.index(name)] = 1.0
+        return out

@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recsys.atomic_files import fsync_dir, write_json, write_text
 from recsys.errors import BundleError, NotFoundError
-from recsys.io import fsync_dir, write_json, write_text
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"

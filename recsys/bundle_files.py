@@ -1,9 +1,10 @@
-"""Reading and writing the parts of a bundle (what each file holds is listed in `recsys.bundle`)."""
+"""Reading and writing the files of one bundle (what each holds: `recsys.bundle_versions`)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +17,12 @@ from features.state import BehaviourState
 from recsys.errors import BundleError
 from recsys.index import ItemIndex, shared_vectors
 from recsys.interest import INTEREST_FILE, InterestModel
-from recsys.ranker import Ranker
+from recsys.ranker_model import Ranker
 from recsys.retrieval import RetrievalConfig
+from recsys.user_history import History
 
 if TYPE_CHECKING:
     from recsys.encoder import Encoder
-    from recsys.recommender import History, Recommender
 
 ITEM_FIELDS = ("item_id", "title", "category")
 
@@ -93,8 +94,6 @@ class UserHistories(Mapping[str, "History"]):
         return cls(frame["user_id"].to_list(), offsets, items, last_times.astype(np.float64))
 
     def __getitem__(self, user: str) -> History:
-        from recsys.recommender import History
-
         i = self._position[user]
         rows = self._items[self._offsets[i]:self._offsets[i + 1]].tolist()
         return History(rows, float(self._last_times[i]))
@@ -112,8 +111,26 @@ class UserHistories(Mapping[str, "History"]):
         return len(self._position)
 
 
-def read_bundle(cls: type[Recommender], bundle: Path, manifest: dict[str, Any], *,
-                threads: int = 0) -> Recommender:
+@dataclass
+class BundleParts:
+    """What a bundle holds, read and checked: the `Recommender`'s constructor arguments."""
+
+    version: str
+    manifest: dict[str, Any]
+    item_table: pl.DataFrame
+    item_vectors: np.ndarray
+    index: ItemIndex
+    state: BehaviourState
+    ranker: Ranker
+    users: UserHistories
+    retrieval: RetrievalConfig
+    interest: InterestModel | None
+    path: Path
+
+
+def read_bundle(bundle: Path, manifest: dict[str, Any], *, threads: int = 0) -> BundleParts:
+    """Every part of the bundle directory `bundle`; a BundleError names the part that is
+    missing, unreadable or inconsistent with the others."""
     try:
         items = pl.read_parquet(bundle / "items.parquet")
         vectors = load_file(str(bundle / "item_vectors.safetensors"))["vectors"]
@@ -144,6 +161,6 @@ def read_bundle(cls: type[Recommender], bundle: Path, manifest: dict[str, Any], 
                           f"index {index.dim}, manifest {expected_dim})")
     vectors = shared_vectors(index, vectors)
     retrieval = RetrievalConfig(**manifest.get("config", {}).get("retrieval", {}))
-    return cls(version=manifest["version"], manifest=manifest, item_table=items,
-               item_vectors=vectors, index=index, state=state, ranker=ranker, users=users,
-               retrieval=retrieval, interest=interest, path=bundle)
+    return BundleParts(version=manifest["version"], manifest=manifest, item_table=items,
+                       item_vectors=vectors, index=index, state=state, ranker=ranker,
+                       users=users, retrieval=retrieval, interest=interest, path=bundle)
