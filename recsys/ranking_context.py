@@ -103,23 +103,20 @@ def keep_new_items_up(best_first: np.ndarray, items: np.ndarray, sem_rank: np.nd
         (np.arange(best_first.size) > ranks)
     if not moved.any():
         return best_first
-    pinned = sorted((float(ranks[i]), int(best_first[i])) for i in np.flatnonzero(moved))
-    order: list[int] = []
-    placed: set[int] = set()
-    rest = iter(int(p) for p in best_first)
-    j = 0
-    while len(order) < best_first.size:
-        if j < len(pinned) and pinned[j][0] <= len(order):
-            position = pinned[j][1]
-            j += 1
-        else:
-            position = next(p for p in rest if p not in placed)
-        if position not in placed:
-            order.append(position)
-            placed.add(position)
-    out = np.asarray(order, dtype=best_first.dtype)
+    # The moved items, by semantic rank (ties: the lower candidate position first), each at its
+    # rank or, where an earlier one took that place, right after it; the other items fill the
+    # remaining places in the ranker's order.
+    pinned = best_first[moved]
+    by_rank = np.lexsort((pinned, ranks[moved]))
+    pinned = pinned[by_rank]
+    steps = np.arange(pinned.size)
+    at = np.maximum.accumulate(ranks[moved][by_rank].astype(np.int64) - steps) + steps
+    out = np.empty_like(best_first)
+    free = np.ones(best_first.size, dtype=bool)
+    free[at] = False
+    out[at] = pinned
+    out[free] = best_first[~moved]
     if scores is not None:
-        for i in range(out.size - 2, -1, -1):
-            if scores[out[i]] < scores[out[i + 1]]:
-                scores[out[i]] = scores[out[i + 1]]
+        ordered = scores[out]
+        scores[out] = np.maximum.accumulate(ordered[::-1])[::-1]
     return out

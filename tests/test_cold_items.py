@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from features.build import MISSING_RANK
 from recsys.cli import EXIT_BAD_INPUT, main
 from recsys.data.dataset import load_dataset
 from recsys.data.hold_out import hold_out_items
@@ -18,6 +19,7 @@ from recsys.evaluate import (
     format_table,
     items_with_training_events,
 )
+from recsys.ranking_context import keep_new_items_up
 from recsys.splits import Split
 
 
@@ -277,6 +279,48 @@ class ClicksOnly:
         from features.build import FEATURES
 
         return np.asarray(rows[:, FEATURES.index("item_clicks_log")], dtype=np.float32)
+
+
+def _keep_new_items_up_by_hand(best_first, items, sem_rank, is_new, scores):
+    """The rule spelled out one place at a time: at each place, the next moved item (by
+    semantic rank) once the list has reached its rank, else the ranker's next item."""
+    ranks = sem_rank[best_first]
+    moved = is_new[items[best_first]] & (ranks < MISSING_RANK) & \
+        (np.arange(best_first.size) > ranks)
+    pinned = sorted((float(ranks[i]), int(best_first[i])) for i in np.flatnonzero(moved))
+    order, placed, j = [], set(), 0
+    rest = iter(int(p) for p in best_first)
+    while len(order) < best_first.size:
+        if j < len(pinned) and pinned[j][0] <= len(order):
+            position = pinned[j][1]
+            j += 1
+        else:
+            position = next(p for p in rest if p not in placed)
+        if position not in placed:
+            order.append(position)
+            placed.add(position)
+    for i in range(len(order) - 2, -1, -1):
+        scores[order[i]] = max(scores[order[i]], scores[order[i + 1]])
+    return np.asarray(order)
+
+
+def test_the_new_item_rule_equals_placing_items_one_by_one():
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        n = int(rng.integers(1, 40))
+        items = rng.choice(60, n, replace=False)
+        # distinct ranks as retrieval gives them, or ties as impression lists can have
+        sem = (rng.permutation(n) if rng.random() < 0.5 else rng.integers(0, n, n)).astype(
+            np.float32)
+        sem[rng.random(n) < 0.2] = MISSING_RANK
+        is_new = rng.random(60) < 0.4
+        scores = rng.standard_normal(n).astype(np.float32)
+        best_first = np.argsort(-scores, kind="stable")
+        expected_scores, got_scores = scores.copy(), scores.copy()
+        expected = _keep_new_items_up_by_hand(best_first, items, sem, is_new, expected_scores)
+        got = keep_new_items_up(best_first, items, sem, is_new, got_scores)
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(got_scores, expected_scores)
 
 
 def test_an_item_added_through_put_items_that_fits_the_user_is_served_first(recommender):
