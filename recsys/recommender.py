@@ -293,10 +293,16 @@ class Recommender:
             candidates = ranked.candidates
             best_first = np.lexsort((candidates.item, -ranked.scores, candidates.request))
             is_new = new_item_rows(self.state)
-            ranked.scores = ranked.scores.copy()   # new items moved up take the score below
+            # the new-item rule only for requests with a new item among their candidates
+            has_new = np.bincount(candidates.request[is_new[candidates.item]],
+                                  minlength=len(warm)) > 0
+            if has_new.any():
+                ranked.scores = ranked.scores.copy()   # moved new items take the score below
             for j, (u, rows) in enumerate(zip(warm, candidates.slices(len(warm)), strict=True)):
-                order = keep_new_items_up(best_first[rows], candidates.item,
-                                          candidates.sem_rank, is_new, ranked.scores)
+                order = best_first[rows]
+                if has_new[j]:
+                    order = keep_new_items_up(order, candidates.item, candidates.sem_rank,
+                                              is_new, ranked.scores)
                 out[u] = self._top_k(ranked, order, k, filters, user_ids[u],
                                      requests.histories[j], explain)
         return out  # type: ignore[return-value]
