@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import polars as pl
 
@@ -84,6 +85,27 @@ def new_item_rows(state: BehaviourState) -> np.ndarray:
     rows.flags.writeable = False
     state._new_item_rows = (state.clicks_, state.shown_, rows)
     return rows
+
+
+def best_first(candidates: Candidates, scores: np.ndarray, n_requests: int) -> np.ndarray:
+    """Every request's rows best first (score descending, then the lower item row), each
+    request's in its own slice of the rows (rows come grouped by request). The same order as
+    `np.lexsort((item, -scores, request))`, sorted per request instead of over the whole batch."""
+    bounds = np.searchsorted(candidates.request, np.arange(n_requests + 1), side="left")
+    return _best_first(bounds.astype(np.int64), np.ascontiguousarray(scores, np.float64),
+                       np.ascontiguousarray(candidates.item, np.int64))
+
+
+@numba.njit(nogil=True, cache=True)
+def _best_first(bounds, scores, items):
+    out = np.empty(scores.size, np.int64)
+    for u in range(bounds.size - 1):
+        lo, hi = bounds[u], bounds[u + 1]
+        by_item = np.argsort(items[lo:hi], kind="mergesort")
+        # stable: equal scores keep the item order
+        by_score = np.argsort(-scores[lo:hi][by_item], kind="mergesort")
+        out[lo:hi] = by_item[by_score] + lo
+    return out
 
 
 def keep_new_items_up(best_first: np.ndarray, items: np.ndarray, sem_rank: np.ndarray,

@@ -27,7 +27,12 @@ from recsys.index import ItemIndex
 from recsys.interest import InterestModel
 from recsys.new_items import grow_rows, state_with_new_items
 from recsys.ranker_model import Ranker, RetrievalOrder, retrieval_order_scores
-from recsys.ranking_context import RankingContext, keep_new_items_up, new_item_rows
+from recsys.ranking_context import (
+    RankingContext,
+    best_first,
+    keep_new_items_up,
+    new_item_rows,
+)
 from recsys.retrieval import FreshItemsIndex, RetrievalConfig
 from recsys.user_history import History
 
@@ -287,11 +292,8 @@ class Recommender:
             requests = self.request_batch([histories[u] for u in warm], now)
             ranked = self.rank(requests, [exclude[u] for u in warm], allowed,
                                keep_features=explain)
-            # every request's rows best first (score descending, then the lower item row) in
-            # one sort: rows come grouped by request, so request j's sorted rows sit in its
-            # own slice of `best_first`
             candidates = ranked.candidates
-            best_first = np.lexsort((candidates.item, -ranked.scores, candidates.request))
+            order = best_first(candidates, ranked.scores, len(warm))
             is_new = new_item_rows(self.state)
             # the new-item rule only for requests with a new item among their candidates
             has_new = np.bincount(candidates.request[is_new[candidates.item]],
@@ -299,11 +301,11 @@ class Recommender:
             if has_new.any():
                 ranked.scores = ranked.scores.copy()   # moved new items take the score below
             for j, (u, rows) in enumerate(zip(warm, candidates.slices(len(warm)), strict=True)):
-                order = best_first[rows]
+                request_order = order[rows]
                 if has_new[j]:
-                    order = keep_new_items_up(order, candidates.item, candidates.sem_rank,
-                                              is_new, ranked.scores)
-                out[u] = self._top_k(ranked, order, k, filters, user_ids[u],
+                    request_order = keep_new_items_up(request_order, candidates.item,
+                                                      candidates.sem_rank, is_new, ranked.scores)
+                out[u] = self._top_k(ranked, request_order, k, filters, user_ids[u],
                                      requests.histories[j], explain)
         return out  # type: ignore[return-value]
 
