@@ -21,7 +21,9 @@ import resource
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,6 +248,9 @@ def score_chunk(recommender, batch: pa.RecordBatch | pa.Table, *, k: int, exclud
 
 
 # -- the local engine --------------------------------------------------------------------------
+SCORING_THREADS = 2
+
+
 def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int,
                  exclude_seen: bool, explain: bool, progress: bool,
                  store_location: str | None = None) -> tuple[dict, str, dict | None]:
@@ -264,17 +269,33 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
     counts = new_counts()
     bar = tqdm(total=users.rows, unit="user", desc="batch-score", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
-    try:
-        for chunk, (_, batch) in enumerate(read_chunks(users, chunk_size)):
-            stats = parts.done(chunk)
-            if stats is None:
-                table, stats = score_chunk(recommender, batch, k=k, exclude_seen=exclude_seen,
-                                           explain=explain, live=live)
-                parts.write(chunk, table, stats)
-            else:
-                counts["resumed"] += 1
+    # Two chunks are scored at once: FAISS, LightGBM and the compiled loops release the GIL, so
+    # one chunk's Python work runs while the other's native work does. Chunks are written in
+    # order, at most two are in flight.
+    scoring: deque = deque()
+
+    def finish(limit: int) -> None:
+        while len(scoring) > limit:
+            chunk, rows, future = scoring.popleft()
+            table, stats = future.result()
+            parts.write(chunk, table, stats)
             add_counts(counts, stats)
-            bar.update(batch.num_rows)
+            bar.update(rows)
+
+    try:
+        with ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="batch-score") as pool:
+            for chunk, (_, batch) in enumerate(read_chunks(users, chunk_size)):
+                stats = parts.done(chunk)
+                if stats is not None:
+                    counts["resumed"] += 1
+                    add_counts(counts, stats)
+                    bar.update(batch.num_rows)
+                    continue
+                scoring.append((chunk, batch.num_rows, pool.submit(
+                    score_chunk, recommender, batch, k=k, exclude_seen=exclude_seen,
+                    explain=explain, live=live)))
+                finish(SCORING_THREADS - 1)
+            finish(0)
     except DataError:
         parts.discard()  # the input is bad: its checkpoints are worth nothing
         raise
