@@ -119,26 +119,66 @@ def keep_new_items_up(best_first: np.ndarray, items: np.ndarray, sem_rank: np.nd
     semantic rank r (0-based) is at position r or better. `items`, `sem_rank`: per candidate
     position; `is_new`: per item row. With `scores` (per position, changed in place) a moved
     item's score becomes that of the item now below it, so scores still fall along the order.
+    Returns `best_first` itself when no item moves.
     """
-    ranks = sem_rank[best_first]
-    moved = is_new[items[best_first]] & (ranks < MISSING_RANK) & \
-        (np.arange(best_first.size) > ranks)
-    if not moved.any():
-        return best_first
-    # The moved items, by semantic rank (ties: the lower candidate position first), each at its
-    # rank or, where an earlier one took that place, right after it; the other items fill the
-    # remaining places in the ranker's order.
-    pinned = best_first[moved]
-    by_rank = np.lexsort((pinned, ranks[moved]))
-    pinned = pinned[by_rank]
-    steps = np.arange(pinned.size)
-    at = np.maximum.accumulate(ranks[moved][by_rank].astype(np.int64) - steps) + steps
-    out = np.empty_like(best_first)
-    free = np.ones(best_first.size, dtype=bool)
-    free[at] = False
-    out[at] = pinned
-    out[free] = best_first[~moved]
-    if scores is not None:
-        ordered = scores[out]
-        scores[out] = np.maximum.accumulate(ordered[::-1])[::-1]
+    best_first = np.ascontiguousarray(best_first, np.int64)
+    out = keep_new_items_up_in_batch(
+        best_first, np.array([0, best_first.size], np.int64), np.ascontiguousarray(items),
+        np.ascontiguousarray(sem_rank, np.float32), np.ascontiguousarray(is_new, bool),
+        np.zeros(0) if scores is None else scores, scores is not None)
+    return best_first if np.array_equal(out, best_first) else out
+
+
+@numba.njit(nogil=True, cache=True)
+def keep_new_items_up_in_batch(order, bounds, items, sem_rank, is_new, scores, has_scores):
+    """`keep_new_items_up` for every request of a batch at once: request u's positions are
+    order[bounds[u]:bounds[u + 1]]. Returns the new order; `scores` changes in place."""
+    out = order.copy()
+    for u in range(bounds.size - 1):
+        lo, hi = bounds[u], bounds[u + 1]
+        n_moved = 0
+        for p in range(hi - lo):
+            r = sem_rank[order[lo + p]]
+            if r < MISSING_RANK and p > r and is_new[items[order[lo + p]]]:
+                n_moved += 1
+        if n_moved == 0:
+            continue
+        # the moved positions by semantic rank (ties: the lower candidate position first)
+        pinned = np.empty(n_moved, np.int64)
+        ranks = np.empty(n_moved, np.int64)
+        j = 0
+        for p in range(hi - lo):
+            position = order[lo + p]
+            r = sem_rank[position]
+            if r < MISSING_RANK and p > r and is_new[items[position]]:
+                pinned[j], ranks[j] = position, np.int64(r)
+                j += 1
+        by_position = np.argsort(pinned, kind="mergesort")
+        by_rank = by_position[np.argsort(ranks[by_position], kind="mergesort")]
+        # each at its rank or, where an earlier one took that place, right after it; the other
+        # items fill the remaining places in the ranker's order
+        taken = np.zeros(hi - lo, np.bool_)
+        floor = -1
+        for j in range(n_moved):
+            at = max(ranks[by_rank[j]], floor + 1)
+            taken[at] = True
+            out[lo + at] = pinned[by_rank[j]]
+            floor = at
+        place = 0
+        for p in range(hi - lo):
+            position = order[lo + p]
+            r = sem_rank[position]
+            if r < MISSING_RANK and p > r and is_new[items[position]]:
+                continue
+            while taken[place]:
+                place += 1
+            out[lo + place] = position
+            place += 1
+        if has_scores:
+            best = scores[out[hi - 1]]
+            for p in range(hi - 1, lo - 1, -1):
+                s = scores[out[p]]
+                if best == best and not best >= s:   # as np.maximum: a NaN carries on
+                    best = s
+                scores[out[p]] = best
     return out

@@ -30,7 +30,7 @@ from recsys.ranker_model import Ranker, RetrievalOrder, retrieval_order_scores
 from recsys.ranking_context import (
     RankingContext,
     best_first,
-    keep_new_items_up,
+    keep_new_items_up_in_batch,
     new_item_rows,
 )
 from recsys.retrieval import FreshItemsIndex, RetrievalConfig
@@ -295,17 +295,14 @@ class Recommender:
             candidates = ranked.candidates
             bounds = candidates.bounds(len(warm))
             order = best_first(candidates, ranked.scores, bounds)
-            is_new = new_item_rows(self.state)
-            # the new-item rule only for requests with a new item among their candidates
-            has_new = np.bincount(candidates.request[is_new[candidates.item]],
-                                  minlength=len(warm)) > 0
-            if has_new.any():
-                ranked.scores = ranked.scores.copy()   # moved new items take the score below
+            # new items never below their semantic rank (ranking_context.keep_new_items_up)
+            ranked.scores = np.array(ranked.scores)   # moved items take the score below them
+            order = keep_new_items_up_in_batch(
+                order, np.asarray(bounds, np.int64), candidates.item,
+                np.ascontiguousarray(candidates.sem_rank, np.float32),
+                new_item_rows(self.state), ranked.scores, True)
             for j, u in enumerate(warm):
                 request_order = order[bounds[j]:bounds[j + 1]]
-                if has_new[j]:
-                    request_order = keep_new_items_up(request_order, candidates.item,
-                                                      candidates.sem_rank, is_new, ranked.scores)
                 out[u] = self._top_k(ranked, request_order, k, filters, user_ids[u],
                                      requests.histories[j], explain)
         return out  # type: ignore[return-value]

@@ -323,6 +323,30 @@ def test_the_new_item_rule_equals_placing_items_one_by_one():
         np.testing.assert_array_equal(got_scores, expected_scores)
 
 
+def test_the_new_item_rule_over_a_batch_equals_it_request_by_request():
+    """What serving runs: one pass over a whole batch's orders, each request in its own slice."""
+    from recsys.ranking_context import keep_new_items_up_in_batch
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        sizes = rng.integers(0, 25, int(rng.integers(1, 8)))
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        items = np.concatenate([rng.choice(60, n, replace=False) for n in sizes]).astype(np.int64)
+        sem = np.concatenate([rng.permutation(n) for n in sizes]).astype(np.float32)
+        sem[rng.random(sem.size) < 0.2] = MISSING_RANK
+        is_new = rng.random(60) < 0.4
+        scores = rng.standard_normal(items.size)
+        order = np.concatenate([lo + np.argsort(-scores[lo:hi], kind="stable")
+                                for lo, hi in zip(bounds[:-1], bounds[1:])]).astype(np.int64)
+        expected_scores, got_scores = scores.copy(), scores.copy()
+        expected = [lo + _keep_new_items_up_by_hand(order[lo:hi] - lo, items[lo:hi], sem[lo:hi],
+                                                    is_new, expected_scores[lo:hi])
+                    for lo, hi in zip(bounds[:-1], bounds[1:])]
+        got = keep_new_items_up_in_batch(order, bounds, items, sem, is_new, got_scores, True)
+        np.testing.assert_array_equal(got, np.concatenate(expected).astype(np.int64))
+        np.testing.assert_array_equal(got_scores, expected_scores)
+
+
 def test_an_item_added_through_put_items_that_fits_the_user_is_served_first(recommender):
     """The served path (`recommend_histories`, what the API and batch scoring call): a new item
     the semantic source ranks first for a user is recommended first, even from a ranker that
