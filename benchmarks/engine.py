@@ -9,15 +9,19 @@ thread, in calls of 1, 4, 8, 16 and 32 users; thread CPU per request, median ove
 No HTTP, no event loop: the engine's own cost, which the server's batches pay.
 
 With --old and --new, both git revisions (clean worktrees under the workdir, as
-benchmarks/serving_ab.py makes them) are measured in separate processes taking turns,
-`--rounds` times each, because this VM's speed drifts by tens of per cent within minutes.
-Without them, this checkout is measured once.
+benchmarks/serving_ab.py makes them) are measured `--rounds` times, each round in two processes
+that run at the same time, one pinned to each of two cores, swapping cores every round: this
+VM's speed drifts by tens of per cent within seconds, and a drift then slows both sides alike
+(taking turns left whole rounds on one side of a drift). Each process also visits every call
+size several times over its run, so no size is measured in one stretch of time. Without
+--old/--new, this checkout is measured once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 BATCHES = (1, 4, 8, 16, 32)
+PASSES = 4   # visits of every call size, interleaved, over one process's run
 
 
 def measure(models: Path) -> dict[int, float]:
@@ -42,18 +47,16 @@ def measure(models: Path) -> dict[int, float]:
     recommender = recommender.with_ranker(recommender.ranker.with_compiled_trees())
     users = sorted(recommender.users)
     picked = [users[i] for i in np.random.default_rng(1).choice(len(users), 320, replace=False)]
-    out = {}
-    for size in BATCHES:
-        per_request = []
-        for _ in range(2):
+    per_request: dict[int, list[float]] = {size: [] for size in BATCHES}
+    for _ in range(PASSES):
+        for size in BATCHES:
             for start in range(0, len(picked) - size + 1, size):
                 group = picked[start:start + size]
                 began = time.thread_time()
                 recommender.recommend_histories([recommender.users[u] for u in group], 10,
                                                 user_ids=group)
-                per_request.append((time.thread_time() - began) / size)
-        out[size] = 1000 * statistics.median(per_request)
-    return out
+                per_request[size].append((time.thread_time() - began) / size)
+    return {size: 1000 * statistics.median(times) for size, times in per_request.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,13 +88,24 @@ def main(argv: list[str] | None = None) -> int:
         for name, revision in names.items():
             roots[name] = checkout(revision, Path(args.workdir) / f"engine-{name}") \
                 if revision else ROOT
+        cores = sorted(os.sched_getaffinity(0))[:2]
         for round_ in range(args.rounds if args.old else 1):
-            for name in list(names)[::1 if round_ % 2 == 0 else -1]:
-                result = subprocess.run(
+            # both sides at once, on their own cores, swapping cores each round
+            running = {}
+            for i, name in enumerate(names):
+                core = cores[(i + round_) % len(cores)] if len(cores) > 1 and len(names) > 1 \
+                    else None
+                running[name] = subprocess.Popen(
                     [sys.executable, str(ROOT / "benchmarks" / "engine.py"), "--measure-from",
-                     str(roots[name]), "--workdir", args.workdir], cwd=roots[name], check=True,
-                    capture_output=True, text=True)
-                row = {int(k): v for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+                     str(roots[name]), "--workdir", args.workdir], cwd=roots[name],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    preexec_fn=None if core is None else
+                    (lambda core=core: os.sched_setaffinity(0, {core})))
+            for name, process in running.items():
+                stdout, stderr = process.communicate()
+                if process.returncode != 0:
+                    raise RuntimeError(f"measuring {name} failed:\n{stderr}")
+                row = {int(k): v for k, v in json.loads(stdout.splitlines()[-1]).items()}
                 runs[name].append(row)
                 print(f"round {round_ + 1}, {name}: " + ", ".join(
                     f"{size} per call {row[size]:.3f}" for size in BATCHES) + " ms/request",
@@ -107,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{name} ({names[name]})" if names[name] else name
         print(f"| {label} | " + " | ".join(
             f"{statistics.median(r[size] for r in rows):.3f}" for size in BATCHES) + " |")
+    if args.old:   # the rounds' paired ratios: both sides of a round ran at the same time
+        pairs = list(zip(runs["new"], runs["old"], strict=True))
+        print("| new / old, median of the rounds' ratios | " + " | ".join(
+            f"{statistics.median(n[size] / o[size] for n, o in pairs):.2f}" for size in BATCHES)
+            + " |")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.json + ".tmp")
     tmp.write_text(json.dumps({"revisions": names, "rounds": runs}, indent=1))
