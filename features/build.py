@@ -93,12 +93,17 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.item.shape[0])
 
-    def slices(self, n_requests: int) -> list[slice]:
-        """Each request's rows: candidates come grouped by request, in request order."""
+    def bounds(self, n_requests: int) -> np.ndarray:
+        """Request j's rows are [bounds[j], bounds[j + 1]): candidates come grouped by request,
+        in request order."""
         if self.request.size and np.any(np.diff(self.request) < 0):
             raise ValueError("candidate rows must be grouped by request in ascending order")
-        bounds = np.searchsorted(self.request, np.arange(n_requests + 1), side="left")
-        return [slice(int(bounds[j]), int(bounds[j + 1])) for j in range(n_requests)]
+        return np.searchsorted(self.request, np.arange(n_requests + 1), side="left")
+
+    def slices(self, n_requests: int) -> list[slice]:
+        """Each request's rows, as slices of `bounds`."""
+        bounds = self.bounds(n_requests).tolist()
+        return [slice(bounds[j], bounds[j + 1]) for j in range(n_requests)]
 
     def hits(self, targets: Sequence[Sequence[int]]) -> np.ndarray:
         """Which rows hold one of their own request's target items."""

@@ -87,12 +87,12 @@ def new_item_rows(state: BehaviourState) -> np.ndarray:
     return rows
 
 
-def best_first(candidates: Candidates, scores: np.ndarray, n_requests: int) -> np.ndarray:
+def best_first(candidates: Candidates, scores: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Every request's rows best first (score descending, then the lower item row), each
-    request's in its own slice of the rows (rows come grouped by request). The same order as
+    request's in its own slice of the rows (`Candidates.bounds`). The same order as
     `np.lexsort((item, -scores, request))`, sorted per request instead of over the whole batch."""
-    bounds = np.searchsorted(candidates.request, np.arange(n_requests + 1), side="left")
-    return _best_first(bounds.astype(np.int64), np.ascontiguousarray(scores, np.float64),
+    return _best_first(np.ascontiguousarray(bounds, np.int64),
+                       np.ascontiguousarray(scores, np.float64),
                        np.ascontiguousarray(candidates.item, np.int64))
 
 

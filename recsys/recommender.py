@@ -293,15 +293,16 @@ class Recommender:
             ranked = self.rank(requests, [exclude[u] for u in warm], allowed,
                                keep_features=explain)
             candidates = ranked.candidates
-            order = best_first(candidates, ranked.scores, len(warm))
+            bounds = candidates.bounds(len(warm))
+            order = best_first(candidates, ranked.scores, bounds)
             is_new = new_item_rows(self.state)
             # the new-item rule only for requests with a new item among their candidates
             has_new = np.bincount(candidates.request[is_new[candidates.item]],
                                   minlength=len(warm)) > 0
             if has_new.any():
                 ranked.scores = ranked.scores.copy()   # moved new items take the score below
-            for j, (u, rows) in enumerate(zip(warm, candidates.slices(len(warm)), strict=True)):
-                request_order = order[rows]
+            for j, u in enumerate(warm):
+                request_order = order[bounds[j]:bounds[j + 1]]
                 if has_new[j]:
                     request_order = keep_new_items_up(request_order, candidates.item,
                                                       candidates.sem_rank, is_new, ranked.scores)

@@ -22,10 +22,12 @@ def test_best_first_is_score_descending_then_item_within_each_request():
         request = np.repeat(np.arange(n), sizes)
         item = np.concatenate([rng.choice(100, s, replace=False) for s in sizes]).astype(np.int64)
         scores = np.round(rng.standard_normal(request.size), 1)   # many ties
-        np.testing.assert_array_equal(best_first(_candidates(request, item), scores, n),
+        candidates = _candidates(request, item)
+        np.testing.assert_array_equal(best_first(candidates, scores, candidates.bounds(n)),
                                       np.lexsort((item, -scores, request)))
 
 
 def test_best_first_of_an_empty_batch_is_empty():
     empty = np.zeros(0, np.int64)
-    assert best_first(_candidates(empty, empty), np.zeros(0), 3).size == 0
+    candidates = _candidates(empty, empty)
+    assert best_first(candidates, np.zeros(0), candidates.bounds(3)).size == 0

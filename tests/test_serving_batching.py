@@ -21,20 +21,28 @@ HEADERS = {"X-API-Key": DATA_KEY}
 
 
 class FirstCallSlowRanker:
-    """Holds the only model thread for a moment, so the requests behind it queue up."""
+    """Holds the only model thread until released, so the requests behind it queue up."""
 
     def __init__(self, real) -> None:
         self.real, self.features = real, real.features
         self.calls: list[int] = []
+        self.release = threading.Event()
 
     def predict(self, rows):
         self.calls.append(len(rows))
         if len(self.calls) == 2:  # the first call after the load-time warm-up
-            time.sleep(0.6)
+            self.release.wait(30)
         return self.real.predict(rows)
 
     def contributions(self, rows):
         return self.real.contributions(rows)
+
+
+def _wait_for(condition, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +96,13 @@ def test_coalesced_answers_equal_the_answers_given_alone(models):
 
         first = threading.Thread(target=ask, args=(0,))
         first.start()
-        time.sleep(0.2)  # the first request now holds the model thread
+        _wait_for(lambda: len(slow[-1].calls) == 2)   # the first request holds the model thread
         rest = [threading.Thread(target=ask, args=(n,)) for n in range(1, len(requests))]
         for t in rest:
             t.start()
+        batcher = client.app.state.context.batcher
+        _wait_for(lambda: batcher.pending == len(requests))   # all queued behind it
+        slow[-1].release.set()
         for t in [first, *rest]:
             t.join(timeout=30)
         burst_calls = len(slow[-1].calls) - 2  # minus the warm-up and the first request
