@@ -27,6 +27,7 @@ MISSING_RANK = 1000.0  # rank given to a candidate that a source did not return
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "semantic": ("sem_score", "sim_last", "sim_max_recent", "sem_rank"),
     "covisitation": ("covis_score", "covis_last", "covis_rank"),
+    "item_item": ("item_item_score", "item_item_rank"),
     "popularity": ("pop_rank", "item_clicks_log", "item_clicks_w0_log", "item_clicks_w1_log",
                    "item_clicks_w2_log", "item_ctr"),
     "recency": ("item_age_days", "item_idle_days", "user_idle_days"),
@@ -66,6 +67,17 @@ class Requests:
             self._covis_scores[key] = (covis, covis.score(self.histories, recent))
         return self._covis_scores[key][1]
 
+    def item_item_scores(self, state: BehaviourState) -> sp.csr_matrix | None:
+        """EASE scores of every item for each request (None where the state has no item-item
+        weights), computed once per batch."""
+        weights = state.item_item_
+        if weights is None:
+            return None
+        key = ("item_item", id(weights))
+        if key not in self._covis_scores or self._covis_scores[key][0] is not weights:
+            self._covis_scores[key] = (weights, weights.score(self.histories))
+        return self._covis_scores[key][1]
+
 
 @dataclass
 class Candidates:
@@ -76,6 +88,7 @@ class Candidates:
     sem_rank: np.ndarray            # [m] rank in the semantic source (MISSING_RANK if absent)
     covis_rank: np.ndarray
     pop_rank: np.ndarray
+    item_item_rank: np.ndarray | None = None   # None: the source was not asked (all missing)
 
     def __len__(self) -> int:
         return int(self.item.shape[0])
@@ -133,6 +146,12 @@ def feature_matrix(requests: Requests, candidates: Candidates, state: BehaviourS
     covis_score = pair_scores(requests.covisitation_scores(covis), req, item)
     covis_last = covis.pair_values(last_items[req], item)  # == score(recent=1), bit for bit
 
+    item_item = requests.item_item_scores(state)
+    item_item_score = (pair_scores(item_item, req, item) if item_item is not None
+                       else np.zeros(len(item), np.float32))
+    item_item_rank = (candidates.item_item_rank if candidates.item_item_rank is not None
+                      else np.full(len(item), MISSING_RANK, np.float32))
+
     in_history, cat_share, cat_last = kernels.history_features(history_items, offsets, req, item,
                                                                item_categories)
 
@@ -148,6 +167,8 @@ def feature_matrix(requests: Requests, candidates: Candidates, state: BehaviourS
         "covis_last": covis_last,
         "covis_rank": candidates.covis_rank,
         "pop_rank": candidates.pop_rank,
+        "item_item_score": item_item_score,
+        "item_item_rank": item_item_rank,
         "item_clicks_log": per_item[:, 0],
         "item_clicks_w0_log": per_item[:, 1],
         "item_clicks_w1_log": per_item[:, 2],
@@ -162,7 +183,8 @@ def feature_matrix(requests: Requests, candidates: Candidates, state: BehaviourS
         "cat_last": cat_last,
         "n_sources": ((candidates.sem_rank < MISSING_RANK).astype(np.int8)
                       + (candidates.covis_rank < MISSING_RANK)
-                      + (candidates.pop_rank < MISSING_RANK)),
+                      + (candidates.pop_rank < MISSING_RANK)
+                      + (item_item_rank < MISSING_RANK)),
     }
     # One column-major float32 block: polars wraps it without a copy per column, and the
     # ranker reads it back as the same block (Ranker.matrix), so no copy on the way either.

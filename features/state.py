@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from features.covisitation import Covisitation
+from features.item_item import DEFAULT_LAMBDA, DEFAULT_TOP, ItemItem
 
 EVENT_FRAME_COLUMNS = ("user_id", "item", "timestamp", "type")
 POSITIVE_TYPES = ("click", "purchase", "add_to_cart")
@@ -53,6 +54,10 @@ class BehaviourState:
     last_seen_s_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     popular_rows_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     covisitation_: Covisitation | None = None
+    item_item_lambda: float = DEFAULT_LAMBDA
+    item_item_top: int = DEFAULT_TOP
+    # None: no item-item weights (a bundle made before them); the item-item source offers nothing
+    item_item_: ItemItem | None = None
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, events: pl.DataFrame, cutoff: datetime | None = None) -> BehaviourState:
@@ -89,6 +94,7 @@ class BehaviourState:
         self.covisitation_ = Covisitation(
             n_items=n, window=self.covis_window, backward_weight=self.covis_backward_weight,
             top=self.covis_top).fit(clicks)
+        self.item_item_ = ItemItem.fit(clicks, n, self.item_item_lambda, self.item_item_top)
         return self
 
     def _windows(self, clicks: pl.DataFrame) -> list[pl.DataFrame]:
@@ -139,6 +145,8 @@ class BehaviourState:
                 "covis_window": self.covis_window,
                 "covis_backward_weight": self.covis_backward_weight,
                 "covis_top": self.covis_top,
+                "item_item_lambda": self.item_item_lambda,
+                "item_item_top": self.item_item_top,
                 "cutoff": None if self.cutoff_ is None else self.cutoff_.isoformat(),
                 "latest_event": (None if self.latest_event_ is None
                                  else self.latest_event_.isoformat())}
@@ -148,7 +156,9 @@ class BehaviourState:
         state = cls(n_items=int(meta["n_items"]), real_time=bool(meta["real_time"]),
                     covis_window=int(meta["covis_window"]),
                     covis_backward_weight=float(meta["covis_backward_weight"]),
-                    covis_top=int(meta["covis_top"]))
+                    covis_top=int(meta["covis_top"]),
+                    item_item_lambda=float(meta.get("item_item_lambda", DEFAULT_LAMBDA)),
+                    item_item_top=int(meta.get("item_item_top", DEFAULT_TOP)))
         if items.height != state.n_items:
             raise ValueError(f"item statistics have {items.height} rows for {state.n_items} items")
         cutoff = meta.get("cutoff")

@@ -13,6 +13,7 @@ import polars as pl
 from safetensors.numpy import load_file, save_file
 
 from features.build import FEATURES
+from features.item_item import ItemItem
 from features.state import BehaviourState
 from recsys.errors import BundleError
 from recsys.index import ItemIndex, shared_vectors
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from recsys.encoder import Encoder
 
 ITEM_FIELDS = ("item_id", "title", "category")
+ITEM_ITEM_FILE = "features/item_item.safetensors"
 
 
 def write_parts(path: Path, *, items: pl.DataFrame, vectors: np.ndarray, index: ItemIndex,
@@ -42,6 +44,8 @@ def write_parts(path: Path, *, items: pl.DataFrame, vectors: np.ndarray, index: 
     state.item_table().write_parquet(features / "items.parquet")
     state.covisitation.table().write_parquet(features / "covisitation.parquet")
     users.write_parquet(features / "users.parquet")
+    if state.item_item_ is not None:
+        state.item_item_.save(path / ITEM_ITEM_FILE)
     encoder.save(path / "encoder")
     if interest is not None:
         interest.save(path / INTEREST_FILE)
@@ -140,6 +144,8 @@ def read_bundle(bundle: Path, manifest: dict[str, Any], *, threads: int = 0) -> 
             json.loads((bundle / "features" / "state.json").read_text()),
             pl.read_parquet(bundle / "features" / "items.parquet"),
             pl.read_parquet(bundle / "features" / "covisitation.parquet"))
+        if ITEM_ITEM_FILE in manifest.get("files", {}):
+            state.item_item_ = ItemItem.load(bundle / ITEM_ITEM_FILE, state.n_items)
         users = UserHistories.from_frame(pl.read_parquet(bundle / "features" / "users.parquet"))
         ranker = Ranker.load(bundle / "ranker.txt", manifest.get("features", list(FEATURES)),
                              threads=threads)
@@ -160,7 +166,10 @@ def read_bundle(bundle: Path, manifest: dict[str, Any], *, threads: int = 0) -> 
         raise BundleError(f"{bundle}: vector dimension mismatch (vectors {vectors.shape[1]}, "
                           f"index {index.dim}, manifest {expected_dim})")
     vectors = shared_vectors(index, vectors)
-    retrieval = RetrievalConfig(**manifest.get("config", {}).get("retrieval", {}))
+    settings = dict(manifest.get("config", {}).get("retrieval", {}))
+    # a bundle made before the item-item source retrieves as it did when it was trained
+    settings.setdefault("n_item_item", 0)
+    retrieval = RetrievalConfig(**settings)
     return BundleParts(version=manifest["version"], manifest=manifest, item_table=items,
                        item_vectors=vectors, index=index, state=state, ranker=ranker,
                        users=users, retrieval=retrieval, interest=interest, path=bundle)

@@ -94,8 +94,12 @@ def evaluation_context(recommender: Recommender, split: Split, which: str) -> Ra
     state = BehaviourState(n_items=len(recommender.item_ids), real_time=recommender.real_time,
                            covis_window=recommender.state.covis_window,
                            covis_backward_weight=recommender.state.covis_backward_weight,
-                           covis_top=recommender.state.covis_top)
+                           covis_top=recommender.state.covis_top,
+                           item_item_lambda=recommender.state.item_item_lambda,
+                           item_item_top=recommender.state.item_item_top)
     state.fit(split.events, cutoff=split.test_start)
+    if recommender.state.item_item_ is None:
+        state.item_item_ = None   # a bundle made before the item-item source: its rows as trained
     base = recommender.context
     return RankingContext(base.item_vectors, base.item_categories, base.index, state,
                           base.retrieval, base.interest)

@@ -20,6 +20,7 @@ GROUP_OF = {feature: group for group, names in FEATURE_GROUPS.items() for featur
 GROUP_TEXT = {
     "semantic": "similar to what you viewed",
     "covisitation": "often viewed next by people who viewed your recent items",
+    "item_item": "liked by people who liked the items you viewed",
     "popularity": "popular",
     "recency": "fresh",
     "user": "fits how you use the catalogue",

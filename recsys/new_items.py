@@ -51,4 +51,6 @@ def state_with_new_items(state: BehaviourState, m: int, first_seen_s: float) -> 
     grown.last_seen_s_ = np.concatenate([state.last_seen_s_, np.full(m, np.nan)])
     grown.popular_rows_ = np.concatenate([state.popular_rows_, np.arange(n, n + m)])
     grown.covisitation_ = covis
+    if state.item_item_ is not None:
+        grown.item_item_ = state.item_item_.resized(n + m)
     return grown

@@ -29,6 +29,7 @@ from recsys.retrieval import (
 )
 from recsys.retrieval.covisitation import CovisitationSource
 from recsys.retrieval.history import HistorySource
+from recsys.retrieval.item_item import ItemItemSource
 from recsys.retrieval.popularity import PopularitySource
 from recsys.retrieval.semantic import SemanticSource
 
@@ -186,6 +187,31 @@ class TestSemanticSource(CandidateSourceContract):
 class TestCovisitationSource(CandidateSourceContract):
     def make_source(self, world, n):
         return CovisitationSource(world.state, n)
+
+
+class TestItemItemSource(CandidateSourceContract):
+    def make_source(self, world, n):
+        return ItemItemSource(world.state, n)
+
+    def test_it_offers_the_best_ease_scores_of_the_history(self, world):
+        """The rows are the highest positive sums of the history items' EASE weight rows."""
+        weights = world.state.item_item_.matrix_.toarray()
+        hits = self.make_source(world, N).candidates(world.batch(filtered=False))
+        for u, history in enumerate(world.histories):
+            score = weights[sorted(set(history))].sum(axis=0) if history else np.zeros(N_ITEMS)
+            score[history] = 0
+            eligible = np.flatnonzero(score > 0)
+            want = eligible[np.lexsort((eligible, -score[eligible]))][:N]
+            assert hits.of(u)[0].tolist() == want.tolist()
+
+    def test_a_state_without_weights_offers_nothing(self, world):
+        import copy
+        state = copy.copy(world.state)
+        state.item_item_ = None
+        source = ItemItemSource(state, N)
+        assert source.candidates(world.batch()).items.size == 0
+        ranks = source.ranks_of(world.batch(), np.array([1, 2]), np.array([0, 2] + [2] * 7))
+        assert (ranks == MISSING_RANK).all()
 
 
 class TestPopularitySource(CandidateSourceContract):

@@ -74,14 +74,22 @@ def reference_retrieve(histories, profiles, index, state, config, exclude=None, 
         order = np.lexsort((cols, -vals))
         covis_lists.append([int(c) for c in cols[order]
                             if int(c) not in source_exclude[u]][:config.n_covisitation])
-    requests, items, sem_rank, covis_rank, pop_rank = [], [], [], [], []
+    ease = reference_item_item(state, histories)
+    ease_lists = []
+    for u in range(n):
+        eligible = [i for i in np.flatnonzero(ease[u] > 0).tolist() if i not in source_exclude[u]]
+        eligible.sort(key=lambda i: (-ease[u, i], i))
+        ease_lists.append(eligible[:config.n_item_item])
+    requests, items, sem_rank, covis_rank, pop_rank, ease_rank = [], [], [], [], [], []
     for u in range(n):
         ranks: dict[int, list[float]] = {}
         for r, item in enumerate(sem_rows[u]):
             if item >= 0:
-                ranks.setdefault(int(item), [MISSING_RANK] * 3)[0] = r
+                ranks.setdefault(int(item), [MISSING_RANK] * 4)[0] = r
         for r, item in enumerate(covis_lists[u]):
-            ranks.setdefault(int(item), [MISSING_RANK] * 3)[1] = r
+            ranks.setdefault(int(item), [MISSING_RANK] * 4)[1] = r
+        for r, item in enumerate(ease_lists[u]):
+            ranks.setdefault(int(item), [MISSING_RANK] * 4)[3] = r
         taken = 0
         for r, item in enumerate(state.popular_rows_):
             if taken >= config.n_popular:
@@ -89,22 +97,31 @@ def reference_retrieve(histories, profiles, index, state, config, exclude=None, 
             item = int(item)
             if item in exclude[u] or item in history_sets[u]:
                 continue
-            ranks.setdefault(item, [MISSING_RANK] * 3)[2] = r
+            ranks.setdefault(item, [MISSING_RANK] * 4)[2] = r
             taken += 1
         if config.include_history:
             for item in history_sets[u] - exclude[u]:
-                ranks.setdefault(item, [MISSING_RANK] * 3)
-        for item, (s, c, p) in ranks.items():
+                ranks.setdefault(item, [MISSING_RANK] * 4)
+        for item, (s, c, p, e) in ranks.items():
             requests.append(u)
             items.append(item)
             sem_rank.append(s)
             covis_rank.append(c)
             pop_rank.append(p)
+            ease_rank.append(e)
     return Candidates(
         request=np.asarray(requests, dtype=np.int64), item=np.asarray(items, dtype=np.int64),
         sem_rank=np.asarray(sem_rank, dtype=np.float32),
         covis_rank=np.asarray(covis_rank, dtype=np.float32),
-        pop_rank=np.asarray(pop_rank, dtype=np.float32))
+        pop_rank=np.asarray(pop_rank, dtype=np.float32),
+        item_item_rank=np.asarray(ease_rank, dtype=np.float32))
+
+
+def reference_item_item(state, histories) -> np.ndarray:
+    """Dense EASE scores [requests, items]: the distinct history items' weight rows summed."""
+    weights = state.item_item_.matrix_.toarray().astype(np.float64)
+    return np.stack([weights[sorted(set(h))].sum(axis=0) if h else np.zeros(weights.shape[1])
+                     for h in histories])
 
 
 def reference_source_ranks(histories, profiles, item_lists, item_vectors, state) -> Candidates:
@@ -112,7 +129,8 @@ def reference_source_ranks(histories, profiles, item_lists, item_vectors, state)
     pop_rank_of = np.empty(n_items, dtype=np.float32)
     pop_rank_of[state.popular_rows_] = np.arange(n_items, dtype=np.float32)
     covis = reference_covisitation(state.covisitation, histories)
-    requests, items, sem_rank, covis_rank, pop_rank = [], [], [], [], []
+    ease = reference_item_item(state, histories)
+    requests, items, sem_rank, covis_rank, pop_rank, ease_rank = [], [], [], [], [], []
     for u, given in enumerate(item_lists):
         given = np.asarray(list(dict.fromkeys(int(i) for i in given)), dtype=np.int64)
         if given.size == 0:
@@ -127,21 +145,28 @@ def reference_source_ranks(histories, profiles, item_lists, item_vectors, state)
             row[list(history)] = 0.0
             cov = np.array([(row > row[i]).sum() if row[i] > 0 else MISSING_RANK for i in given],
                            dtype=np.float32)
+            row = ease[u].copy()
+            row[list(history)] = 0.0
+            eas = np.array([(row > row[i]).sum() if row[i] > 0 else MISSING_RANK for i in given],
+                           dtype=np.float32)
         else:
             sem = np.full(given.size, MISSING_RANK, dtype=np.float32)
             cov = sem.copy()
+            eas = sem.copy()
         requests.append(np.full(given.size, u, dtype=np.int64))
         items.append(given)
         sem_rank.append(np.minimum(sem, MISSING_RANK))
         covis_rank.append(np.minimum(cov, MISSING_RANK))
         pop_rank.append(np.minimum(pop_rank_of[given], MISSING_RANK))
+        ease_rank.append(np.minimum(eas, MISSING_RANK))
 
     def cat(parts, dtype):
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
     return Candidates(request=cat(requests, np.int64), item=cat(items, np.int64),
                       sem_rank=cat(sem_rank, np.float32), covis_rank=cat(covis_rank, np.float32),
-                      pop_rank=cat(pop_rank, np.float32))
+                      pop_rank=cat(pop_rank, np.float32),
+                      item_item_rank=cat(ease_rank, np.float32))
 
 
 def reference_per_request_features(histories, profiles, req, item, item_vectors,
@@ -241,7 +266,7 @@ def _histories(rng, n: int) -> list[list[int]]:
 
 
 def _assert_candidates_equal(got: Candidates, want: Candidates) -> None:
-    for name in ("request", "item", "sem_rank", "covis_rank", "pop_rank"):
+    for name in ("request", "item", "sem_rank", "covis_rank", "pop_rank", "item_item_rank"):
         a, b = getattr(got, name), getattr(want, name)
         assert a.dtype == b.dtype, name
         np.testing.assert_array_equal(a, b, err_msg=name)

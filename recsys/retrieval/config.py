@@ -18,6 +18,7 @@ class RetrievalConfig:
     n_semantic: int = 100
     n_covisitation: int = 100
     n_popular: int = 20
+    n_item_item: int = 50   # EASE item-item candidates (features/item_item.py); 0: none
     include_history: bool = True  # offer items the user already has; the ranker learns repeats
     profile_decay: float = PROFILE_DECAY
 

@@ -39,7 +39,8 @@ class MergedCandidates:
             return found if found is not None else np.full(len(self), MISSING_RANK, np.float32)
 
         return Candidates(request=self.request, item=self.item, sem_rank=rank("sem_rank"),
-                          covis_rank=rank("covis_rank"), pop_rank=rank("pop_rank"))
+                          covis_rank=rank("covis_rank"), pop_rank=rank("pop_rank"),
+                          item_item_rank=rank("item_item_rank"))
 
 
 def retrieve_from(batch: RetrievalBatch, sources: Sequence[CandidateSource]) -> MergedCandidates:

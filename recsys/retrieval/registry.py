@@ -16,6 +16,7 @@ from features.state import BehaviourState
 from recsys.retrieval.config import RetrievalConfig
 from recsys.retrieval.covisitation import CovisitationSource
 from recsys.retrieval.history import HistorySource
+from recsys.retrieval.item_item import ItemItemSource
 from recsys.retrieval.popularity import PopularitySource
 from recsys.retrieval.semantic import SemanticSource
 from recsys.retrieval.source import CandidateSource
@@ -42,6 +43,10 @@ def covisitation(config: RetrievalConfig, inputs: SourceInputs) -> CandidateSour
     return CovisitationSource(inputs.state, config.n_covisitation)
 
 
+def item_item(config: RetrievalConfig, inputs: SourceInputs) -> CandidateSource:
+    return ItemItemSource(inputs.state, config.n_item_item)
+
+
 def popularity(config: RetrievalConfig, inputs: SourceInputs) -> CandidateSource:
     return PopularitySource(inputs.state, config.n_popular)
 
@@ -50,8 +55,9 @@ def history(config: RetrievalConfig, inputs: SourceInputs) -> CandidateSource:
     return HistorySource(config.include_history)
 
 
-# semantic hits first, then co-visitation items not yet listed, then popular ones, then history
-SOURCES: tuple[SourceFactory, ...] = (semantic, covisitation, popularity, history)
+# semantic hits first, then co-visitation items not yet listed, then EASE item-item ones, then
+# popular ones, then history
+SOURCES: tuple[SourceFactory, ...] = (semantic, covisitation, item_item, popularity, history)
 
 
 def build_sources(config: RetrievalConfig, inputs: SourceInputs,
