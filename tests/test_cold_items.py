@@ -336,12 +336,13 @@ def test_the_new_item_rule_over_a_batch_equals_it_request_by_request():
         sem[rng.random(sem.size) < 0.2] = MISSING_RANK
         is_new = rng.random(60) < 0.4
         scores = rng.standard_normal(items.size)
+        slices = list(zip(bounds[:-1], bounds[1:], strict=True))
         order = np.concatenate([lo + np.argsort(-scores[lo:hi], kind="stable")
-                                for lo, hi in zip(bounds[:-1], bounds[1:])]).astype(np.int64)
+                                for lo, hi in slices]).astype(np.int64)
         expected_scores, got_scores = scores.copy(), scores.copy()
         expected = [lo + _keep_new_items_up_by_hand(order[lo:hi] - lo, items[lo:hi], sem[lo:hi],
                                                     is_new, expected_scores[lo:hi])
-                    for lo, hi in zip(bounds[:-1], bounds[1:])]
+                    for lo, hi in slices]
         got = keep_new_items_up_in_batch(order, bounds, items, sem, is_new, got_scores, True)
         np.testing.assert_array_equal(got, np.concatenate(expected).astype(np.int64))
         np.testing.assert_array_equal(got_scores, expected_scores)
