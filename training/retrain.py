@@ -382,6 +382,7 @@ def train_config_from(manifest: dict, bundle_path: Path, config: RetrainConfig) 
         "retrieval": RetrievalConfig(**saved.get("retrieval", {})),
         "ranker": _ranker_config(saved.get("ranker", {})),
         "max_train_cases": saved.get("max_train_cases", 50_000),
+        "label_clicks": saved.get("label_clicks", 1),
     }
     if (manifest.get("encoder") or {}).get("user_side") == "interest" and config.finetune is None:
         options["interest"] = str(bundle_path / INTEREST_FILE)   # the user side goes with it
