@@ -9,6 +9,7 @@ perturbation before the cut-off must change them, so the comparison is not vacuo
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 
@@ -16,6 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from features.state import POSITIVE_TYPES
 from recsys.data.dataset import Dataset, load_dataset
 from recsys.index import ItemIndex
 from recsys.ranking_context import RankingContext
@@ -178,3 +180,36 @@ def test_control_events_before_the_cutoff_do_change_rows(dataset):
     after = _rows(replace(dataset, events=events))
     common = [k for k in before if k in after]
     assert common and any(before[k] != after[k] for k in common)
+
+
+def test_more_label_clicks_per_user_keep_every_label_out_of_the_state(recbole_dataset):
+    """`label_clicks=2`: each user's last two training clicks (never the first) are cases,
+    each with exactly the clicks before it as its history, and the state sees neither."""
+    dataset = load_dataset(recbole_dataset)
+    split = Split.of(dataset, dataset.items["item_id"].to_list())
+    _, one = split.label_cases(1)
+    state, two = split.label_cases(2)
+
+    def clicks_per_user(events):
+        clicks = events.filter(pl.col("type").is_in(POSITIVE_TYPES))
+        return {u: [int(i) for i in items] for u, items in
+                clicks.group_by("user_id", maintain_order=True).agg("item").iter_rows()}
+
+    per_user = clicks_per_user(split.train_events())
+    expected = [(u, items[:j], items[j]) for u, items in sorted(per_user.items())
+                for j in range(max(1, len(items) - 2), len(items))]
+    assert [(c.user_id, c.history, c.targets[0]) for c in two] == expected
+    assert [(c.user_id, c.history, c.targets[0]) for c in one] == \
+        [e for e in expected if len(e[1]) == len(per_user[e[0]]) - 1]
+    assert len(two) > len(one)
+    labels_of = Counter(c.user_id for c in two)
+    kept = clicks_per_user(state)
+    for user, items in per_user.items():
+        assert kept.get(user, []) == items[:len(items) - labels_of[user]], user
+
+
+def test_label_clicks_below_one_is_refused(recbole_dataset):
+    dataset = load_dataset(recbole_dataset)
+    split = Split.of(dataset, dataset.items["item_id"].to_list())
+    with pytest.raises(ValueError, match="label_clicks"):
+        split.label_cases(0)
