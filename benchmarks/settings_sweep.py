@@ -35,6 +35,7 @@ SETTINGS: dict[str, dict] = {
     "num_leaves_63": {"ranker": {"num_leaves": 63}},
     "min_data_in_leaf_20": {"ranker": {"min_data_in_leaf": 20}},
     "learning_rate_0.02": {"ranker": {"learning_rate": 0.02}},
+    "bagging_0.8": {"ranker": {"bagging_fraction": 0.8, "bagging_freq": 1}},
 }
 METRICS = ("ndcg@10", "recall@10", "recall@50", "mrr")
 

@@ -193,6 +193,11 @@ def test_row7_unknown_users_get_k_fallback_items(api):
 
 
 # -- row 8: ranker fails or exceeds its budget ---------------------------------------------------
+# far above the 100 ms budget and above what a loaded machine adds to one request, so a request
+# that waited for the ranker cannot pass for one that did not
+SLEEPING_RANKER_S = 5.0
+
+
 class RaisingRanker:
     def __init__(self, real):
         self.features = real.features
@@ -203,7 +208,7 @@ class RaisingRanker:
 
 class SleepingRanker(RaisingRanker):
     def predict(self, rows):
-        time.sleep(2.0)
+        time.sleep(SLEEPING_RANKER_S)
         return np.zeros(len(rows), dtype=np.float32)
 
 
@@ -223,7 +228,7 @@ def test_row8_ranker_failure_returns_retrieval_order_marked_degraded(models, stu
         assert r.status_code == 200
         assert r.json()["source"] == "degraded" and r.json()["fallback"] is True
         assert len(r.json()["items"]) == 5
-        assert elapsed < 1.0  # the 2 s ranker is not waited for
+        assert elapsed < SLEEPING_RANKER_S / 2  # the sleeping ranker is not waited for
         assert 'recsys_fallbacks_total{reason="degraded"}' in client.get("/metrics").text
 
 
