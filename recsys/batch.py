@@ -254,6 +254,7 @@ SCORING_THREADS = 2
 def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int,
                  exclude_seen: bool, explain: bool, progress: bool,
                  store_location: str | None = None) -> tuple[dict, str, dict | None]:
+    from recsys.index import set_search_threads
     from recsys.recommender import Recommender
 
     recommender = Recommender.load(models)
@@ -282,8 +283,13 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
             add_counts(counts, stats)
             bar.update(rows)
 
+    # One FAISS thread per chunk in flight, as each Ray actor runs: the chunks already fill the
+    # cores, and a flat search's sums (so the order of near-tied items) follow its thread count,
+    # which is how the two engines give the same rows. OpenMP's setting is per thread: each
+    # scoring thread makes it.
     try:
-        with ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="batch-score") as pool:
+        with ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="batch-score",
+                                initializer=set_search_threads, initargs=(1,)) as pool:
             for chunk, (_, batch) in enumerate(read_chunks(users, chunk_size)):
                 stats = parts.done(chunk)
                 if stats is not None:

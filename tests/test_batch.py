@@ -67,6 +67,24 @@ def test_scores_match_the_recommender_the_api_uses(models_dir, recommender, user
     assert not list(tmp_path.glob(".recs.parquet*")), "temporary files left behind"
 
 
+def test_local_engine_searches_with_one_faiss_thread_per_chunk(models_dir, users_file, tmp_path,
+                                                               monkeypatch):
+    """As each Ray actor does: a flat search's sums follow its thread count, so this is what
+    keeps the two engines' rows equal (near-tied items otherwise swap places)."""
+    import faiss
+
+    seen = []
+    score_chunk = batch.score_chunk
+
+    def recording(*args, **kwargs):
+        seen.append(faiss.omp_get_max_threads())
+        return score_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "score_chunk", recording)
+    run(models_dir, users_file, tmp_path / "recs.parquet", k=5, chunk_size=4)
+    assert seen and set(seen) == {1}
+
+
 def test_seen_items_are_excluded_unless_asked(models_dir, recommender, tmp_path):
     user = max(recommender.users, key=lambda u: len(recommender.users[u].items))
     seen = {recommender.item_ids[r] for r in recommender.users[user].items}
