@@ -89,12 +89,13 @@ class BundleScorer:
 
     def __init__(self, bundle: str, k: int, exclude_seen: bool, explain: bool,
                  live=None) -> None:
+        from recsys.batch import with_compiled_trees
         from recsys.index import set_search_threads
         from recsys.live_state import apply_snapshot
         from recsys.recommender import Recommender
 
         set_search_threads(1)  # one model copy per CPU slot: no nested thread pools
-        self.recommender = Recommender.load(bundle, threads=1)
+        self.recommender = with_compiled_trees(Recommender.load(bundle, threads=1))
         if live is not None:  # the driver's snapshot of the live store, as the local engine's
             self.recommender = apply_snapshot(self.recommender, live)
         self.options = {"k": k, "exclude_seen": exclude_seen, "explain": explain, "live": live}
