@@ -251,19 +251,23 @@ def score_chunk(recommender, batch: pa.RecordBatch | pa.Table, *, k: int, exclud
 SCORING_THREADS = 2
 
 
-def with_compiled_trees(recommender):
-    """The recommender predicting through its ranker's compiled trees, as the server does (the
-    ranker is most of a chunk's time under LightGBM's own predict); LightGBM's predict when
-    they do not compile or disagree with it. Both engines score with this."""
-    from recsys.compiled_trees import CompiledTreesError
+def warn_lightgbm_predict(reason: str) -> None:
+    """Where the ranker's trees do not compile: the job still runs, on LightGBM's predict."""
+    print(f"warning: scoring with LightGBM's predict: {reason}", file=sys.stderr)
 
-    if not hasattr(recommender.ranker, "with_compiled_trees"):
-        return recommender
-    try:
-        return recommender.with_ranker(recommender.ranker.with_compiled_trees())
-    except CompiledTreesError as exc:
-        print(f"warning: scoring with LightGBM's predict: {exc}", file=sys.stderr)
-        return recommender
+
+def chunks_to_score(users: UsersFile, chunk_size: int, parts: Checkpoints, counts: dict,
+                    bar) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(chunk number, rows) of each chunk an earlier attempt of the job did not write; those
+    it wrote are counted as resumed. Both engines score what this yields."""
+    for chunk, (_, batch) in enumerate(read_chunks(users, chunk_size)):
+        stats = parts.done(chunk)
+        if stats is None:
+            yield chunk, batch
+            continue
+        counts["resumed"] += 1
+        add_counts(counts, stats)
+        bar.update(batch.num_rows)
 
 
 def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int,
@@ -272,7 +276,8 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
     from recsys.index import set_search_threads
     from recsys.recommender import Recommender
 
-    recommender = with_compiled_trees(Recommender.load(models))
+    # the compiled trees, as the server predicts: the ranker is most of a chunk's time otherwise
+    recommender = Recommender.load(models).with_compiled_ranker(warn_lightgbm_predict)
     options = {"k": k, "chunk_size": chunk_size, "exclude_seen": exclude_seen,
                "explain": explain, "engine": "local", "store": store_location}
     parts = Checkpoints(out, job_key(users, recommender.version, options))
@@ -305,13 +310,7 @@ def _score_local(models, users: UsersFile, out: Path, *, k: int, chunk_size: int
     try:
         with ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="batch-score",
                                 initializer=set_search_threads, initargs=(1,)) as pool:
-            for chunk, (_, batch) in enumerate(read_chunks(users, chunk_size)):
-                stats = parts.done(chunk)
-                if stats is not None:
-                    counts["resumed"] += 1
-                    add_counts(counts, stats)
-                    bar.update(batch.num_rows)
-                    continue
+            for chunk, batch in chunks_to_score(users, chunk_size, parts, counts, bar):
                 scoring.append((chunk, batch.num_rows, pool.submit(
                     score_chunk, recommender, batch, k=k, exclude_seen=exclude_seen,
                     explain=explain, live=live)))

@@ -89,13 +89,14 @@ class BundleScorer:
 
     def __init__(self, bundle: str, k: int, exclude_seen: bool, explain: bool,
                  live=None) -> None:
-        from recsys.batch import with_compiled_trees
+        from recsys.batch import warn_lightgbm_predict
         from recsys.index import set_search_threads
         from recsys.live_state import apply_snapshot
         from recsys.recommender import Recommender
 
         set_search_threads(1)  # one model copy per CPU slot: no nested thread pools
-        self.recommender = with_compiled_trees(Recommender.load(bundle, threads=1))
+        self.recommender = Recommender.load(bundle, threads=1).with_compiled_ranker(
+            warn_lightgbm_predict)
         if live is not None:  # the driver's snapshot of the live store, as the local engine's
             self.recommender = apply_snapshot(self.recommender, live)
         self.options = {"k": k, "exclude_seen": exclude_seen, "explain": explain, "live": live}
@@ -125,9 +126,9 @@ def score_with_ray(models, users, out: Path, *, k: int, chunk_size: int, exclude
     from recsys.batch import (
         Checkpoints,
         add_counts,
+        chunks_to_score,
         job_key,
         new_counts,
-        read_chunks,
         read_live_state,
     )
     from recsys.bundle_versions import read_manifest, resolve_bundle
@@ -165,13 +166,7 @@ def score_with_ray(models, users, out: Path, *, k: int, chunk_size: int, exclude
             bar.update(rows)
 
         try:
-            for chunk, (_, batch) in enumerate(read_chunks(users, chunk_size)):
-                stats = parts.done(chunk)
-                if stats is not None:
-                    counts["resumed"] += 1
-                    add_counts(counts, stats)
-                    bar.update(batch.num_rows)
-                    continue
+            for chunk, batch in chunks_to_score(users, chunk_size, parts, counts, bar):
                 while len(in_flight) >= IN_FLIGHT_PER_ACTOR * n_workers:
                     finish_one()
                 actor = load.index(min(load))

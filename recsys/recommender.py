@@ -10,7 +10,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from features.build import FEATURES, Candidates, Requests
 from features.state import BehaviourState
 from recsys.bundle_files import read_bundle
 from recsys.bundle_versions import read_manifest, resolve_bundle
+from recsys.compiled_trees import CompiledTreesError
 from recsys.diversity import diversify
 from recsys.errors import BundleError, NotFoundError
 from recsys.index import ItemIndex
@@ -230,6 +231,19 @@ class Recommender:
         other = copy.copy(self)
         other.ranker = ranker
         return other
+
+    def with_compiled_ranker(self, warn: Callable[[str], None]) -> Recommender:
+        """A copy predicting through the ranker's compiled trees (recsys.compiled_trees), or
+        this one, after `warn(reason)`, when they do not compile or disagree with LightGBM:
+        LightGBM's own predict still gives the scores. A ranker without trees to compile (a
+        loader's stand-in) is kept as it is."""
+        if not hasattr(self.ranker, "with_compiled_trees"):
+            return self
+        try:
+            return self.with_ranker(self.ranker.with_compiled_trees())
+        except CompiledTreesError as exc:
+            warn(str(exc))
+            return self
 
     # -- ranking core (also used by evaluation and batch scoring) --------------------------------
     def clock(self) -> float:

@@ -27,7 +27,6 @@ from recsys.bundle_versions import (
     read_manifest,
     set_current,
 )
-from recsys.compiled_trees import CompiledTreesError
 from recsys.errors import BundleError, NotFoundError, RecsysError
 from recsys.live_state import LiveClock, apply_item_changes
 from recsys.recommender import Filters, History, Recommender
@@ -242,12 +241,9 @@ class ModelHolder:
 
     def _prepare(self, recommender: Recommender) -> Recommender:
         # a loader may hand over a ranker of its own kind (tests do): it predicts as it is
-        if self.compiled_ranker and hasattr(recommender.ranker, "with_compiled_trees"):
-            try:
-                recommender = recommender.with_ranker(recommender.ranker.with_compiled_trees())
-            except CompiledTreesError as exc:  # LightGBM's own predict still gives the scores
-                log.warning("model %s: serving with LightGBM's predict: %s",
-                            recommender.version, exc)
+        if self.compiled_ranker:
+            recommender = recommender.with_compiled_ranker(lambda why: log.warning(
+                "model %s: serving with LightGBM's predict: %s", recommender.version, why))
         if self.ranker_timeout_s and not predicts_well_within(recommender.ranker,
                                                               self.ranker_timeout_s):
             recommender = recommender.with_ranker(
