@@ -33,6 +33,12 @@ ORDER_WINDOWS_EVENTS = (1, 3, 10)
 # Prior strength of the smoothed click-through rate: (clicks + a * prior) / (shown + a).
 CTR_PRIOR_WEIGHT = 20.0
 
+# An item with no event is new when the catalogue says it was created at most this long before
+# the latest event the state saw (or after it): it has not had the chance to be clicked. An item
+# without events that is older than that, or whose creation time is unknown, is not new: the log
+# had its chance to show interest in it and shows none.
+NEW_ITEM_GRACE = timedelta(days=1)
+
 
 @dataclass
 class BehaviourState:
@@ -53,6 +59,8 @@ class BehaviourState:
     first_seen_s_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     last_seen_s_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     popular_rows_: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # per item: new to the log (no event, created after it; `NEW_ITEM_GRACE`), or added live
+    new_: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     covisitation_: Covisitation | None = None
     item_item_lambda: float = DEFAULT_LAMBDA
     item_item_top: int = DEFAULT_TOP
@@ -60,8 +68,11 @@ class BehaviourState:
     item_item_: ItemItem | None = None
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, events: pl.DataFrame, cutoff: datetime | None = None) -> BehaviourState:
-        """Compute the state from `events` strictly before `cutoff` (all events if None)."""
+    def fit(self, events: pl.DataFrame, cutoff: datetime | None = None,
+            created_s: np.ndarray | None = None) -> BehaviourState:
+        """Compute the state from `events` strictly before `cutoff` (all events if None).
+        `created_s`: each item row's creation time (epoch seconds, NaN where unknown) from the
+        catalogue, which decides the items that are new (`new_`); None: no item is new."""
         missing = [c for c in EVENT_FRAME_COLUMNS if c not in events.columns]
         if missing:
             raise ValueError(f"events frame lacks columns {missing}")
@@ -90,12 +101,24 @@ class BehaviourState:
         recent = self.window_clicks_[:, -1]
         score = self.clicks_ + 2.0 * recent
         self.popular_rows_ = np.lexsort((np.arange(n), -score)).astype(np.int64)
+        self.new_ = self._new_items(created_s, self.shown_)
 
         self.covisitation_ = Covisitation(
             n_items=n, window=self.covis_window, backward_weight=self.covis_backward_weight,
             top=self.covis_top).fit(clicks)
         self.item_item_ = ItemItem.fit(clicks, n, self.item_item_lambda, self.item_item_top)
         return self
+
+    def _new_items(self, created_s: np.ndarray | None, shown: np.ndarray) -> np.ndarray:
+        if created_s is None:
+            return np.zeros(self.n_items, bool)
+        created_s = np.asarray(created_s, np.float64)
+        if created_s.shape != (self.n_items,):
+            raise ValueError(f"created_s has shape {created_s.shape} for {self.n_items} items")
+        since = (-np.inf if self.latest_event_ is None
+                 else (self.latest_event_ - NEW_ITEM_GRACE).timestamp())
+        with np.errstate(invalid="ignore"):
+            return (shown == 0) & (created_s >= since)
 
     def _windows(self, clicks: pl.DataFrame) -> list[pl.DataFrame]:
         if self.real_time and self.cutoff_ is not None:
@@ -134,6 +157,7 @@ class BehaviourState:
         frame = pl.DataFrame({
             "clicks": self.clicks_, "shown": self.shown_, "ctr": self.ctr_,
             "first_seen_s": self.first_seen_s_, "last_seen_s": self.last_seen_s_,
+            "new": self.new_,
         })
         for j in range(self.window_clicks_.shape[1]):
             frame = frame.with_columns(pl.Series(f"clicks_w{j}", self.window_clicks_[:, j]))
@@ -170,6 +194,8 @@ class BehaviourState:
         state.ctr_ = items["ctr"].to_numpy().astype(np.float32)
         state.first_seen_s_ = items["first_seen_s"].to_numpy().astype(np.float64)
         state.last_seen_s_ = items["last_seen_s"].to_numpy().astype(np.float64)
+        state.new_ = (items["new"].to_numpy().astype(bool) if "new" in items.columns
+                      else np.zeros(state.n_items, bool))
         windows = sorted(c for c in items.columns if c.startswith("clicks_w"))
         state.window_clicks_ = np.stack([items[c].to_numpy() for c in windows],
                                         axis=1).astype(np.float32)
@@ -186,6 +212,22 @@ class BehaviourState:
         if self.covisitation_ is None:
             raise RuntimeError("the behavioural state is not fitted")
         return self.covisitation_
+
+
+def created_seconds(items: pl.DataFrame, item_ids: list[str] | None = None) -> np.ndarray:
+    """Each item's `created_at` in epoch seconds (NaN where missing, or where the catalogue has
+    no such column), in the order of `item_ids` (default: the frame's rows), for `fit`."""
+    if item_ids is None:
+        item_ids = items["item_id"].to_list()
+    out = np.full(len(item_ids), np.nan, dtype=np.float64)
+    if "created_at" not in items.columns:
+        return out
+    known = items.select("item_id", pl.col("created_at").dt.epoch("ms").cast(pl.Float64) / 1000.0)
+    row = {item: i for i, item in enumerate(item_ids)}
+    for item, seconds in known.iter_rows():
+        if seconds is not None and item in row:
+            out[row[item]] = seconds
+    return out
 
 
 def _count_by_item(events: pl.DataFrame, n_items: int) -> np.ndarray:

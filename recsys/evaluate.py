@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.state import BehaviourState
+from features.state import BehaviourState, created_seconds
 from recsys.data.dataset import load_dataset
 from recsys.interest import semantic_scores
 from recsys.metrics import impression_metrics, rank_of, ranking_metrics
@@ -97,7 +97,8 @@ def evaluation_context(recommender: Recommender, split: Split, which: str) -> Ra
                            covis_top=recommender.state.covis_top,
                            item_item_lambda=recommender.state.item_item_lambda,
                            item_item_top=recommender.state.item_item_top)
-    state.fit(split.events, cutoff=split.test_start)
+    state.fit(split.events, cutoff=split.test_start,
+              created_s=created_seconds(split.dataset.items, recommender.item_ids))
     if recommender.state.item_item_ is None:
         state.item_item_ = None   # a bundle made before the item-item source: its rows as trained
     base = recommender.context

@@ -50,6 +50,7 @@ def state_with_new_items(state: BehaviourState, m: int, first_seen_s: float) -> 
     grown.first_seen_s_ = np.concatenate([state.first_seen_s_, np.full(m, first_seen_s)])
     grown.last_seen_s_ = np.concatenate([state.last_seen_s_, np.full(m, np.nan)])
     grown.popular_rows_ = np.concatenate([state.popular_rows_, np.arange(n, n + m)])
+    grown.new_ = np.concatenate([state.new_, np.ones(m, bool)])
     grown.covisitation_ = covis
     if state.item_item_ is not None:
         grown.item_item_ = state.item_item_.resized(n + m)

@@ -76,14 +76,10 @@ class RankingContext:
 
 
 def new_item_rows(state: BehaviourState) -> np.ndarray:
-    """Which item rows no event of the state touched (never clicked, never shown): new items.
-    Made once per state (a request would otherwise scan the whole catalogue)."""
-    cached = state.__dict__.get("_new_item_rows")
-    if cached is not None and cached[0] is state.clicks_ and cached[1] is state.shown_:
-        return cached[2]
-    rows = (state.clicks_ == 0) & (state.shown_ == 0)
+    """Which item rows are new to the model: no event in the state's log and created after it
+    (`BehaviourState.new_`, from the catalogue's `created_at`), or added while serving."""
+    rows = state.new_
     rows.flags.writeable = False
-    state._new_item_rows = (state.clicks_, state.shown_, rows)
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -52,8 +53,13 @@ def test_hold_out_removes_training_and_valid_events_and_keeps_test(recbole_datas
     original, copy = split_of(recbole_dataset), split_of(out)
     assert main(["validate", str(out)]) == 0
     items = load_dataset(out).items
-    assert items.equals(load_dataset(recbole_dataset).items), "held-out items keep their text"
+    assert items.drop("created_at").equals(load_dataset(recbole_dataset).items), \
+        "held-out items keep their text"
     assert held.held_out_items == round(0.3 * items.height)
+    # the held-out items are created at the end of what the model sees; the others keep no time
+    created = items.filter(pl.col("created_at").is_not_null())
+    assert created.height == held.held_out_items
+    assert created["created_at"].unique().to_list() == [before_test(copy)["timestamp"].max()]
     gone = held_out_ids(original, copy)
     assert gone, "some held-out item had training events to lose"
     # no held-out item has a training or valid event left ...
@@ -66,6 +72,7 @@ def test_hold_out_removes_training_and_valid_events_and_keeps_test(recbole_datas
         [(c.user_id, c.targets) for c in original.cases("test")]
     cold = ~items_with_training_events(copy)
     assert sum(cold[c.targets[0]] for c in copy.cases("test")) >= held.cold_test_targets > 0
+    assert gone <= set(created["item_id"].to_list())
 
 
 def test_hold_out_is_reproducible_and_seeded(recbole_dataset, recbole_copy, tmp_path):
@@ -363,18 +370,67 @@ def test_an_item_added_through_put_items_that_fits_the_user_is_served_first(reco
     assert answer.scores == sorted(answer.scores, reverse=True)
 
 
-def test_evaluate_ranks_new_items_as_served(models_dir, recbole_copy, monkeypatch):
-    """`recsys evaluate` builds the pipeline's order with the same rule: with a ranker that puts
-    every item without clicks last, the cold slice is still at least the semantic source's."""
-    import recsys.evaluate as evaluation
+@pytest.fixture(scope="module")
+def copy_models(tmp_path_factory, recbole_copy) -> Path:
+    """A bundle trained on the hold-out copy: for it the held-out items are brand new."""
+    from training.pipeline import train
+
+    out, _ = recbole_copy
+    models = tmp_path_factory.mktemp("copy-models")
+    train(out, models, version="v1", log=lambda _: None)
+    return models
+
+
+def test_new_items_are_the_ones_created_after_the_data_not_every_item_without_events(
+        models_dir, copy_models, recbole_copy):
+    """An item nobody touched is new only when the catalogue says it came after the log (the
+    held-out items); one that was in the catalogue all along and drew no event is not."""
+    from recsys.ranking_context import new_item_rows
     from recsys.recommender import Recommender
+
+    out, _ = recbole_copy
+    copy = Recommender.load(copy_models)
+    items = load_dataset(out).items
+    held = set(items.filter(pl.col("created_at").is_not_null())["item_id"].to_list())
+    trained = items_with_training_events(split_of(out))
+    new = new_item_rows(copy.state)
+    assert {copy.item_ids[r] for r in np.flatnonzero(new)} == \
+        {i for i in held if not trained[copy.item_rows[i]]}
+    assert new.any()
+    original = Recommender.load(models_dir)
+    without_events = original.state.shown_ == 0
+    assert without_events.any(), "the fixture has catalogue items without training events"
+    assert not new_item_rows(original.state).any()
+
+
+def test_evaluate_ranks_new_items_as_served(recbole_copy, tmp_path, monkeypatch):
+    """`recsys evaluate` builds the pipeline's order with the same rule: in a catalogue where
+    every item without a training event came after the log, a ranker that puts every item
+    without clicks last still leaves the cold slice at least at the semantic source's."""
+    import shutil
+
+    import recsys.evaluate as evaluation
+    from recsys.atomic_files import write_parquet
+    from recsys.recommender import Recommender
+    from training.pipeline import train
+
+    out, _ = recbole_copy
+    data = tmp_path / "all-cold-new"
+    shutil.copytree(out, data)
+    split = split_of(out)
+    cold = ~items_with_training_events(split)
+    end = before_test(split)["timestamp"].max()
+    items = load_dataset(out).items.with_columns(
+        pl.when(pl.Series(cold)).then(pl.lit(end, pl.Datetime("us", "UTC")))
+        .otherwise(pl.col("created_at")).alias("created_at"))
+    write_parquet(items, data / "items.parquet")
+    train(data, tmp_path / "models", version="v1", log=lambda _: None)
 
     load = Recommender.load
     monkeypatch.setattr(evaluation.Recommender, "load",
                         classmethod(lambda cls, path, **kw: load(path, **kw)
                                     .with_ranker(ClicksOnly())))
-    out, _ = recbole_copy
-    report = evaluate(models_dir, out, "test", log=lambda _: None)
+    report = evaluate(tmp_path / "models", data, "test", log=lambda _: None)
     cold = report["slices"]["cold_items"]["metrics"]
     for metric in ("ndcg@10", "recall@10", "ndcg@50", "recall@50", "mrr"):
         assert cold["pipeline"][metric] >= cold["semantic"][metric] - 1e-12, metric

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from features.build import FEATURE_GROUPS, FEATURES
-from features.state import POSITIVE_TYPES, BehaviourState
+from features.state import POSITIVE_TYPES, BehaviourState, created_seconds
 from recsys.bundle_files import users_table, write_parts
 from recsys.bundle_versions import BundleWriter
 from recsys.data.dataset import Dataset, load_dataset
@@ -96,8 +96,10 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
-def fit_state(events: pl.DataFrame, n_items: int, real_time: bool, cutoff=None) -> BehaviourState:
-    return BehaviourState(n_items=n_items, real_time=real_time).fit(events, cutoff=cutoff)
+def fit_state(events: pl.DataFrame, items: pl.DataFrame, real_time: bool,
+              cutoff=None) -> BehaviourState:
+    return BehaviourState(n_items=items.height, real_time=real_time).fit(
+        events, cutoff=cutoff, created_s=created_seconds(items))
 
 
 def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig | None = None,
@@ -166,7 +168,7 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     real_time = dataset.has_real_time
     categories = category_codes(items)
     train_events = split.train_events()
-    full_state = fit_state(train_events, len(item_ids), real_time, split.valid_start)
+    full_state = fit_state(train_events, items, real_time, split.valid_start)
     step("behaviour_state")
 
     retrieval = config.retrieval

@@ -221,6 +221,9 @@ def apply_item_changes(items: pl.DataFrame, changes: pl.DataFrame | None
     if changes is None or changes.height == 0:
         return items, pl.Series("item_id", [], pl.String), {"added": 0, "changed": 0,
                                                              "deleted": 0}
+    if "created_at" not in items.columns:
+        # an added item's creation time is what makes it new to the next model (no events yet)
+        items = items.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias("created_at"))
     latest = changes.unique("item_id", keep="last", maintain_order=True)
     deleted = latest.filter(pl.col("deleted"))["item_id"]
     upserts = latest.filter(~pl.col("deleted"))
@@ -229,8 +232,7 @@ def apply_item_changes(items: pl.DataFrame, changes: pl.DataFrame | None
     # a changed item keeps its other columns (tags, created_at); an added one starts at its change
     rows = upserts.select("item_id", "title", "text", "category", "updated_at").join(
         changed.drop("title", "text", "category"), on="item_id", how="left")
-    if "created_at" in items.columns:
-        rows = rows.with_columns(pl.coalesce("created_at", "updated_at").alias("created_at"))
+    rows = rows.with_columns(pl.coalesce("created_at", "updated_at").alias("created_at"))
     rows = rows.drop("updated_at").select(items.columns).cast(dict(items.schema))
     catalogue = pl.concat([items.filter(~known & ~items["item_id"].is_in(deleted.implode())),
                            rows])

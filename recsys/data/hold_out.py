@@ -3,7 +3,9 @@ brand new to the model, for measuring cold start.
 
 The held-out items keep their row in the item table (their text is known, as a new product's
 description is), but every event of theirs in the training and valid parts is removed; their test
-events stay, and are the cold slice `recsys evaluate` reports. The evaluation split of the copy is
+events stay, and are the cold slice `recsys evaluate` reports. Their `created_at` becomes the
+time of the last event before the test part, so the engine treats them as it treats items added
+after the data it learned from (`BehaviourState.new_`). The evaluation split of the copy is
 the original one: a leave-one-out split is written out as the `split` column (removing events
 would otherwise move each user's last click), and for the time protocols the removal is repeated
 until no held-out item has an event before the copy's own test window (removing early events can
@@ -70,7 +72,7 @@ def hold_out_items(dataset_path: str | Path, out: str | Path, *, fraction: float
 
     events, split_column = _remove_before_test(dataset, item_ids, set(held))
     removed = dataset.events.height - events.height
-    kept = Dataset(items=dataset.items, events=events,
+    kept = Dataset(items=_created_at_end(dataset, item_ids, set(held)), events=events,
                    meta={**dataset.meta, "name": out.resolve().name,
                          "notes": _notes(dataset, fraction, seed, n_held)},
                    path=out)
@@ -104,6 +106,22 @@ def _remove_before_test(dataset: Dataset, item_ids: list[str],
         events = events.filter(~early)
 
 
+def _created_at_end(dataset: Dataset, item_ids: list[str], held: set[str]) -> pl.DataFrame:
+    """The item table with the held-out items created at the last event before the test part
+    (the other items keep their `created_at`, null where the catalogue has none)."""
+    split = Split.of(dataset, item_ids)
+    before_test = (pl.col("split").is_in(["train", "valid"]) if split.protocol == "leave_one_out"
+                   else pl.col("timestamp") < split.test_start)
+    end = split.events.filter(before_test)["timestamp"].max()
+    items = dataset.items
+    if "created_at" not in items.columns:
+        items = items.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias("created_at"))
+    is_held = pl.col("item_id").is_in(pl.Series(sorted(held), dtype=pl.String).implode())
+    return items.with_columns(
+        pl.when(is_held).then(pl.lit(end, pl.Datetime("us", "UTC")))
+        .otherwise(pl.col("created_at")).alias("created_at"))
+
+
 def _cold_targets(dataset: Dataset, item_ids: list[str], held: set[str]) -> int:
     held_rows = {i for i, item in enumerate(item_ids) if item in held}
     return sum(1 for case in Split.of(dataset, item_ids).cases("test")
@@ -122,7 +140,8 @@ def _users_with_history(dataset: Dataset, item_ids: list[str]) -> set[str]:
 def _notes(dataset: Dataset, fraction: float, seed: int, n_held: int) -> str:
     before = str(dataset.meta.get("notes") or "").strip()
     line = (f"hold-out-items: {n_held} items ({fraction:g}, seed {seed}) of {dataset.name} lost "
-            "every training and valid event; their test events are the cold slice")
+            "every training and valid event and are created at the last event before the test "
+            "part; their test events are the cold slice")
     return f"{before}\n{line}" if before else line
 
 
