@@ -435,3 +435,25 @@ def test_evaluate_ranks_new_items_as_served(recbole_copy, tmp_path, monkeypatch)
     for metric in ("ndcg@10", "recall@10", "ndcg@50", "recall@50", "mrr"):
         assert cold["pipeline"][metric] >= cold["semantic"][metric] - 1e-12, metric
     assert cold["pipeline"]["recall@50"] > 0
+
+
+def test_an_item_is_new_when_it_has_no_event_and_was_created_at_most_a_day_before_the_log_ends():
+    from datetime import UTC, datetime, timedelta
+
+    from features.state import BehaviourState
+
+    end = datetime(2024, 3, 10, 12, tzinfo=UTC)
+    events = pl.DataFrame({"user_id": ["u", "u"], "item": [0, 1],
+                           "timestamp": [end - timedelta(days=5), end],
+                           "type": ["click", "impression"]})
+    created = np.array([end.timestamp(),                             # clicked: not new
+                        end.timestamp(),                             # shown: not new
+                        (end - timedelta(hours=12)).timestamp(),     # in the grace: new
+                        (end - timedelta(days=2)).timestamp(),       # old, never touched
+                        np.nan,                                      # unknown
+                        (end + timedelta(days=1)).timestamp()])      # after the log: new
+    state = BehaviourState(n_items=6).fit(events, created_s=created)
+    assert state.new_.tolist() == [False, False, True, False, False, True]
+    assert not BehaviourState(n_items=6).fit(events).new_.any()
+    with pytest.raises(ValueError, match="created_s"):
+        BehaviourState(n_items=6).fit(events, created_s=created[:3])

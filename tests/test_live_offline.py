@@ -366,3 +366,20 @@ def test_item_changes_apply_to_the_catalogue_last_change_winning():
     assert rows["n"]["created_at"] == at[1] and rows["n"]["category"] == "z"
     assert sorted(deleted.to_list()) == ["b", "gone"]
     assert report == {"added": 1, "changed": 1, "deleted": 1}
+
+
+def test_an_item_added_to_a_catalogue_without_creation_times_gets_one():
+    """The added item's `created_at` is what keeps it new for the next model (no events yet),
+    so a catalogue without the column gets it, null for the items it had."""
+    from recsys.store.export import ITEM_CHANGES_SCHEMA
+    from training.retrain import apply_item_changes
+
+    items = pl.DataFrame({"item_id": ["a"], "title": ["A"], "text": ["a text"],
+                          "category": ["x"]})
+    at = datetime(2020, 1, 2, tzinfo=UTC)
+    changes = pl.DataFrame({
+        "item_id": ["n"], "title": ["N"], "text": ["n text"], "category": [None],
+        "deleted": [False], "updated_at": [at], "seq": [1]}, schema=ITEM_CHANGES_SCHEMA)
+    catalogue, _, _ = apply_item_changes(items, changes)
+    created = dict(catalogue.select("item_id", "created_at").iter_rows())
+    assert created == {"a": None, "n": at}
