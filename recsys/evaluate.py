@@ -59,6 +59,10 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
         keep = np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)
         cases = [cases[i] for i in sorted(keep)]
     context = evaluation_context(recommender, data_split, split)
+    saw_valid = split == "valid" and "refit_on_valid" in recommender.manifest.get("ranker", {})
+    if saw_valid:
+        log("note: this bundle's ranker was fit again on the valid clicks after early stopping "
+            "(RankerConfig.refit_on_valid), so its valid pipeline metrics are not held out")
     steps.start(f"evaluating {recommender.version} on {dataset.name} {split}: {len(cases):,} "
                 f"cases, protocol {data_split.protocol}")
     trained = items_with_training_events(data_split)
@@ -80,6 +84,7 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
                              "refit on events before the split window",
                     "features": list(recommender.ranker.features),
                     "ranker_used": recommender.ranker_used,
+                    "ranker_saw_this_split": saw_valid,
                     "gain_importance": recommender.manifest.get("ranker", {}).get(
                         "gain_importance", {})},
         "per_case": per_case,

@@ -79,3 +79,18 @@ def test_cli_evaluate_report(models_dir, recbole_dataset, tmp_path, capsys):
                  "--report", str(out)]) == 0
     assert f"wrote {out / 'index.html'}" in capsys.readouterr().out
     assert all((out / name).stat().st_size > 1000 for name in PLOTS)
+
+
+def test_valid_metrics_of_a_ranker_fit_on_valid_are_marked_not_held_out(models_dir,
+                                                                         recbole_dataset,
+                                                                         report):
+    """The default ranker is fit again on the valid clicks (RankerConfig.refit_on_valid): its
+    valid numbers say so, in the JSON and in the log; test numbers are held out."""
+    from recsys.recommender import Recommender
+
+    assert "refit_on_valid" in Recommender.load(models_dir).manifest["ranker"]
+    lines = []
+    valid = evaluate(models_dir, recbole_dataset, "valid", log=lines.append)
+    assert valid["details"]["ranker_saw_this_split"] is True
+    assert any("not held out" in line for line in lines)
+    assert report["details"]["ranker_saw_this_split"] is False
