@@ -298,13 +298,15 @@ def test_cli_refuses_a_non_positive_budget(recbole_dataset, tmp_path, capsys):
     assert not (tmp_path / "models").exists()
 
 
-def test_fine_tuning_never_sees_the_ranker_label_clicks(split):
-    """Pairs stop where the ranker's behavioural state stops: no label case's click is a target."""
+@pytest.mark.parametrize("label_clicks", [1, 2])
+def test_fine_tuning_never_sees_the_ranker_label_clicks(split, label_clicks):
+    """Pairs stop where the ranker's behavioural state stops: no label case's click is a target,
+    however many clicks per user label the ranker's rows."""
     from training.finetune_data import finetune_events
 
-    _, label_cases = split.label_cases()
+    _, label_cases = split.label_cases(label_clicks)
     assert label_cases, "the fixture has label cases"
-    pairs = transitions(finetune_events(split, before_labels=True))
+    pairs = transitions(finetune_events(split, before_labels=True, label_clicks=label_clicks))
     assert pairs
     labelled = {(tuple(c.history), t) for c in label_cases for t in c.targets}
     assert not labelled & {(tuple(p.history), p.target) for p in pairs}

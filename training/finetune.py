@@ -310,7 +310,7 @@ def _freeze_lower_layers(model, train_layers: int) -> dict:
 def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.ndarray,
                      work_dir: str | Path, *, base_model: str | None = None,
                      config: FinetuneConfig | None = None, device: str = "auto",
-                     before_labels: bool = False,
+                     before_labels: bool = False, label_clicks: int = 1,
                      log: Callable[[str], None] = print) -> FinetuneResult:
     """Fine-tune `base_model` on `split`'s training part; returns the best encoder directory.
 
@@ -337,7 +337,7 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
     work_dir.mkdir(parents=True, exist_ok=True)
     best_dir, final_dir = work_dir / "checkpoint-best", work_dir / "encoder"
 
-    pair_events = finetune_events(split, before_labels)
+    pair_events = finetune_events(split, before_labels, label_clicks)
     all_pairs = transitions(pair_events)
     if not all_pairs:
         raise ValueError("no next-click pairs in the training part: nothing to fine-tune on")
@@ -495,7 +495,8 @@ def finetune_step(dataset, item_ids: list[str], item_texts: Sequence[str], base_
     split = Split.of(dataset, item_ids)
     result = finetune_encoder(item_texts, split, base_vectors, work_dir,
                               base_model=train_config.encoder, config=train_config.finetune,
-                              device=train_config.device, before_labels=before_labels, log=log)
+                              device=train_config.device, before_labels=before_labels,
+                              label_clicks=train_config.label_clicks, log=log)
     encoder = Encoder(result.model_dir, device=train_config.device,
                       max_length=train_config.max_length)
     if result.report["best_step"] is None:

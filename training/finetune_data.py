@@ -28,16 +28,17 @@ class Transition:
     target: int
 
 
-def finetune_events(split, before_labels: bool) -> pl.DataFrame:
+def finetune_events(split, before_labels: bool, label_clicks: int = 1) -> pl.DataFrame:
     """The events fine-tuning learns from: the whole training part, or (`before_labels`) only
-    the part before the ranker's label window, the events the ranker's behavioural state is fit
-    on. The ranker learns how far to trust the semantic score from its label cases; an encoder
-    trained on those very clicks scores them better than it ever scores a new one, and a ranker
-    trained on such rows over-trusts it (bundles int1 and int2 in
+    the part before the ranker's label window (`label_clicks` per user, as the ranker's rows
+    are made), the events the ranker's behavioural state is fit on. The ranker learns how far
+    to trust the semantic score from its label cases; an encoder trained on those very clicks
+    scores them better than it ever scores a new one, and a ranker trained on such rows
+    over-trusts it (bundles int1 and int2 in
     benchmarks/results/finetune_ablation.json)."""
     if not before_labels:
         return split.train_events()
-    state_events, _ = split.label_cases()
+    state_events, _ = split.label_cases(label_clicks)
     return state_events
 
 
