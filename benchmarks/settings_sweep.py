@@ -8,9 +8,10 @@ Each setting is a `TrainConfig` changed from the defaults; it is trained with th
 behind `recsys train` (no fine-tuning) and scored with the one behind `recsys evaluate --split
 valid`. Test is never read: the defaults in `recsys/retrieval/config.py`,
 `training/train_ranker.py` and `training/pipeline.py` are picked from this table. Bundles are
-kept in the workdir, so a rerun evaluates them again without training. Every setting is trained
-with `refit_on_valid` off: a ranker fit again on the valid clicks would be scored on clicks it
-learned from (that setting has its own valid-only check, benchmarks/refit_valid.py).
+kept in the workdir, so a rerun evaluates them again without training. Every setting is changed
+from one label click and `refit_on_valid` off: a ranker fit again on the valid clicks would be
+scored on clicks it learned from (the refit, and two label clicks with it, have their own
+valid-only check, benchmarks/refit_valid.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def config_for(changes: dict) -> TrainConfig:
     changes = dict(changes)
     config = TrainConfig()
     config.ranker = replace(config.ranker, refit_on_valid=False)
+    config.label_clicks = 1
     if "retrieval" in changes:
         config.retrieval = replace(config.retrieval, **changes.pop("retrieval"))
     if "ranker" in changes:

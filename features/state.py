@@ -101,7 +101,7 @@ class BehaviourState:
         recent = self.window_clicks_[:, -1]
         score = self.clicks_ + 2.0 * recent
         self.popular_rows_ = np.lexsort((np.arange(n), -score)).astype(np.int64)
-        self.new_ = self._new_items(created_s, self.shown_)
+        self.new_ = self._new_items(created_s)
 
         self.covisitation_ = Covisitation(
             n_items=n, window=self.covis_window, backward_weight=self.covis_backward_weight,
@@ -109,7 +109,7 @@ class BehaviourState:
         self.item_item_ = ItemItem.fit(clicks, n, self.item_item_lambda, self.item_item_top)
         return self
 
-    def _new_items(self, created_s: np.ndarray | None, shown: np.ndarray) -> np.ndarray:
+    def _new_items(self, created_s: np.ndarray | None) -> np.ndarray:
         if created_s is None:
             return np.zeros(self.n_items, bool)
         created_s = np.asarray(created_s, np.float64)
@@ -118,7 +118,7 @@ class BehaviourState:
         since = (-np.inf if self.latest_event_ is None
                  else (self.latest_event_ - NEW_ITEM_GRACE).timestamp())
         with np.errstate(invalid="ignore"):
-            return (shown == 0) & (created_s >= since)
+            return (self.shown_ == 0) & (created_s >= since)
 
     def _windows(self, clicks: pl.DataFrame) -> list[pl.DataFrame]:
         if self.real_time and self.cutoff_ is not None:
@@ -217,17 +217,14 @@ class BehaviourState:
 def created_seconds(items: pl.DataFrame, item_ids: list[str] | None = None) -> np.ndarray:
     """Each item's `created_at` in epoch seconds (NaN where missing, or where the catalogue has
     no such column), in the order of `item_ids` (default: the frame's rows), for `fit`."""
-    if item_ids is None:
-        item_ids = items["item_id"].to_list()
-    out = np.full(len(item_ids), np.nan, dtype=np.float64)
     if "created_at" not in items.columns:
-        return out
-    known = items.select("item_id", pl.col("created_at").dt.epoch("ms").cast(pl.Float64) / 1000.0)
-    row = {item: i for i, item in enumerate(item_ids)}
-    for item, seconds in known.iter_rows():
-        if seconds is not None and item in row:
-            out[row[item]] = seconds
-    return out
+        return np.full(items.height if item_ids is None else len(item_ids), np.nan)
+    if item_ids is not None:
+        items = pl.DataFrame({"item_id": item_ids}, schema={"item_id": pl.String}).join(
+            items.select("item_id", "created_at"), on="item_id", how="left",
+            maintain_order="left")
+    seconds = items["created_at"].dt.epoch("ms").cast(pl.Float64) / 1000.0
+    return seconds.fill_null(np.nan).to_numpy()
 
 
 def _count_by_item(events: pl.DataFrame, n_items: int) -> np.ndarray:

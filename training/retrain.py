@@ -37,6 +37,7 @@ from recsys.data.schema import (
     EVENTS_FILE,
     ITEMS_FILE,
     META_FILE,
+    with_created_at,
 )
 from recsys.data.validate import find_problems, normalize_events
 from recsys.errors import DataError, RecsysError
@@ -221,9 +222,7 @@ def apply_item_changes(items: pl.DataFrame, changes: pl.DataFrame | None
     if changes is None or changes.height == 0:
         return items, pl.Series("item_id", [], pl.String), {"added": 0, "changed": 0,
                                                              "deleted": 0}
-    if "created_at" not in items.columns:
-        # an added item's creation time is what makes it new to the next model (no events yet)
-        items = items.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias("created_at"))
+    items = with_created_at(items)   # an added item is created at its change
     latest = changes.unique("item_id", keep="last", maintain_order=True)
     deleted = latest.filter(pl.col("deleted"))["item_id"]
     upserts = latest.filter(~pl.col("deleted"))

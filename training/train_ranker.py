@@ -114,9 +114,7 @@ def train_ranker(train: RankerData, valid: RankerData, features: list[str],
         "valid_candidate_recall": valid.candidate_recall,
         "seconds": round(time.perf_counter() - started, 2),
         "config": setting.to_dict(),
-        "gain_importance": dict(zip(features, np.asarray(
-            booster.feature_importance("gain", iteration=booster.best_iteration)).round(2).tolist(),
-            strict=True)),
+        "gain_importance": gain_importance(booster, features, booster.best_iteration),
     }
     if config.search:
         report["search"] = [{k: v for k, v in t.items() if k not in ("booster", "config")}
@@ -135,8 +133,7 @@ def train_ranker(train: RankerData, valid: RankerData, features: list[str],
     elif setting.refit_on_valid:
         ranker, report["refit_on_valid"] = refit_on_valid(train, valid, features, setting,
                                                           report["best_iteration"])
-        report["gain_importance"] = dict(zip(features, np.asarray(
-            ranker.booster.feature_importance("gain")).round(2).tolist(), strict=True))
+        report["gain_importance"] = gain_importance(ranker.booster, features)
         log(f"ranker: fit again on train and valid groups, {report['refit_on_valid']['trees']} "
             "trees")
     return ranker, report
@@ -157,6 +154,13 @@ def refit_on_valid(train: RankerData, valid: RankerData, features: list[str],
     return Ranker(booster, features, threads=config.threads), {
         "trees": trees, "groups": train.n_groups + valid.n_groups,
         "seconds": round(time.perf_counter() - started, 2)}
+
+
+def gain_importance(booster: lgb.Booster, features: list[str],
+                    iteration: int | None = None) -> dict[str, float]:
+    """Each feature's total split gain (up to `iteration` trees; None: all), for the report."""
+    gains = booster.feature_importance("gain", iteration=iteration)
+    return dict(zip(features, np.asarray(gains).round(2).tolist(), strict=True))
 
 
 def too_little_to_rank(report: dict, valid_scores: np.ndarray, config: RankerConfig) -> list[str]:

@@ -25,7 +25,7 @@ import polars as pl
 from features.state import POSITIVE_TYPES
 from recsys.atomic_files import fsync_dir, write_json, write_parquet
 from recsys.data.dataset import Dataset, load_dataset
-from recsys.data.schema import EVENTS_FILE, ITEMS_FILE, META_FILE
+from recsys.data.schema import CREATED_AT, EVENTS_FILE, ITEMS_FILE, META_FILE, with_created_at
 from recsys.errors import RecsysError
 from recsys.splits import Split
 
@@ -110,16 +110,18 @@ def _created_at_end(dataset: Dataset, item_ids: list[str], held: set[str]) -> pl
     """The item table with the held-out items created at the last event before the test part
     (the other items keep their `created_at`, null where the catalogue has none)."""
     split = Split.of(dataset, item_ids)
-    before_test = (pl.col("split").is_in(["train", "valid"]) if split.protocol == "leave_one_out"
-                   else pl.col("timestamp") < split.test_start)
-    end = split.events.filter(before_test)["timestamp"].max()
-    items = dataset.items
-    if "created_at" not in items.columns:
-        items = items.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias("created_at"))
+    end = split.events.filter(_before_test(split))["timestamp"].max()
     is_held = pl.col("item_id").is_in(pl.Series(sorted(held), dtype=pl.String).implode())
-    return items.with_columns(
-        pl.when(is_held).then(pl.lit(end, pl.Datetime("us", "UTC")))
-        .otherwise(pl.col("created_at")).alias("created_at"))
+    return with_created_at(dataset.items).with_columns(
+        pl.when(is_held).then(pl.lit(end, CREATED_AT)).otherwise(pl.col("created_at"))
+        .alias("created_at"))
+
+
+def _before_test(split: Split) -> pl.Expr:
+    """The events the model may learn from: the training and valid parts."""
+    if split.protocol == "leave_one_out":
+        return pl.col("split").is_in(["train", "valid"])
+    return pl.col("timestamp") < split.test_start
 
 
 def _cold_targets(dataset: Dataset, item_ids: list[str], held: set[str]) -> int:
@@ -131,9 +133,7 @@ def _cold_targets(dataset: Dataset, item_ids: list[str], held: set[str]) -> int:
 def _users_with_history(dataset: Dataset, item_ids: list[str]) -> set[str]:
     """Users with a positive event before the test part."""
     split = Split.of(dataset, item_ids)
-    before_test = (pl.col("split").is_in(["train", "valid"]) if split.protocol == "leave_one_out"
-                   else pl.col("timestamp") < split.test_start)
-    clicks = split.events.filter(pl.col("type").is_in(POSITIVE_TYPES) & before_test)
+    clicks = split.events.filter(pl.col("type").is_in(POSITIVE_TYPES) & _before_test(split))
     return set(clicks["user_id"].unique().to_list())
 
 

@@ -20,9 +20,10 @@ ITEM_COLUMNS: dict[str, pl.DataType] = {
     "category": pl.String(),  # nullable
 }
 # Optional item columns with a fixed type; any other extra column is kept as it is.
+CREATED_AT = pl.Datetime("us", "UTC")
 ITEM_OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
     "tags": pl.List(pl.String()),
-    "created_at": pl.Datetime("us", "UTC"),
+    "created_at": CREATED_AT,
 }
 
 # Required columns of events.parquet and their types.
@@ -61,3 +62,11 @@ SPLITS = frozenset({"train", "valid", "test"})
 ALLOW_ANY_TIME = "allow_any_time"
 TIME_KINDS = frozenset({"real", "order_only"})
 PROTOCOLS = frozenset({"leave_one_out", "time", "impressions"})
+
+
+def with_created_at(items: pl.DataFrame) -> pl.DataFrame:
+    """`items` with a `created_at` column (null where the catalogue has none): the column that
+    makes an item without events new to the next model (`features.state.BehaviourState.new_`)."""
+    if "created_at" in items.columns:
+        return items
+    return items.with_columns(pl.lit(None, CREATED_AT).alias("created_at"))
