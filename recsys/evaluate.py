@@ -92,9 +92,10 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
 
 
 def evaluation_context(recommender: Recommender, split: Split, which: str) -> RankingContext:
-    """The bundle's state, except for a later time window: then the state is refit on every
-    event before the window, as a deployed engine ingesting events would have it."""
-    if split.protocol == "leave_one_out" or which == "valid":
+    """The bundle's state for valid; for test, the state refit on every event before the test
+    part, as a deployed engine ingesting its events would have it. In leave-one-out that adds
+    each user's valid click, which the test case's history already holds."""
+    if which == "valid":
         return recommender.context
     state = BehaviourState(n_items=len(recommender.item_ids), real_time=recommender.real_time,
                            covis_window=recommender.state.covis_window,
@@ -102,7 +103,7 @@ def evaluation_context(recommender: Recommender, split: Split, which: str) -> Ra
                            covis_top=recommender.state.covis_top,
                            item_item_lambda=recommender.state.item_item_lambda,
                            item_item_top=recommender.state.item_item_top)
-    state.fit(split.events, cutoff=split.test_start,
+    state.fit(split.events_before_test(), cutoff=split.test_start,
               created_s=created_seconds(split.dataset.items, recommender.item_ids))
     if recommender.state.item_item_ is None:
         state.item_item_ = None   # a bundle made before the item-item source: its rows as trained

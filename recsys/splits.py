@@ -89,6 +89,13 @@ class Split:
             return self.events.filter(pl.col("split") == "train")
         return self.events.filter(pl.col("timestamp") < self.valid_start)
 
+    def events_before_test(self) -> pl.DataFrame:
+        """Every event before the test part: the training and valid parts, which an engine
+        ingesting its events has seen by the time the test clicks happen."""
+        if self.protocol == "leave_one_out":
+            return self.events.filter(pl.col("split").is_in(["train", "valid"]))
+        return self.events.filter(pl.col("timestamp") < self.test_start)
+
     def time_range(self) -> dict:
         train = self.train_events()
         return {"train_events": train.height,

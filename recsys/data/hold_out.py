@@ -110,18 +110,11 @@ def _created_at_end(dataset: Dataset, item_ids: list[str], held: set[str]) -> pl
     """The item table with the held-out items created at the last event before the test part
     (the other items keep their `created_at`, null where the catalogue has none)."""
     split = Split.of(dataset, item_ids)
-    end = split.events.filter(_before_test(split))["timestamp"].max()
+    end = split.events_before_test()["timestamp"].max()
     is_held = pl.col("item_id").is_in(pl.Series(sorted(held), dtype=pl.String).implode())
     return with_created_at(dataset.items).with_columns(
         pl.when(is_held).then(pl.lit(end, CREATED_AT)).otherwise(pl.col("created_at"))
         .alias("created_at"))
-
-
-def _before_test(split: Split) -> pl.Expr:
-    """The events the model may learn from: the training and valid parts."""
-    if split.protocol == "leave_one_out":
-        return pl.col("split").is_in(["train", "valid"])
-    return pl.col("timestamp") < split.test_start
 
 
 def _cold_targets(dataset: Dataset, item_ids: list[str], held: set[str]) -> int:
@@ -133,7 +126,7 @@ def _cold_targets(dataset: Dataset, item_ids: list[str], held: set[str]) -> int:
 def _users_with_history(dataset: Dataset, item_ids: list[str]) -> set[str]:
     """Users with a positive event before the test part."""
     split = Split.of(dataset, item_ids)
-    clicks = split.events.filter(pl.col("type").is_in(POSITIVE_TYPES) & _before_test(split))
+    clicks = split.events_before_test().filter(pl.col("type").is_in(POSITIVE_TYPES))
     return set(clicks["user_id"].unique().to_list())
 
 
