@@ -78,6 +78,8 @@ class FinetuneConfig:
     interest_bias: bool = True               # "interest": a bias term in the query map
     interest_identity_penalty: float = 0.01  # "interest": pull the query map towards identity
     interest_repeat: bool = True             # "interest": a score term for items clicked before
+    interest_sequence_rank: int = 32         # "interest": attention over the clicks' order (0 off)
+    interest_sequence_dropout: float = 0.5   # "interest": dropout in that block while training
     history_items: int = 3                   # recent clicks the user side draws from
     max_length: int | None = None            # tokens per text while training (CPU 48, GPU 128)
     batch_size: int | None = None            # pairs per step (CPU 32, GPU 256)
@@ -364,7 +366,9 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         if interest:
             model, pooling = interest_model(item_texts, base_vectors, adapter, device,
                                             PROFILE_DECAY, bias=config.interest_bias,
-                                            repeat=config.interest_repeat)
+                                            repeat=config.interest_repeat,
+                                            sequence_rank=config.interest_sequence_rank,
+                                            sequence_dropout=config.interest_sequence_dropout)
         else:
             model = training_model(item_texts, base_vectors, adapter, device)
         trained = [*adapter, *([pooling] if pooling is not None else [])]
