@@ -12,6 +12,15 @@ It also learns how likely a user is to click again an item they already clicked,
 (`repeat`, a term added to that item's score). A query built from a user's own items lies close
 to them, so without this term the items they already have fill the top of the list; with it,
 the data decides (rare repeats on a review log, common ones on groceries or music).
+
+The order of the clicks beyond those position weights is read by an optional sequence block
+(`SequenceAttention`, trained with the rest): one causal self-attention layer over the last
+`positions` clicks' vectors, projected to a low dimension (64) with learned position
+embeddings. Only the most recent click's output is needed (it is the query), so a request costs
+one attention row over at most `positions` items, not the full square; the block's output is
+mapped back to the item dimension and added to the weighted mean before the linear map. It
+starts at zero (the output map is zero), so an untrained block is today's model, and a bundle
+without it (an interest.safetensors from before it existed) loads and serves as before.
 """
 
 from __future__ import annotations
@@ -25,6 +34,38 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 INTEREST_FILE = "interest.safetensors"
+SEQUENCE_TENSORS = ("project", "position", "query", "key", "value", "out")
+
+
+@dataclass
+class SequenceAttention:
+    """One causal self-attention layer over a user's recent item vectors, read at the most
+    recent click (k = 0). `training/finetune_interest.py`'s `SequenceBlock` is the same function
+    in torch."""
+    project: np.ndarray    # [d, r] item vector -> attention space
+    position: np.ndarray   # [positions, r] added at the k-th most recent click
+    query: np.ndarray      # [r, r]
+    key: np.ndarray        # [r, r]
+    value: np.ndarray      # [r, r]
+    out: np.ndarray        # [r, d] back to the item dimension (zero = no effect)
+
+    def __call__(self, recent: np.ndarray) -> np.ndarray:
+        """recent [n, d], most recent first (n >= 1) -> [d] added to the weighted mean."""
+        hidden = recent @ self.project + self.position[:recent.shape[0]]
+        logits = (hidden @ self.key) @ (hidden[0] @ self.query)        # [n]
+        logits = logits / np.float32(np.sqrt(self.project.shape[1]))
+        weights = np.exp(logits - logits.max())
+        attended = (weights / weights.sum()) @ (hidden @ self.value)
+        return np.maximum(attended, 0.0) @ self.out
+
+    def check(self, path: Path, dim: int, positions: int) -> None:
+        rank = self.project.shape[1]
+        shapes = {"project": (dim, rank), "position": (positions, rank), "query": (rank, rank),
+                  "key": (rank, rank), "value": (rank, rank), "out": (rank, dim)}
+        for name, shape in shapes.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"{path}: interest sequence tensor {name} has shape "
+                                 f"{getattr(self, name).shape}, expected {shape}")
 
 
 @dataclass
@@ -36,6 +77,8 @@ class InterestModel:
     # [positions] added to the score of an item whose most recent click is the k-th most recent;
     # None (a bundle from before the term existed) = 0
     repeat: np.ndarray | None = None
+    # reads the order of the recent clicks; None (a bundle without it) = the weighted mean alone
+    sequence: SequenceAttention | None = None
 
     @property
     def positions(self) -> int:
@@ -55,7 +98,10 @@ class InterestModel:
         for u, history in enumerate(histories):
             recent = np.asarray(list(history)[-self.positions:][::-1], dtype=np.int64)
             if recent.size:
-                means[u] = weights[:recent.size] @ item_vectors[recent]
+                vectors = item_vectors[recent]
+                means[u] = weights[:recent.size] @ vectors
+                if self.sequence is not None:
+                    means[u] += self.sequence(vectors)
                 has_history[u] = True
         queries = means @ self.weight.T + self.bias
         queries[~has_history] = 0.0
@@ -86,12 +132,15 @@ class InterestModel:
         scores[requests, items] += terms
 
     def save(self, path: Path) -> None:
-        save_file({"position_offsets": self.position_offsets.astype(np.float32),
+        tensors = {"position_offsets": self.position_offsets.astype(np.float32),
                    "weight": np.ascontiguousarray(self.weight, dtype=np.float32),
                    "bias": self.bias.astype(np.float32),
                    "repeat": (np.zeros(self.positions, np.float32) if self.repeat is None
-                              else self.repeat.astype(np.float32))}, str(path),
-                  metadata={"decay": json.dumps(self.decay)})
+                              else self.repeat.astype(np.float32))}
+        if self.sequence is not None:
+            tensors.update({f"sequence_{name}": np.ascontiguousarray(
+                getattr(self.sequence, name), dtype=np.float32) for name in SEQUENCE_TENSORS})
+        save_file(tensors, str(path), metadata={"decay": json.dumps(self.decay)})
 
     @classmethod
     def load(cls, path: Path, dim: int) -> InterestModel:
@@ -100,12 +149,21 @@ class InterestModel:
         with safe_open(str(path), framework="numpy") as handle:
             decay = float(json.loads((handle.metadata() or {})["decay"]))
         tensors = load_file(str(path))
+        sequence = None
+        if any(name.startswith("sequence_") for name in tensors):
+            missing = [n for n in SEQUENCE_TENSORS if f"sequence_{n}" not in tensors]
+            if missing:
+                raise ValueError(f"{path}: interest sequence block lacks {', '.join(missing)}")
+            sequence = SequenceAttention(**{n: tensors[f"sequence_{n}"]
+                                            for n in SEQUENCE_TENSORS})
         model = cls(decay, tensors["position_offsets"], tensors["weight"], tensors["bias"],
-                    tensors.get("repeat"))
+                    tensors.get("repeat"), sequence)
         if (model.weight.shape != (dim, dim) or model.bias.shape != (dim,)
                 or (model.repeat is not None and model.repeat.shape != (model.positions,))):
             raise ValueError(f"{path}: interest model is for {model.weight.shape[1]}-d vectors, "
                              f"the item vectors are {dim}-d")
+        if sequence is not None:
+            sequence.check(path, dim, model.positions)
         if not (all(np.isfinite(t).all() for t in tensors.values()) and 0 < decay <= 1):
             raise ValueError(f"{path}: interest model has non-finite weights or a bad decay")
         return model

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from sentence_transformers.sentence_transformer.modules import Dense, InputModule, Normalize
 from torch import nn
 
-from recsys.interest import InterestModel
+from recsys.interest import SEQUENCE_TENSORS, InterestModel, SequenceAttention
 from training.finetune_adapter import CachedVectors
 from training.finetune_data import INTEREST_POSITIONS
 
@@ -69,6 +69,43 @@ class AdaptedHistory(InputModule):
         raise RuntimeError("training-only module; the bundle stores an InterestModel instead")
 
 
+class SequenceBlock(nn.Module):
+    """One causal self-attention layer over the recent items, read at the most recent click:
+    `recsys.interest.SequenceAttention` in torch. The output map starts at zero, so step 0 adds
+    nothing to the weighted mean (the zero-shot profile)."""
+
+    def __init__(self, dim: int, positions: int, rank: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        # training only (the exported block is the eval-mode function)
+        self.dropout = nn.Dropout(dropout)
+        seeded = torch.Generator().manual_seed(0)    # the same start on every run
+
+        def normal(*shape: int, std: float) -> nn.Parameter:
+            return nn.Parameter(std * torch.randn(*shape, generator=seeded))
+
+        # unit-norm item vectors -> hidden entries of about unit size
+        self.project = normal(dim, rank, std=1.0)
+        self.position = normal(positions, rank, std=0.1)
+        self.query = normal(rank, rank, std=1 / math.sqrt(rank))
+        self.key = normal(rank, rank, std=1 / math.sqrt(rank))
+        self.value = normal(rank, rank, std=1 / math.sqrt(rank))
+        self.out = nn.Parameter(torch.zeros(rank, dim))
+
+    def forward(self, recent: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """recent [B, P, d] most recent first, present [B, P] -> [B, d]."""
+        hidden = self.dropout(recent @ self.project + self.position[:recent.shape[1]])
+        logits = torch.einsum("bpr,br->bp", hidden @ self.key, hidden[:, 0] @ self.query)
+        logits = (logits / math.sqrt(self.project.shape[1])).masked_fill(~present, -torch.inf)
+        # a row with no clicks at all (never a training pair) would be NaN: its weights are 0
+        weights = torch.softmax(logits.masked_fill(~present.any(1, keepdim=True), 0.0), dim=-1)
+        attended = torch.einsum("bp,bpr->br", weights, hidden @ self.value)
+        return (self.dropout(torch.relu(attended)) @ self.out) * present.any(1, keepdim=True)
+
+    def export(self) -> SequenceAttention:
+        return SequenceAttention(**{name: getattr(self, name).detach().cpu().numpy().copy()
+                                    for name in SEQUENCE_TENSORS})
+
+
 class InterestPooling(nn.Module):
     """Recency-weighted mean (decay**k * exp(offset_k)) -> linear map. Starts as the plain mean:
     offsets 0, identity map, so step 0 is the zero-shot profile. (A second map on the last click
@@ -76,8 +113,12 @@ class InterestPooling(nn.Module):
     benchmarks/results/finetune_ablation.json.)"""
 
     def __init__(self, dim: int, positions: int, decay: float, bias: bool = True,
-                 repeat: bool = True) -> None:
+                 repeat: bool = True, sequence_rank: int = 0,
+                 sequence_dropout: float = 0.0) -> None:
         super().__init__()
+        # reads the order of the clicks (0 = off): added to the weighted mean before the map
+        self.sequence = (SequenceBlock(dim, positions, sequence_rank, sequence_dropout)
+                         if sequence_rank else None)
         self.decay = decay
         self.offsets = nn.Parameter(torch.zeros(positions))
         # added to the score of an item the user clicked k-th most recently (cosine units); read
@@ -94,6 +135,9 @@ class InterestPooling(nn.Module):
         weights = torch.exp(math.log(self.decay) * k + self.offsets)
         weights = weights * features["attention_mask"]
         mean = (weights[..., None] * features["token_embeddings"]).sum(dim=1)
+        if self.sequence is not None:
+            mean = mean + self.sequence(features["token_embeddings"],
+                                        features["attention_mask"].bool())
         features["sentence_embedding"] = self.linear(mean)
         return features
 
@@ -105,7 +149,9 @@ class InterestPooling(nn.Module):
                                    if self.linear.bias is not None
                                    else np.zeros(self.linear.out_features, np.float32)),
                              repeat=(self.repeat.detach().cpu().numpy().copy()
-                                     if self.repeat is not None else None))
+                                     if self.repeat is not None else None),
+                             sequence=(self.sequence.export() if self.sequence is not None
+                                       else None))
 
     def save(self, *args, **kwargs) -> None:
         raise RuntimeError("training-only module; the bundle stores an InterestModel instead")
@@ -113,13 +159,15 @@ class InterestPooling(nn.Module):
 
 def interest_model(texts: Sequence[str], vectors: np.ndarray, adapter: list[Dense],
                    device: str, decay: float, positions: int = INTEREST_POSITIONS,
-                   bias: bool = True, repeat: bool = True):
+                   bias: bool = True, repeat: bool = True, sequence_rank: int = 0,
+                   sequence_dropout: float = 0.0):
     """The two-route training model and its pooling module (to export the learned profile)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Router
 
     cached = CachedVectors(texts, vectors)
-    pooling = InterestPooling(vectors.shape[1], positions, decay, bias, repeat)
+    pooling = InterestPooling(vectors.shape[1], positions, decay, bias, repeat, sequence_rank,
+                              sequence_dropout)
     router = Router.for_query_document(
         query_modules=[AdaptedHistory(cached, adapter, positions), pooling],
         document_modules=[cached, *adapter])
