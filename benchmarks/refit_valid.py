@@ -69,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     recommender = Recommender.load(args.bundle)
     dataset = load_dataset(args.data)
     split = Split.of(dataset, recommender.item_ids)
-    label_clicks = recommender.manifest.get("config", {}).get("label_clicks", 1)
+    saved = recommender.manifest.get("config", {})
+    label_clicks, label_folds = saved.get("label_clicks", 1), saved.get("label_folds", 1)
     context = recommender.context
     train_rows = label_rows(
         split, lambda state: RankingContext(context.item_vectors, context.item_categories,
                                             context.index, state, context.retrieval,
                                             context.interest),
-        n_items=len(recommender.item_ids), label_clicks=label_clicks)
+        n_items=len(recommender.item_ids), label_clicks=label_clicks, folds=label_folds)
     runs = []
     print("| seed | half B cases | stopped on A: NDCG@10 | Recall@50 | trees "
           "| refit with A: NDCG@10 | Recall@50 | trees | ratio NDCG@10 |")

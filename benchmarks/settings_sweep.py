@@ -48,6 +48,7 @@ def config_for(changes: dict) -> TrainConfig:
     config = TrainConfig()
     config.ranker = replace(config.ranker, refit_on_valid=False)
     config.label_clicks = 1
+    config.label_folds = 1
     if "retrieval" in changes:
         config.retrieval = replace(config.retrieval, **changes.pop("retrieval"))
     if "ranker" in changes:

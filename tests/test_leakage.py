@@ -24,7 +24,7 @@ from recsys.ranking_context import RankingContext
 from recsys.retrieval import RetrievalConfig
 from recsys.splits import Split
 from training.pipeline import category_codes
-from training.ranker_data import label_rows, label_state
+from training.ranker_data import label_folds, label_rows, label_state
 
 NOISE_EVENTS = 300
 
@@ -51,11 +51,11 @@ def _context_factory(dataset: Dataset):
     return lambda state: RankingContext(vectors, categories, index, state, retrieval)
 
 
-def _rows(dataset: Dataset) -> dict[tuple, tuple]:
+def _rows(dataset: Dataset, **options) -> dict[tuple, tuple]:
     """Training rows keyed by (user, request time, item): the pipeline's own function."""
     item_ids = dataset.items["item_id"].to_list()
     data = label_rows(Split.of(dataset, item_ids), _context_factory(dataset),
-                      n_items=len(item_ids))
+                      n_items=len(item_ids), **options)
     assert data.n_groups > 0, "the fixture must yield training groups"
     rows, offset = {}, 0
     for size, case_index in zip(data.groups, data.group_cases, strict=True):
@@ -213,3 +213,50 @@ def test_label_clicks_below_one_is_refused(recbole_dataset):
     split = Split.of(dataset, dataset.items["item_id"].to_list())
     with pytest.raises(ValueError, match="label_clicks"):
         split.label_cases(0)
+
+
+def test_label_folds_keep_each_users_labels_out_of_their_own_state_only(recbole_dataset):
+    """`folds=3`: the label cases are `label_cases`' cases, in three disjoint groups of users;
+    each group's state lacks the label clicks of its own users and keeps everyone else's."""
+    dataset = load_dataset(recbole_dataset)
+    item_ids = dataset.items["item_id"].to_list()
+    split = Split.of(dataset, item_ids)
+    state_events, cases = split.label_cases(2)
+    folds = label_folds(split, len(item_ids), 2, 3, seed=0)
+    assert len(folds) == 3 and all(fold_cases for _, fold_cases in folds)
+    key = lambda c: (c.user_id, tuple(c.history), tuple(c.targets))  # noqa: E731
+    assert sorted(key(c) for _, fc in folds for c in fc) == sorted(key(c) for c in cases)
+    users = [{c.user_id for c in fold_cases} for _, fold_cases in folds]
+    assert not (users[0] & users[1] or users[0] & users[2] or users[1] & users[2])
+
+    train = split.train_events().filter(pl.col("type").is_in(POSITIVE_TYPES))
+    labels = train.join(state_events.select("event_id"), on="event_id", how="anti")
+    assert labels.height == len(cases)
+    for (state, _), members in zip(folds, users, strict=True):
+        own = labels.filter(pl.col("user_id").is_in(pl.Series(sorted(members)).implode()))
+        seen = train.join(own.select("event_id"), on="event_id", how="anti")
+        expected = np.bincount(seen["item"].to_numpy(), minlength=len(item_ids))
+        assert np.array_equal(state.clicks_, expected)
+        assert seen.height > state_events.filter(pl.col("type").is_in(POSITIVE_TYPES)).height
+
+
+def test_folded_label_rows_ignore_what_follows_each_users_labels(recbole_dataset):
+    """Rewriting the valid and test events leaves the folded rows bit-identical; adding clicks
+    before the labels changes them (the control)."""
+    dataset = load_dataset(recbole_dataset)
+    before = _rows(dataset, folds=2, label_clicks=2)
+    later = pl.col("split").is_in(["valid", "test"])
+    shuffled = dataset.events.filter(later)["item_id"].shuffle(seed=3)
+    changed = replace(dataset, events=pl.concat([
+        dataset.events.filter(~later),
+        dataset.events.filter(later).with_columns(shuffled.alias("item_id"))]))
+    after = _rows(changed, folds=2, label_clicks=2)
+    assert before.keys() == after.keys() and all(before[k] == after[k] for k in before)
+
+    split = Split.of(dataset, dataset.items["item_id"].to_list())
+    state_events, _ = split.label_cases(2)
+    events = _noise(dataset, state_events["timestamp"].min(), state_events["timestamp"].max(), 5,
+                    existing_users=False).with_columns(pl.col("split").fill_null("train"))
+    control = _rows(replace(dataset, events=events), folds=2, label_clicks=2)
+    common = [k for k in before if k in control]
+    assert common and any(before[k] != control[k] for k in common)

@@ -96,8 +96,59 @@ def label_state(split: Split, n_items: int,
 
 def label_rows(split: Split, context_for: Callable[[BehaviourState], RankingContext], *,
                n_items: int, max_cases: int | None = None, seed: int = 0,
-               label_clicks: int = 1, progress=None) -> RankerData:
+               label_clicks: int = 1, folds: int = 1, progress=None) -> RankerData:
     """The ranker's training rows: label cases carved from the end of the training part."""
-    state, cases = label_state(split, n_items, label_clicks)
-    return build_groups(context_for(state), cases, max_cases=max_cases, seed=seed,
-                        progress=progress)
+    if folds <= 1 or split.protocol != "leave_one_out":
+        state, cases = label_state(split, n_items, label_clicks)
+        return build_groups(context_for(state), cases, max_cases=max_cases, seed=seed,
+                            progress=progress)
+    return _concat([build_groups(context_for(state), cases, progress=progress)
+                    for state, cases in label_folds(split, n_items, label_clicks, folds,
+                                                    max_cases=max_cases, seed=seed)])
+
+
+def label_folds(split: Split, n_items: int, label_clicks: int, folds: int, *,
+                max_cases: int | None = None, seed: int = 0,
+                ) -> list[tuple[BehaviourState, list[Case]]]:
+    """Leave-one-out label cases in `folds` seeded groups of users, each with a state that lacks
+    the label clicks of its own users only.
+
+    A test case's state lacks one click per user (their test click); `label_state`'s lacks every
+    user's label clicks, so the ranker learns from features of a sparser log than it will rank
+    with. Here each user's rows still never see their own label clicks, but every other fold's
+    are in the state: closer to the state at test time, for one state fit per fold."""
+    state_events, cases = split.label_cases(label_clicks)
+    cases = _sample(cases, max_cases, seed)
+    train = split.train_events()
+    labels = train.join(state_events.select("event_id"), on="event_id", how="anti")
+    users = sorted({c.user_id for c in cases})
+    fold_of = dict(zip(users, np.random.default_rng(seed).permutation(len(users)) % folds,
+                       strict=True))
+    out = []
+    for fold in range(folds):
+        members = pl.Series([u for u in users if fold_of[u] == fold], dtype=pl.String)
+        own = labels.filter(pl.col("user_id").is_in(members.implode()))
+        events = train.join(own.select("event_id"), on="event_id", how="anti")
+        state = BehaviourState(n_items=n_items, real_time=split.dataset.has_real_time).fit(events)
+        out.append((state, [c for c in cases if fold_of[c.user_id] == fold]))
+    return out
+
+
+def _sample(cases: list[Case], max_cases: int | None, seed: int) -> list[Case]:
+    if max_cases is not None and len(cases) > max_cases:
+        keep = np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)
+        return [cases[i] for i in sorted(keep)]
+    return list(cases)
+
+
+def _concat(parts: list[RankerData]) -> RankerData:
+    group_cases, offset = [], 0
+    for part in parts:
+        group_cases.extend(offset + g for g in part.group_cases)
+        offset += part.n_cases
+    return RankerData(pl.concat([p.features for p in parts if p.features.height]),
+                      np.concatenate([p.labels for p in parts]),
+                      [g for p in parts for g in p.groups], sum(p.n_cases for p in parts),
+                      sum(p.n_groups for p in parts),
+                      items=np.concatenate([p.items for p in parts]), group_cases=group_cases,
+                      cases=[c for p in parts for c in p.cases])

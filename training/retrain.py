@@ -384,6 +384,7 @@ def train_config_from(manifest: dict, bundle_path: Path, config: RetrainConfig) 
         "ranker": _ranker_config(saved.get("ranker", {})),
         "max_train_cases": saved.get("max_train_cases", 50_000),
         "label_clicks": saved.get("label_clicks", 1),
+        "label_folds": saved.get("label_folds", 1),   # a bundle from before the folds: one
     }
     if (manifest.get("encoder") or {}).get("user_side") == "interest" and config.finetune is None:
         options["interest"] = str(bundle_path / INTEREST_FILE)   # the user side goes with it
