@@ -127,7 +127,7 @@ class Split:
                 raise ValueError(f"label_clicks must be at least 1, got {label_clicks}")
             label_ids, cases = _last_click_cases(train, label_clicks)
             labels = pl.Series(label_ids, dtype=pl.String)
-            state_events = train.filter(~pl.col("event_id").cast(pl.String).is_in(labels))
+            state_events = train.filter(~pl.col("event_id").cast(pl.String).is_in(labels.implode()))
             return state_events, cases
         start = train["timestamp"].min()
         label_start = start + (self.valid_start - start) * (1 - LABEL_FRACTION[self.protocol])

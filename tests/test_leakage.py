@@ -23,6 +23,7 @@ from recsys.index import ItemIndex
 from recsys.ranking_context import RankingContext
 from recsys.retrieval import RetrievalConfig
 from recsys.splits import Split
+from training import ranker_data
 from training.pipeline import category_codes
 from training.ranker_data import label_folds, label_rows, label_state
 
@@ -215,9 +216,11 @@ def test_label_clicks_below_one_is_refused(recbole_dataset):
         split.label_cases(0)
 
 
-def test_label_folds_keep_each_users_labels_out_of_their_own_state_only(recbole_dataset):
+def test_label_folds_keep_each_users_labels_out_of_their_own_state_only(recbole_dataset,
+                                                                        monkeypatch):
     """`folds=3`: the label cases are `label_cases`' cases, in three disjoint groups of users;
     each group's state lacks the label clicks of its own users and keeps everyone else's."""
+    monkeypatch.setattr(ranker_data, "MIN_USERS_PER_FOLD", 1)   # the fixture has few users
     dataset = load_dataset(recbole_dataset)
     item_ids = dataset.items["item_id"].to_list()
     split = Split.of(dataset, item_ids)
@@ -240,9 +243,10 @@ def test_label_folds_keep_each_users_labels_out_of_their_own_state_only(recbole_
         assert seen.height > state_events.filter(pl.col("type").is_in(POSITIVE_TYPES)).height
 
 
-def test_folded_label_rows_ignore_what_follows_each_users_labels(recbole_dataset):
+def test_folded_label_rows_ignore_what_follows_each_users_labels(recbole_dataset, monkeypatch):
     """Rewriting the valid and test events leaves the folded rows bit-identical; adding clicks
     before the labels changes them (the control)."""
+    monkeypatch.setattr(ranker_data, "MIN_USERS_PER_FOLD", 1)
     dataset = load_dataset(recbole_dataset)
     before = _rows(dataset, folds=2, label_clicks=2)
     later = pl.col("split").is_in(["valid", "test"])
@@ -260,3 +264,16 @@ def test_folded_label_rows_ignore_what_follows_each_users_labels(recbole_dataset
     control = _rows(replace(dataset, events=events), folds=2, label_clicks=2)
     common = [k for k in before if k in control]
     assert common and any(before[k] != control[k] for k in common)
+
+
+def test_a_small_log_keeps_one_label_group(recbole_dataset):
+    """Below `MIN_USERS_PER_FOLD` label users per group there are fewer groups: the fixture's
+    few dozen users get one, the state `label_state` gives."""
+    dataset = load_dataset(recbole_dataset)
+    item_ids = dataset.items["item_id"].to_list()
+    split = Split.of(dataset, item_ids)
+    users = {c.user_id for c in split.label_cases(2)[1]}
+    assert len(users) < 2 * ranker_data.MIN_USERS_PER_FOLD
+    (state, cases), = label_folds(split, len(item_ids), 2, 4)
+    expected, same = label_state(split, len(item_ids), 2)
+    assert len(cases) == len(same) and np.array_equal(state.clicks_, expected.clicks_)

@@ -15,6 +15,7 @@ from recsys.ranking_context import RankingContext
 from recsys.splits import Case, Split
 
 CHUNK = 1000
+MIN_USERS_PER_FOLD = 100   # label_folds: fewer label users than this per group -> fewer groups
 
 
 @dataclass
@@ -116,12 +117,15 @@ def label_folds(split: Split, n_items: int, label_clicks: int, folds: int, *,
     A test case's state lacks one click per user (their test click); `label_state`'s lacks every
     user's label clicks, so the ranker learns from features of a sparser log than it will rank
     with. Here each user's rows still never see their own label clicks, but every other fold's
-    are in the state: closer to the state at test time, for one state fit per fold."""
+    are in the state: closer to the state at test time, for one state fit per fold. With fewer
+    than `MIN_USERS_PER_FOLD` label users per group, fewer groups (one for a small log)."""
     state_events, cases = split.label_cases(label_clicks)
     cases = _sample(cases, max_cases, seed)
     train = split.train_events()
     labels = train.join(state_events.select("event_id"), on="event_id", how="anti")
     users = sorted({c.user_id for c in cases})
+    # measured on thousands of users; a small log keeps one group, as before the folds existed
+    folds = max(1, min(folds, len(users) // MIN_USERS_PER_FOLD))
     fold_of = dict(zip(users, np.random.default_rng(seed).permutation(len(users)) % folds,
                        strict=True))
     out = []
