@@ -1,5 +1,5 @@
 """Training settings compared on the valid split: candidate counts per source, ranker settings
-and how many label clicks per user the ranker learns from.
+and how many label clicks per user the ranker learns from, in how many groups of users.
 
     python benchmarks/settings_sweep.py --data /tmp/amazon [--workdir /tmp/settings-sweep]
                                         [--json benchmarks/results/settings_amazon_valid.json]
@@ -33,6 +33,9 @@ SETTINGS: dict[str, dict] = {
     "defaults": {},
     "label_clicks_2": {"label_clicks": 2},
     "label_clicks_3": {"label_clicks": 3},
+    "label_clicks_2_folds_2": {"label_clicks": 2, "label_folds": 2},
+    "label_clicks_2_folds_4": {"label_clicks": 2, "label_folds": 4},
+    "label_clicks_2_folds_8": {"label_clicks": 2, "label_folds": 8},
     "semantic_covisitation_200": {"retrieval": {"n_semantic": 200, "n_covisitation": 200}},
     "semantic_50_item_item_100": {"retrieval": {"n_semantic": 50, "n_item_item": 100}},
     "num_leaves_63": {"ranker": {"num_leaves": 63}},
