@@ -41,10 +41,7 @@ def build_groups(context: RankingContext, cases: Sequence[Case], *, max_cases: i
     Groups whose candidates miss every target are dropped: they carry no ranking signal.
     `progress` (a bar) gets these cases added to its total and advances per case.
     """
-    cases = list(cases)
-    if max_cases is not None and len(cases) > max_cases:
-        keep = np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)
-        cases = [cases[i] for i in sorted(keep)]
+    cases = _sample(cases, max_cases, seed)
     frames, labels, groups, items, group_cases = [], [], [], [], []
     if progress is not None:
         progress.total = (progress.total or 0) + len(cases)
@@ -150,7 +147,8 @@ def _concat(parts: list[RankerData]) -> RankerData:
     for part in parts:
         group_cases.extend(offset + g for g in part.group_cases)
         offset += part.n_cases
-    return RankerData(pl.concat([p.features for p in parts if p.features.height]),
+    frames = [p.features for p in parts if p.features.height]
+    return RankerData(pl.concat(frames) if frames else pl.DataFrame(),
                       np.concatenate([p.labels for p in parts]),
                       [g for p in parts for g in p.groups], sum(p.n_cases for p in parts),
                       sum(p.n_groups for p in parts),
