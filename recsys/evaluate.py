@@ -11,7 +11,9 @@ JSON contract (`--json FILE`, stable): {"dataset", "split", "protocol", "model_v
 "metrics": {METHOD: {METRIC: value}}, "slices": {...}, "details": {...}, "per_case": {...}} with
 METHOD in pipeline, popularity, covisitation, semantic. "slices" holds "cold_items" (targets with
 no event in the training part: new to the model) and "warm_items", each {"cases": N, "metrics":
-{METHOD: {METRIC: value}}} (metrics empty when N is 0), over that slice's targets only.
+{METHOD: {METRIC: value}}} (metrics empty when N is 0), over that slice's targets only; full
+ranking adds the warm targets by how many training events they have ("warm_1-4_events",
+"warm_5-14_events", "warm_15-49_events", "warm_50+_events"): where text should matter most.
 "semantic_signal" is the semantic score's AUC of the targets against sampled catalogue items on
 these cases (`recsys.semantic_signal`: auc, low, high, cases, negatives_per_target, verdict).
 `per_case` holds what the HTML report plots:
@@ -43,6 +45,9 @@ SCORE_BLOCK = 20_000_000
 # Negative candidate scores kept for the report's score-distribution plot (seeded sample).
 MAX_NEGATIVE_SCORES = 20_000
 PER_CASE_K = 10
+# Warm targets by their number of training events: the rarely seen items are where a text model
+# should beat behaviour, the often seen ones where behaviour already knows them.
+EVENT_BINS = ((1, 4), (5, 14), (15, 49), (50, None))
 
 
 def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", *,
@@ -65,12 +70,14 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
             "(RankerConfig.refit_on_valid), so its valid pipeline metrics are not held out")
     steps.start(f"evaluating {recommender.version} on {dataset.name} {split}: {len(cases):,} "
                 f"cases, protocol {data_split.protocol}")
-    trained = items_with_training_events(data_split)
+    events = training_event_counts(data_split)
+    trained = events > 0
     with steps.bar(len(cases), "case") as bar:
         if data_split.protocol == "impressions":
             metrics, per_case, slices = _impressions(recommender, context, cases, trained, bar)
         else:
-            metrics, per_case, slices = _full_ranking(recommender, context, cases, trained, bar)
+            metrics, per_case, slices = _full_ranking(recommender, context, cases, trained, bar,
+                                                      events=events)
     per_case["history_length"] = [len(c.history) for c in cases]
     signal = semantic_signal(context, cases, seed=seed)
     seconds = time.perf_counter() - started
@@ -112,26 +119,38 @@ def evaluation_context(recommender: Recommender, split: Split, which: str) -> Ra
                           base.retrieval, base.interest)
 
 
+def training_event_counts(split: Split) -> np.ndarray:
+    """Each item row's number of events (any type) in the training part."""
+    return np.bincount(split.train_events()["item"].to_numpy().astype(np.int64),
+                       minlength=len(split.dataset.items))
+
+
 def items_with_training_events(split: Split) -> np.ndarray:
     """Which item rows have an event (any type) in the training part: a target outside them is
     brand new to the model, a cold item."""
-    trained = np.zeros(len(split.dataset.items), dtype=bool)
-    trained[split.train_events()["item"].to_numpy().astype(np.int64)] = True
-    return trained
+    return training_event_counts(split) > 0
 
 
-def _slice_targets(cases: list[Case], trained: np.ndarray) -> dict[str, list[np.ndarray]]:
-    """Per slice, per case, which of the case's targets belong to it (boolean over targets)."""
-    warm = [trained[np.asarray(c.targets, dtype=np.int64)] for c in cases]
-    return {"cold_items": [~w for w in warm], "warm_items": warm}
+def _slice_targets(cases: list[Case], trained: np.ndarray,
+                   events: np.ndarray | None = None) -> dict[str, list[np.ndarray]]:
+    """Per slice, per case, which of the case's targets belong to it (boolean over targets);
+    with `events` (training events per item) the warm targets again by `EVENT_BINS`."""
+    targets = [np.asarray(c.targets, dtype=np.int64) for c in cases]
+    warm = [trained[t] for t in targets]
+    out = {"cold_items": [~w for w in warm], "warm_items": warm}
+    for low, high in EVENT_BINS if events is not None else ():
+        name = f"warm_{low}-{high}_events" if high is not None else f"warm_{low}+_events"
+        out[name] = [(events[t] >= low) & (events[t] <= (high if high is not None else np.inf))
+                     for t in targets]
+    return out
 
 
 def _ranking_slices(ranks: dict[str, list[list[float]]], cases: list[Case],
-                    trained: np.ndarray) -> dict:
+                    trained: np.ndarray, events: np.ndarray | None = None) -> dict:
     """The metrics again on each slice's targets: a case counts in a slice with the targets it
     has there (a case with a cold and a warm target is in both, each with its own)."""
     out = {}
-    for name, members in _slice_targets(cases, trained).items():
+    for name, members in _slice_targets(cases, trained, events).items():
         used = [j for j, m in enumerate(members) if m.any()]
         metrics = {}
         for method in METHODS if used else ():
@@ -154,8 +173,8 @@ def _chunks(cases: list[Case], n_items: int, bar=None):
 
 
 def _full_ranking(recommender: Recommender, context: RankingContext, cases: list[Case],
-                  trained: np.ndarray, bar=None) -> tuple[dict[str, dict[str, float]], dict,
-                                                          dict]:
+                  trained: np.ndarray, bar=None, events: np.ndarray | None = None
+                  ) -> tuple[dict[str, dict[str, float]], dict, dict]:
     n_items = len(recommender.item_ids)
     state = context.state
     pop_position = np.empty(n_items, dtype=np.float64)
@@ -207,7 +226,7 @@ def _full_ranking(recommender: Recommender, context: RankingContext, cases: list
         name: [round(ranking_metrics([r], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)
                for r in ranks[name]] for name in METHODS},
         "scores": scores_seen.result()}
-    return out, per_case, _ranking_slices(ranks, cases, trained)
+    return out, per_case, _ranking_slices(ranks, cases, trained, events)
 
 
 class _ScoreSample:
@@ -325,11 +344,12 @@ def format_slices(report: dict) -> list[str]:
     if not slices:   # reports written before slices existed
         return []
     first, second = slice_headline(report)
-    lines = [f"slices by target item ({first} / {second}; cold = no training event):",
-             "slice".ljust(20) + "".join(m.rjust(16) for m in METHODS)]
+    lines = [f"slices by target item ({first} / {second}; cold = no training event, "
+             "warm_N-M_events = N to M):",
+             "slice".ljust(26) + "".join(m.rjust(16) for m in METHODS)]
     for name, part in slices.items():
         values = part["metrics"]
         cells = "".join((f"{values[m][first]:.4f}/{values[m][second]:.4f}" if m in values
                          else "-").rjust(16) for m in METHODS)
-        lines.append(f"{name} ({part['cases']})".ljust(20) + cells)
+        lines.append(f"{name} ({part['cases']})".ljust(26) + cells)
     return lines

@@ -215,7 +215,8 @@ def _slices_section(report: dict) -> str:
                if m in part["metrics"] else "-" for m in methods]
             for name, part in slices.items()]
     return (f"<h2>Cold and warm items</h2><p>{first} / {second}, unmasked, over each slice's "
-            "targets; a cold item had no event in the training part.</p>"
+            "targets; a cold item had no event in the training part, a warm_N-M_events one had N "
+            "to M.</p>"
             + _table(["slice", "cases"] + methods, rows))
 
 
