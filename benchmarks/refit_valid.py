@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from recsys.atomic_files import write_json  # noqa: E402
 from recsys.data.dataset import load_dataset  # noqa: E402
-from recsys.evaluate import _full_ranking, items_with_training_events  # noqa: E402
+from recsys.evaluate import _full_ranking, training_event_counts  # noqa: E402
 from recsys.ranking_context import RankingContext  # noqa: E402
 from recsys.recommender import Recommender  # noqa: E402
 from recsys.splits import Split  # noqa: E402
@@ -43,13 +43,13 @@ def one_split(recommender: Recommender, split: Split, train_rows, seed: int) -> 
     rows_a = build_groups(recommender.context, half_a)
     features = list(recommender.ranker.features)
     config = RankerConfig(log_every=0)
-    trained = items_with_training_events(split)
+    events = training_event_counts(split)
     out = {"seed": seed, "cases_a": len(half_a), "cases_b": len(half_b)}
     for name, refit in (("stopped_on_a", False), ("refit_with_a", True)):
         ranker, report = train_ranker(train_rows, rows_a, features,
                                       replace(config, refit_on_valid=refit), log=lambda m: None)
         scored = recommender.with_ranker(ranker)
-        metrics, _, _ = _full_ranking(scored, scored.context, half_b, trained)
+        metrics, _, _ = _full_ranking(scored, scored.context, half_b, events)
         out[name] = {m: round(metrics["pipeline"][m], 4) for m in METRICS}
         out[name]["trees"] = report.get("refit_on_valid", {}).get("trees",
                                                                    report["best_iteration"])

@@ -47,7 +47,7 @@ MAX_NEGATIVE_SCORES = 20_000
 PER_CASE_K = 10
 # Warm targets by their number of training events: the rarely seen items are where a text model
 # should beat behaviour, the often seen ones where behaviour already knows them.
-EVENT_BINS = ((1, 4), (5, 14), (15, 49), (50, None))
+EVENT_BINS = ((1, 4), (5, 14), (15, 49), (50, np.inf))
 
 
 def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", *,
@@ -71,13 +71,11 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
     steps.start(f"evaluating {recommender.version} on {dataset.name} {split}: {len(cases):,} "
                 f"cases, protocol {data_split.protocol}")
     events = training_event_counts(data_split)
-    trained = events > 0
     with steps.bar(len(cases), "case") as bar:
         if data_split.protocol == "impressions":
-            metrics, per_case, slices = _impressions(recommender, context, cases, trained, bar)
+            metrics, per_case, slices = _impressions(recommender, context, cases, events > 0, bar)
         else:
-            metrics, per_case, slices = _full_ranking(recommender, context, cases, trained, bar,
-                                                      events=events)
+            metrics, per_case, slices = _full_ranking(recommender, context, cases, events, bar)
     per_case["history_length"] = [len(c.history) for c in cases]
     signal = semantic_signal(context, cases, seed=seed)
     seconds = time.perf_counter() - started
@@ -131,26 +129,23 @@ def items_with_training_events(split: Split) -> np.ndarray:
     return training_event_counts(split) > 0
 
 
-def _slice_targets(cases: list[Case], trained: np.ndarray,
-                   events: np.ndarray | None = None) -> dict[str, list[np.ndarray]]:
-    """Per slice, per case, which of the case's targets belong to it (boolean over targets);
-    with `events` (training events per item) the warm targets again by `EVENT_BINS`."""
-    targets = [np.asarray(c.targets, dtype=np.int64) for c in cases]
-    warm = [trained[t] for t in targets]
-    out = {"cold_items": [~w for w in warm], "warm_items": warm}
-    for low, high in EVENT_BINS if events is not None else ():
-        name = f"warm_{low}-{high}_events" if high is not None else f"warm_{low}+_events"
-        out[name] = [(events[t] >= low) & (events[t] <= (high if high is not None else np.inf))
-                     for t in targets]
+def _slice_targets(cases: list[Case], events: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """Per slice, per case, which of the case's targets belong to it (boolean over targets):
+    cold and warm by `events` (training events per item row), then the warm by `EVENT_BINS`."""
+    counts = [events[np.asarray(c.targets, dtype=np.int64)] for c in cases]
+    out = {"cold_items": [n == 0 for n in counts], "warm_items": [n > 0 for n in counts]}
+    for low, high in EVENT_BINS:
+        name = f"warm_{low}+_events" if high == np.inf else f"warm_{low}-{high}_events"
+        out[name] = [(n >= low) & (n <= high) for n in counts]
     return out
 
 
 def _ranking_slices(ranks: dict[str, list[list[float]]], cases: list[Case],
-                    trained: np.ndarray, events: np.ndarray | None = None) -> dict:
+                    events: np.ndarray) -> dict:
     """The metrics again on each slice's targets: a case counts in a slice with the targets it
     has there (a case with a cold and a warm target is in both, each with its own)."""
     out = {}
-    for name, members in _slice_targets(cases, trained, events).items():
+    for name, members in _slice_targets(cases, events).items():
         used = [j for j, m in enumerate(members) if m.any()]
         metrics = {}
         for method in METHODS if used else ():
@@ -173,8 +168,10 @@ def _chunks(cases: list[Case], n_items: int, bar=None):
 
 
 def _full_ranking(recommender: Recommender, context: RankingContext, cases: list[Case],
-                  trained: np.ndarray, bar=None, events: np.ndarray | None = None
-                  ) -> tuple[dict[str, dict[str, float]], dict, dict]:
+                  events: np.ndarray, bar=None) -> tuple[dict[str, dict[str, float]], dict,
+                                                         dict]:
+    """Every method's metrics over all items, the per-case rows and the slices; `events` is
+    `training_event_counts`."""
     n_items = len(recommender.item_ids)
     state = context.state
     pop_position = np.empty(n_items, dtype=np.float64)
@@ -226,7 +223,7 @@ def _full_ranking(recommender: Recommender, context: RankingContext, cases: list
         name: [round(ranking_metrics([r], (PER_CASE_K,))[f"ndcg@{PER_CASE_K}"], 6)
                for r in ranks[name]] for name in METHODS},
         "scores": scores_seen.result()}
-    return out, per_case, _ranking_slices(ranks, cases, trained, events)
+    return out, per_case, _ranking_slices(ranks, cases, events)
 
 
 class _ScoreSample:

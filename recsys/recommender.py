@@ -185,7 +185,11 @@ class Recommender:
         if m == 0:
             return self
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+        # an encoder's vector is unit length already: dividing by its float32 norm (1 +- an ulp)
+        # would move its last bits, and the same text would score apart as a bundle item and
+        # as an added one
+        rescale = (norms > 0) & (np.abs(norms - 1.0) > 1e-6)
+        vectors = np.divide(vectors, norms, out=vectors.copy(), where=rescale)
         n = len(self.item_ids)
         fresh = copy.copy(self)
         fresh.item_vectors, fresh._vector_buffer = grow_rows(

@@ -243,6 +243,8 @@ def test_an_item_added_through_put_items_is_ranked_as_a_catalogue_item_without_h
         [recommender.category_names[c] if (c := recommender.item_categories[cold]) >= 0
          else None], recommender.item_vectors[cold:cold + 1])
     new_row = fresh.item_rows["fresh-item"]
+    # a unit vector is stored as given, bit for bit, as the bundle's own are
+    assert np.array_equal(fresh.item_vectors[new_row], recommender.item_vectors[cold])
     history = [int(i) for i in np.flatnonzero(state.clicks_ > 0)[:3]]
     requests = fresh.context.requests([history], np.array([np.nan]), np.array([np.nan]))
     candidates, rows = fresh.context.rows(requests, given=[[cold, new_row]])
@@ -251,17 +253,25 @@ def test_an_item_added_through_put_items_is_ranked_as_a_catalogue_item_without_h
     differ = [name for j, name in enumerate(FEATURES)
               if not np.array_equal(by_item[cold][j], by_item[new_row][j], equal_nan=True)]
     # only the popularity position differs (both come after every clicked item), and the
-    # semantic rank where the search returned both: equal scores, the tie broken by position
+    # semantic rank by at most one: a twin's score is summed at another row of the search or of
+    # the catalogue product (FAISS or BLAS), so the two can differ in the last bit
     sem = FEATURES.index("sem_rank")
-    ranks = sorted([by_item[cold][sem], by_item[new_row][sem]])
-    if ranks[0] < MISSING_RANK:
-        assert ranks[1] == ranks[0] + 1
-        assert differ == ["sem_rank", "pop_rank"]
-    else:
-        assert differ == ["pop_rank"]
+    assert abs(by_item[cold][sem] - by_item[new_row][sem]) <= 1
+    assert [name for name in differ if name != "sem_rank"] == ["pop_rank"]
     clicked = int((state.clicks_ > 0).sum())
     pop = FEATURES.index("pop_rank")
     assert by_item[cold][pop] >= clicked and by_item[new_row][pop] >= clicked
+
+
+def test_put_items_stores_unit_vectors_as_given(recommender):
+    """The same text must score alike as a bundle item and as an added one: a unit vector is
+    kept bit for bit (dividing by its float32 norm would move last bits), others are scaled."""
+    n = len(recommender.item_ids)
+    given = np.vstack([recommender.item_vectors, 3.0 * recommender.item_vectors[:1]])
+    grown = recommender.with_items([f"copy-{i}" for i in range(n + 1)], [""] * (n + 1),
+                                   [None] * (n + 1), given)
+    assert np.array_equal(grown.item_vectors[n:2 * n], recommender.item_vectors)
+    np.testing.assert_allclose(grown.item_vectors[2 * n], recommender.item_vectors[0], atol=1e-6)
 
 
 # -- new items are never ranked below their semantic rank -----------------------------------------

@@ -35,7 +35,7 @@ def unseen_target_cases(cases: list[Case], seen: set[int]) -> list[Case]:
 def unseen_item_slice(models: str | Path, dataset_path: str | Path, split: str = "test") -> dict:
     """Full-ranking metrics (unmasked and masked) of every method on the unseen-target slice."""
     # the submodule, not `recsys.evaluate` (the package exports the function by that name)
-    from recsys.evaluate import _full_ranking, evaluation_context, items_with_training_events
+    from recsys.evaluate import _full_ranking, evaluation_context, training_event_counts
 
     recommender = Recommender.load(models)
     data_split = Split.of(load_dataset(dataset_path), recommender.item_ids)
@@ -48,7 +48,6 @@ def unseen_item_slice(models: str | Path, dataset_path: str | Path, split: str =
     if not cases:
         return {**report, "metrics": {}}
     context = evaluation_context(recommender, data_split, split)
-    metrics, _, _ = _full_ranking(recommender, context, cases,
-                                  items_with_training_events(data_split))
+    metrics, _, _ = _full_ranking(recommender, context, cases, training_event_counts(data_split))
     report["metrics"] = metrics
     return report
