@@ -32,6 +32,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # than fp32 with retrieval quality unchanged: docs/benchmarks.md, "Faster CPU encoding").
 # Where bf16 is not native (no AVX512-BF16/AMX, or such a GPU) "auto" is fp32.
 AUTO_PRECISION = {"cuda": "bf16", "cpu": "bf16"}
+# Overrides what "auto" means on every device ("fp32" or "bf16"): vectors that must not depend on
+# whether a machine has native bf16 (the test suite's tiny fixtures, whose ranker can tip on it).
+PRECISION_ENV = "RECSYS_PRECISION"
 
 
 def default_model_dir() -> Path:
@@ -168,7 +171,11 @@ class Encoder:
         if self.multilingual:
             return "q4"
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
-        wanted = AUTO_PRECISION[kind] if self.precision == "auto" else self.precision
+        wanted = self.precision
+        if wanted == "auto":
+            wanted = os.environ.get(PRECISION_ENV) or AUTO_PRECISION[kind]
+            if wanted not in ("fp32", "bf16"):
+                raise RecsysError(f"{PRECISION_ENV} must be fp32 or bf16, got {wanted!r}")
         return "bf16" if wanted == "bf16" and bf16_supported(self.device) else "fp32"
 
     @property

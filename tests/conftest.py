@@ -15,6 +15,22 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def fp32_vectors():
+    """Encode in fp32 on every machine: with bf16 (the default where the CPU has it natively,
+    AMX included) the fixture bundle's ranker tipped from 105 trees to 1 (not used). The bf16
+    path has its own tests (tests/test_encoder.py)."""
+    from recsys.encoder import PRECISION_ENV
+
+    old = os.environ.get(PRECISION_ENV)
+    os.environ[PRECISION_ENV] = "fp32"
+    yield
+    if old is None:
+        os.environ.pop(PRECISION_ENV, None)
+    else:
+        os.environ[PRECISION_ENV] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Keep the embedding cache out of the user's home directory."""
     cache = tmp_path_factory.mktemp("recsys-cache")

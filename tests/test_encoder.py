@@ -75,11 +75,26 @@ def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch):
     """"auto" is bf16 on a CPU with native bf16 (measured faster, same quality), else fp32."""
     import recsys.encoder as encoder_module
 
+    monkeypatch.delenv(encoder_module.PRECISION_ENV, raising=False)   # conftest pins fp32
     monkeypatch.setattr(encoder_module, "bf16_supported", lambda device: True)
     assert Encoder(None, device="cpu").resolved_precision == "bf16"
     monkeypatch.setattr(encoder_module, "bf16_supported", lambda device: False)
     assert Encoder(None, device="cpu").resolved_precision == "fp32"
     assert Encoder(None, device="cpu", precision="bf16").resolved_precision == "fp32"
+
+
+def test_the_environment_sets_what_auto_means(monkeypatch):
+    import recsys.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "bf16_supported", lambda device: True)
+    monkeypatch.setenv(encoder_module.PRECISION_ENV, "fp32")
+    assert Encoder(None, device="cpu").resolved_precision == "fp32"
+    assert Encoder(None, device="cpu", precision="bf16").resolved_precision == "bf16"
+    monkeypatch.setenv(encoder_module.PRECISION_ENV, "bf16")
+    assert Encoder(None, device="cpu").resolved_precision == "bf16"
+    monkeypatch.setenv(encoder_module.PRECISION_ENV, "int8")
+    with pytest.raises(RecsysError, match="RECSYS_PRECISION"):
+        assert Encoder(None, device="cpu").resolved_precision
 
 
 def test_cache_reuses_and_extends(tmp_path, fp32_encoder, monkeypatch):
