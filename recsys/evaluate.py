@@ -64,10 +64,9 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
         keep = np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)
         cases = [cases[i] for i in sorted(keep)]
     context = evaluation_context(recommender, data_split, split)
-    saw_valid = split == "valid" and "refit_on_valid" in recommender.manifest.get("ranker", {})
-    if saw_valid:
-        log("note: this bundle's ranker was fit again on the valid clicks after early stopping "
-            "(RankerConfig.refit_on_valid), so its valid pipeline metrics are not held out")
+    saw_valid = valid_not_held_out(recommender.manifest) if split == "valid" else {}
+    for note in saw_valid.values():
+        log(f"note: {note}")
     steps.start(f"evaluating {recommender.version} on {dataset.name} {split}: {len(cases):,} "
                 f"cases, protocol {data_split.protocol}")
     events = training_event_counts(data_split)
@@ -89,11 +88,28 @@ def evaluate(models: str | Path, dataset_path: str | Path, split: str = "test", 
                              "refit on events before the split window",
                     "features": list(recommender.ranker.features),
                     "ranker_used": recommender.ranker_used,
-                    "ranker_saw_this_split": saw_valid,
+                    "ranker_saw_this_split": "ranker" in saw_valid,
+                    "encoder_saw_this_split": "encoder" in saw_valid,
                     "gain_importance": recommender.manifest.get("ranker", {}).get(
                         "gain_importance", {})},
         "per_case": per_case,
     }
+
+
+def valid_not_held_out(manifest: dict) -> dict[str, str]:
+    """The parts of a bundle trained on the valid clicks ("ranker", "encoder"), each with a note
+    saying so: its valid metrics are in sample."""
+    notes = {}
+    if "refit_on_valid" in manifest.get("ranker", {}):
+        notes["ranker"] = ("this bundle's ranker was fit again on the valid clicks after early "
+                           "stopping (RankerConfig.refit_on_valid), so its valid pipeline "
+                           "metrics are not held out")
+    finetune = (manifest.get("encoder") or {}).get("finetune") or {}
+    if (finetune.get("data") or {}).get("valid_clicks_included"):
+        notes["encoder"] = ("this bundle's encoder was fine-tuned again on the valid clicks "
+                            "(FinetuneConfig.refit_on_valid), so its valid semantic and pipeline "
+                            "metrics are not held out")
+    return notes
 
 
 def evaluation_context(recommender: Recommender, split: Split, which: str) -> RankingContext:

@@ -94,3 +94,16 @@ def test_valid_metrics_of_a_ranker_fit_on_valid_are_marked_not_held_out(models_d
     assert valid["details"]["ranker_saw_this_split"] is True
     assert any("not held out" in line for line in lines)
     assert report["details"]["ranker_saw_this_split"] is False
+
+
+def test_valid_notes_name_each_part_trained_on_the_valid_clicks():
+    from recsys.evaluate import valid_not_held_out
+
+    refit_encoder = {"finetune": {"data": {"valid_clicks_included": True}}}
+    held_encoder = {"finetune": {"data": {"valid_clicks_included": False}}}
+    assert valid_not_held_out({"ranker": {"used": True}, "encoder": held_encoder}) == {}
+    notes = valid_not_held_out({"ranker": {"refit_on_valid": {}}, "encoder": refit_encoder})
+    assert set(notes) == {"ranker", "encoder"}
+    assert "FinetuneConfig.refit_on_valid" in notes["encoder"]
+    assert set(valid_not_held_out({"encoder": refit_encoder})) == {"encoder"}
+    assert valid_not_held_out({"encoder": {"finetuned": False}}) == {}

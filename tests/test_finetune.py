@@ -14,7 +14,7 @@ import pytest
 
 from recsys.data.dataset import load_dataset
 from recsys.splits import Case, Split
-from training.finetune import BudgetAndBestCallback, FinetuneConfig
+from training.finetune import BudgetAndBestCallback, FinetuneConfig, chosen_epochs
 from training.finetune_data import (
     HISTORY_SEPARATOR,
     Transition,
@@ -232,11 +232,16 @@ def test_train_finetune_end_to_end(recbole_dataset, tmp_path, mode):
     finetune = encoder_info["finetune"]
     assert finetune["best_step"] >= 2 and finetune["data"]["pairs"] == 48
     assert finetune["config"]["batch_size"] == 16 and finetune["mode"] == mode
-    assert finetune["valid"]["metric"] == "recall@50" and len(finetune["valid"]["history"]) >= 2
+    assert finetune["valid"]["metric"] == "recall@50"
     assert finetune["data"]["train_end"] and manifest["config"]["finetune"]["max_pairs"] == 48
-    # out of fold: the ranker's label rows were scored by a run that never saw their clicks
+    # out of fold: the ranker's label rows were scored by a run that never saw their clicks;
+    # the shipped encoder is that run's epochs again on every click before test
     assert finetune["data"]["before_ranker_labels"] is False
-    assert finetune["ranker_label_rows"]["data"]["before_ranker_labels"] is True
+    held = finetune["ranker_label_rows"]
+    assert held["data"]["before_ranker_labels"] is True
+    assert finetune["data"]["valid_clicks_included"] is True
+    assert finetune["refit_epochs"] == held["best_step"] / held["steps_per_epoch"]
+    assert len(held["valid"]["history"]) >= 2
     # the CPU adapter mode learns the user side too ("interest"); the transformer keeps the mean
     learned = mode == "adapter"
     assert encoder_info["user_side"] == ("interest" if learned else "profile")
@@ -289,6 +294,40 @@ def test_a_run_that_never_beats_the_base_ships_the_base(recbole_dataset, tmp_pat
     assert vectors is base_vectors and interest is None          # the plain mean serves
 
 
+def test_chosen_epochs_are_the_best_checkpoints_epochs():
+    assert chosen_epochs({"best_step": 39, "steps_per_epoch": 3}) == 13.0
+    assert chosen_epochs({"best_step": None, "steps_per_epoch": 3}) is None
+
+
+def test_refit_trains_the_chosen_epochs_on_the_valid_clicks_too(recbole_dataset, split, tmp_path):
+    """The refit learns from every click before test, each user's valid click included, for
+    exactly the epochs it is given, and ships its last weights even where valid (in sample now)
+    would not have picked them: with a vanishing learning rate a selecting run keeps the base."""
+    from recsys.embedding_cache import encode_cached
+    from recsys.encoder import Encoder
+    from training.finetune import finetune_step
+    from training.pipeline import TrainConfig, item_texts
+
+    dataset = load_dataset(recbole_dataset)
+    texts = item_texts(dataset.items)
+    base_vectors = encode_cached(Encoder(None, device="cpu", max_length=128), texts)
+    config = TrainConfig(device="cpu", finetune=FinetuneConfig(
+        mode="adapter", learning_rate=1e-12, batch_size=16, valid_cases=20))
+    _, vectors, report, interest = finetune_step(
+        dataset, dataset.items["item_id"].to_list(), texts, base_vectors, tmp_path / "work",
+        config, refit_epochs=1.5, log=lambda _: None)
+    pairs = {(tuple(p.history), p.target) for p in transitions(split.events_before_test())}
+    valid = {(tuple(c.history), t) for c in split.cases("valid") for t in c.targets}
+    assert valid and valid <= pairs and report["data"]["pairs"] == len(pairs)
+    assert report["data"]["valid_clicks_included"] and report["valid"]["in_sample"]
+    assert report["steps"] == round(1.5 * report["steps_per_epoch"]) == report["best_step"]
+    assert report["refit_epochs"] == 1.5 and interest is not None
+    assert vectors is not base_vectors
+    with pytest.raises(ValueError, match="refit_epochs"):
+        finetune_step(dataset, dataset.items["item_id"].to_list(), texts, base_vectors,
+                      tmp_path / "bad", config, refit_epochs=0.0, log=lambda _: None)
+
+
 def test_cli_refuses_a_non_positive_budget(recbole_dataset, tmp_path, capsys):
     from recsys.cli import main
 
@@ -323,3 +362,23 @@ def test_unseen_item_slice_runs_the_evaluation_on_the_unseen_targets(models_dir,
     assert set(report["metrics"]) == {"pipeline", "popularity", "covisitation", "semantic"}
     # an item no training click contains is out of reach of co-visitation
     assert report["metrics"]["covisitation"]["recall@10"] == 0.0
+
+
+def test_valid_as_test_copy_moves_each_users_clicks_back_one_place(recbole_dataset, split,
+                                                                    tmp_path):
+    """benchmarks/finetune_refit_valid.py judges the refit on the real valid clicks: in its copy
+    they are the test clicks, and each user's last training click is valid."""
+    from benchmarks.finetune_refit_valid import valid_as_test
+
+    copy = Split.of(load_dataset(valid_as_test(recbole_dataset, tmp_path / "copy")),
+                    split.dataset.items["item_id"].to_list())
+
+    def targets(of: Split, part: str) -> dict:
+        return {c.user_id: (c.history, c.targets) for c in of.cases(part)}
+
+    assert targets(copy, "test") == targets(split, "valid")
+    moved = targets(copy, "valid")
+    assert moved
+    train_clicks = {c.user_id: c.history for c in split.cases("valid")}
+    for user, (history, target) in moved.items():
+        assert history + target == train_clicks[user]

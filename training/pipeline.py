@@ -32,7 +32,7 @@ from recsys.ranking_context import RankingContext
 from recsys.retrieval import RetrievalConfig
 from recsys.semantic_signal import semantic_signal
 from recsys.splits import Split, epoch_seconds
-from training.finetune import FinetuneConfig, finetune_step
+from training.finetune import FinetuneConfig, chosen_epochs, finetune_step
 from training.ranker_data import build_groups, label_rows
 from training.train_ranker import RankerConfig, train_ranker
 
@@ -143,25 +143,41 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
     finetune_report, finetune_dir = None, Path(models_dir) / f".finetune-{os.getpid()}"
     interest = None   # the learned user side; None = the recency-weighted mean of item vectors
     label_side = None  # (vectors, index, interest) that score the ranker's label rows
+    valid_side = None  # and its valid rows, where not the shipped ones
     if config.finetune is not None:
         # Out of fold: the ranker learns from its label clicks how far to trust the semantic
-        # score, so those rows are scored by an encoder fine-tuned without them; the bundle
-        # ships one fine-tuned on every training click (valid and test are unseen by both).
-        # The two runs share the time budget.
+        # score, so those rows are scored by an encoder fine-tuned without them, and so are the
+        # valid rows it stops on when the shipped encoder is refit on the valid clicks. The
+        # shipped one is fine-tuned on every training click, or (refit_on_valid) on every click
+        # before test for the epochs the first run chose on valid. The runs share the budget.
         tuning = config.finetune.for_device(pick_device(config.device))
         halves = replace(config, finetune=replace(tuning, time_budget_s=tuning.time_budget_s / 2))
         steps.start("fine-tuning for the ranker's label rows (training clicks before the label "
                     "window)")
-        _, label_vectors, label_report, label_interest = finetune_step(
+        held_encoder, label_vectors, label_report, label_interest = finetune_step(
             dataset, item_ids, item_texts(items), vectors, finetune_dir / "labels", halves,
             before_labels=True, log=log)
-        steps.start("fine-tuning the shipped encoder (every training click)")
-        encoder, vectors, finetune_report, interest = finetune_step(
-            dataset, item_ids, item_texts(items), vectors, finetune_dir / "all", halves, log=log)
-        finetune_report["ranker_label_rows"] = {
-            k: label_report[k] for k in ("data", "steps", "best_step", "stop_reason", "valid",
-                                         "seconds")}
         label_side = (label_vectors, ItemIndex(**config.index).fit(label_vectors), label_interest)
+        epochs = chosen_epochs(label_report)
+        if tuning.refit_on_valid and epochs is None:
+            steps.start("fine-tuning never beat the base encoder on valid: the base encoder "
+                        "ships, no refit")
+            encoder, vectors, finetune_report = held_encoder, label_vectors, label_report
+        elif tuning.refit_on_valid:
+            steps.start(f"fine-tuning the shipped encoder ({epochs:.1f} epochs on every click "
+                        "before test)")
+            encoder, vectors, finetune_report, interest = finetune_step(
+                dataset, item_ids, item_texts(items), vectors, finetune_dir / "all", halves,
+                refit_epochs=epochs, log=log)
+            valid_side = label_side
+        else:
+            steps.start("fine-tuning the shipped encoder (every training click)")
+            encoder, vectors, finetune_report, interest = finetune_step(
+                dataset, item_ids, item_texts(items), vectors, finetune_dir / "all", halves,
+                log=log)
+        finetune_report["ranker_label_rows"] = {
+            k: label_report[k] for k in ("data", "steps", "steps_per_epoch", "best_step",
+                                         "stop_reason", "valid", "seconds")}
     elif config.interest is not None:
         interest = InterestModel.load(Path(config.interest), vectors.shape[1])
     step("embed")
@@ -186,15 +202,16 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
                                             retrieval, label_interest),
         n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed,
         label_clicks=config.label_clicks, folds=config.label_folds, progress=rows_bar)
-    valid_rows = build_groups(RankingContext(vectors, categories, index, full_state, retrieval,
-                                             interest),
+    valid_vectors, valid_index, valid_interest = valid_side or (vectors, index, interest)
+    valid_rows = build_groups(RankingContext(valid_vectors, categories, valid_index, full_state,
+                                             retrieval, valid_interest),
                               split.cases("valid"), max_cases=config.max_train_cases,
                               seed=config.ranker.seed, progress=rows_bar)
     rows_bar.close()
     log(f"ranker data: {train_rows.n_groups}/{train_rows.n_cases} train groups, "
         f"{valid_rows.n_groups}/{valid_rows.n_cases} valid groups with a positive candidate")
-    signal = semantic_signal(RankingContext(vectors, categories, index, full_state, retrieval,
-                                            interest), split.cases("valid"))
+    signal = semantic_signal(RankingContext(valid_vectors, categories, valid_index, full_state,
+                                            retrieval, valid_interest), split.cases("valid"))
     if signal.warning("valid"):
         log(signal.warning("valid"))
     step("ranker_rows")
