@@ -415,10 +415,11 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
                                          history_items=config.history_items,
                                          batch_size=max(64, config.batch_size),
                                          pooling=pooling)
-    base_scores = evaluator(model, steps=0)
-    base_score = base_scores[evaluator.primary_metric]
-    log(f"base encoder: valid {SELECTION_METRIC} {base_score:.4f} "
-        f"({len(evaluator.cases)} valid cases, {time.perf_counter() - started:.0f}s so far)")
+    base_score = None   # a refit keeps its last weights: the base is not a candidate
+    if not refit:
+        base_score = evaluator(model, steps=0)[evaluator.primary_metric]
+        log(f"base encoder: valid {SELECTION_METRIC} {base_score:.4f} "
+            f"({len(evaluator.cases)} valid cases, {time.perf_counter() - started:.0f}s so far)")
 
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     max_steps = max(1, int(round(steps_per_epoch * (refit_epochs if refit else config.epochs))))
@@ -501,7 +502,8 @@ def finetune_encoder(item_texts: Sequence[str], split: Split, base_vectors: np.n
         "stop_reason": callback.stop_reason,
         "best_step": callback.best_step,
         # in sample after a refit: those valid clicks were trained on
-        "valid": {"metric": SELECTION_METRIC, "in_sample": refit, "base": round(base_score, 5),
+        "valid": {"metric": SELECTION_METRIC, "in_sample": refit,
+                  "base": None if refit else round(base_score, 5),
                   "best": round(callback.best, 5), "history": evaluator.history},
         "seconds": {"training": round(train_seconds, 1),
                     "total": round(time.perf_counter() - started, 1)},

@@ -203,15 +203,15 @@ def train(dataset_path: str | Path, models_dir: str | Path, config: TrainConfig 
         n_items=len(item_ids), max_cases=config.max_train_cases, seed=config.ranker.seed,
         label_clicks=config.label_clicks, folds=config.label_folds, progress=rows_bar)
     valid_vectors, valid_index, valid_interest = valid_side or (vectors, index, interest)
-    valid_rows = build_groups(RankingContext(valid_vectors, categories, valid_index, full_state,
-                                             retrieval, valid_interest),
-                              split.cases("valid"), max_cases=config.max_train_cases,
-                              seed=config.ranker.seed, progress=rows_bar)
+    valid_context = RankingContext(valid_vectors, categories, valid_index, full_state, retrieval,
+                                   valid_interest)
+    valid_rows = build_groups(valid_context, split.cases("valid"),
+                              max_cases=config.max_train_cases, seed=config.ranker.seed,
+                              progress=rows_bar)
     rows_bar.close()
     log(f"ranker data: {train_rows.n_groups}/{train_rows.n_cases} train groups, "
         f"{valid_rows.n_groups}/{valid_rows.n_cases} valid groups with a positive candidate")
-    signal = semantic_signal(RankingContext(valid_vectors, categories, valid_index, full_state,
-                                            retrieval, valid_interest), split.cases("valid"))
+    signal = semantic_signal(valid_context, split.cases("valid"))
     if signal.warning("valid"):
         log(signal.warning("valid"))
     step("ranker_rows")
